@@ -1,0 +1,154 @@
+"""`maas`, the user's front door: launches the flows, prints a summary, `--json` for scripts.
+
+Prefect and torch are imported inside the commands, so `maas --help` answers at once. Errors the
+user can fix are printed as one line (exit 1); `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Annotated, Optional
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="maas: a labeled dataset in a bucket becomes a compact model that scores every file dropped there.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+state = {"debug": False}
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+BucketOption = Annotated[Optional[str], typer.Option(help="Bucket URI; default MAAS_BUCKET, else ./.maas/bucket.")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False) -> None:
+    state["debug"] = debug
+    # No telemetry from a machine that may have no internet; set before Prefect is imported.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _run(action: Callable[[], BaseModel], as_json: bool, show: Callable[[BaseModel], None]) -> None:
+    """Run a flow; user errors become one line and exit code 1."""
+    from modules.errors import MaasError
+
+    try:
+        result = action()
+    except (MaasError, ValidationError) as exc:
+        if state["debug"]:
+            raise
+        message = str(exc).splitlines()[0] if isinstance(exc, MaasError) else _validation_line(exc)
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(result.model_dump_json())
+    else:
+        show(result)
+
+
+def _validation_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"invalid parameter {where}: {first['msg']}"
+
+
+@app.command()
+def pipeline(
+    data: Annotated[str, typer.Option(help="Labeled dataset URI (CSV, TSV, Parquet, JSONL; .gz allowed).")],
+    target: Annotated[str, typer.Option(help="Column to predict.")],
+    task: Annotated[str, typer.Option(help="auto, classification or regression.")] = "auto",
+    model_name: Annotated[Optional[str], typer.Option(help="Registry name; default MAAS_MODEL or 'default'.")] = None,
+    bucket: BucketOption = None,
+    scheduler: Annotated[str, typer.Option(help="onecycle, cosine, exponential, step, plateau or none.")] = "onecycle",
+    sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before int8.")] = 0.5,
+    max_epochs: Annotated[int, typer.Option(help="Upper bound on training epochs (early stopping may end sooner).")] = 40,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="A column that is not a feature (repeatable).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Preprocess, train, compress and register a model.
+
+    Example: maas pipeline --data s3://my-bucket/raw/churn.csv --target churned --exclude customer_id
+    """
+
+    def action() -> BaseModel:
+        from flows.pipeline import pipeline as pipeline_flow
+        from modules.pipeline import PipelineParams
+
+        params = PipelineParams(data_uri=data, target=target, task=task, model_name=model_name, bucket=bucket,
+                                scheduler=scheduler, sparsity=sparsity, max_epochs=max_epochs, exclude=exclude or [])
+        return pipeline_flow(params)
+
+    _run(action, as_json, _show_pipeline)
+
+
+@app.command()
+def score(
+    model: Annotated[Optional[str], typer.Option(help="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", help="File or prefix to score; default incoming/ in the bucket.")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Prefix for predictions; default predictions/ in the bucket.")] = None,
+    bucket: BucketOption = None,
+    rescore: Annotated[bool, typer.Option(help="Score again files this model version already scored.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score every file under a prefix that this model version has not scored yet.
+
+    Example: maas score --model churn@production --input s3://my-bucket/incoming/ --output s3://my-bucket/predictions/
+    """
+
+    def action() -> BaseModel:
+        from flows.score import score as score_flow
+        from modules.score import ScoreParams
+
+        return score_flow(ScoreParams(model=model, input_uri=input, output_uri=output, bucket=bucket, rescore=rescore))
+
+    _run(action, as_json, _show_score)
+
+
+@app.command()
+def demo(bucket: BucketOption = None, as_json: JsonOption = False) -> None:
+    """The main job: digits -> pipeline -> int8 model -> files in incoming/ scored."""
+
+    def action() -> BaseModel:
+        from flows.demo import DemoParams, run_demo
+
+        return run_demo(DemoParams(bucket=bucket))
+
+    _run(action, as_json, _show_demo)
+
+
+def _variants_table(result) -> Table:
+    table = Table(title=f"{result.model_ref}: test {result.compressed.metric} by variant")
+    for column in ("variant", result.compressed.metric, "sparsity", "ONNX bytes", "gzipped", "rows/s", "engine"):
+        table.add_column(column, justify="left" if column in ("variant", "engine") else "right")
+    for v in result.compressed.variants:
+        table.add_row(v.name, f"{v.metric:.4f}", f"{v.sparsity:.0%}", f"{v.size_bytes:,}", f"{v.gzip_bytes:,}",
+                      f"{v.rows_per_s:,.0f}", v.engine)
+    return table
+
+
+def _show_pipeline(result) -> None:
+    console.print(_variants_table(result))
+    console.print(f"gate: {result.gate}")
+    console.print(f"model card: {result.card_uri}\nrun outputs: {result.run_uri}")
+
+
+def _show_score(result) -> None:
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
+    console.print(f"{result.model_ref}: {counts or 'nothing to score'}; {result.rows:,} rows at {result.rows_per_s:,.0f} rows/s")
+    for outcome in result.files:
+        where = outcome.output_uri or outcome.report_uri or ""
+        console.print(f"  {outcome.status:<11} {outcome.input_uri} -> {where}" + (f"  ({outcome.error})" if outcome.error else ""))
+
+
+def _show_demo(result) -> None:
+    _show_pipeline(result.pipeline)
+    _show_score(result.scoring)
+    console.print(f"held-out accuracy of the scored files: {result.held_out_accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,48 @@
+"""The main job on the embedded default: digits in, trained/compressed/registered model, files scored.
+
+Run: `make demo` (or `maas demo`). Uses the local bucket (`.maas/bucket`, or `MAAS_BUCKET`) and
+Prefect's ephemeral API unless `PREFECT_API_URL` points at a server.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from pydantic import BaseModel
+
+from flows.pipeline import pipeline
+from flows.score import score
+from modules import demo
+from modules.config import Settings
+from modules.pipeline import PipelineParams, PipelineResult
+from modules.score import ScoreParams, ScoreResult
+
+
+class DemoParams(BaseModel):
+    bucket: str | None = None
+    model_name: str = "digits"
+    sparsity: float = 0.5
+
+
+class DemoResult(BaseModel):
+    data: demo.DemoData
+    pipeline: PipelineResult
+    scoring: ScoreResult
+    held_out_accuracy: float
+
+
+@task(retries=3, retry_delay_seconds=[2, 5, 15])
+def write_demo_data(settings: Settings) -> demo.DemoData:
+    return demo.write_demo_data(settings)
+
+
+@flow(name="demo")
+def run_demo(params: DemoParams) -> DemoResult:
+    settings = Settings(bucket=params.bucket) if params.bucket else Settings()
+    data = write_demo_data(settings)
+    trained = pipeline(PipelineParams(data_uri=data.raw_uri, target=demo.TARGET, task="classification",
+                                      bucket=settings.bucket, model_name=params.model_name, sparsity=params.sparsity))
+    scored = score(ScoreParams(model=trained.model_ref, input_uri=data.incoming_uri,
+                               bucket=settings.bucket))
+    outputs = [f.output_uri for f in scored.files if f.output_uri]
+    return DemoResult(data=data, pipeline=trained, scoring=scored,
+                      held_out_accuracy=demo.held_out_accuracy(outputs, data.labels_uri))

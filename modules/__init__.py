@@ -1,0 +1,1 @@
+"""maas logic: plain Python over fsspec URIs. Nothing here imports Prefect; flows/ wraps it."""

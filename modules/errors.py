@@ -1,0 +1,21 @@
+"""Errors a user can fix, each carrying a one-line message that names the file, column or parameter.
+
+Everything else is a bug or an outage and keeps its traceback; these are caught at the edges
+(CLI, scoring's quarantine) and shown as they are.
+"""
+
+
+class MaasError(Exception):
+    """Base of errors whose message alone tells the user what to fix."""
+
+
+class InputError(MaasError, ValueError):
+    """The data is unusable as given: unreadable file, missing column, wrong types."""
+
+
+class StorageError(MaasError, OSError):
+    """Object storage refused: missing bucket or object, bad credentials, unreachable endpoint."""
+
+
+class RegistryError(MaasError, LookupError):
+    """A model reference does not resolve, or an artifact fails its checksum."""

@@ -1,0 +1,84 @@
+"""What each step writes as `manifest.json` beside its outputs, and returns.
+
+These models are the contract between steps: a step reads its predecessor's manifest by URI, so it
+can run in another process or container, and needs none of the predecessor's code (scoring
+never imports torch to read a compression manifest).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class PreprocessResult(BaseModel):
+    data_uri: str
+    data_etag: str
+    task: Literal["classification", "regression"]
+    target: str
+    rows_read: int
+    rows_unlabeled: int = Field(description="Rows dropped because the target was missing.")
+    rows: dict[str, int]
+    splits: dict[str, str] = Field(description="train/val/test Parquet URIs.")
+    spec_uri: str
+    manifest_uri: str
+
+
+class TrainResult(BaseModel):
+    preprocess_manifest: str
+    checkpoint_uri: str = Field(description="Lightning checkpoint of the best validation epoch.")
+    weights_uri: str = Field(description="state_dict of the network alone, loadable with weights_only=True.")
+    metrics_uri: str = Field(description="CSV: one row per epoch (losses, metric, lr, epoch seconds).")
+    lr_uri: str = Field(description="CSV: learning rate at every optimizer step.")
+    model: dict = Field(description="MLP configuration the weights belong to.")
+    scheduler: str
+    metric: Literal["accuracy", "rmse"]
+    best_epoch: int
+    epochs_run: int
+    val_metric: float
+    test_metric: float
+    accelerator: str
+    precision: str
+    mean_epoch_seconds: float
+    manifest_uri: str
+
+
+class VariantReport(BaseModel):
+    """One model variant measured on the test split."""
+
+    name: Literal["fp32", "pruned", "int8"]
+    engine: str
+    metric: float
+    sparsity: float = Field(description="Fraction of zero weights in the MLP's Linear layers.")
+    size_bytes: int = Field(description="ONNX file size.")
+    gzip_bytes: int = Field(description="Size after gzip: what sparsity saves in storage and transfer.")
+    rows_per_s: float
+
+
+class GateDecision(BaseModel):
+    passed: bool
+    metric: Literal["accuracy", "rmse"]
+    reference: float = Field(description="fp32 test metric.")
+    candidate: float = Field(description="Served variant's test metric.")
+    max_metric_drop: float
+    reason: str
+
+
+class ArtifactRef(BaseModel):
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+class CompressResult(BaseModel):
+    train_manifest: str
+    sparsity_target: float
+    metric: Literal["accuracy", "rmse"]
+    variants: list[VariantReport]
+    artifacts: dict[str, ArtifactRef] = Field(description="ONNX files by variant: int8 (served) and fp32 (pruned).")
+    gate: GateDecision
+    manifest_uri: str
+
+    def variant(self, name: str) -> VariantReport:
+        return next(v for v in self.variants if v.name == name)

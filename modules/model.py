@@ -1,0 +1,193 @@
+"""The network, its Lightning wrapper and the data module over the Parquet splits.
+
+`TabularNet` starts with `FeatureTransform`, the fitted preprocessing as tensor ops (impute,
+standardize, one-hot). Training sees the same graph that is exported, so there is no
+training/serving skew and the ONNX artifact takes raw feature rows.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from pydantic import BaseModel, Field
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from modules import formats, schedules
+from modules.preprocess import FeatureSpec
+
+
+class MLPConfig(BaseModel):
+    hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
+    dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class OptimConfig(BaseModel):
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(1e-3, ge=0)
+    schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
+
+
+class FeatureTransform(nn.Module):
+    """Raw feature rows (numbers with NaN, then category codes) to the network's input:
+    impute, standardize and clip the numbers, one-hot the codes."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.n_numeric = len(spec.numeric)
+        self.clip = spec.clip
+        self.register_buffer("fill", torch.tensor([f.fill for f in spec.numeric], dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor([f.mean for f in spec.numeric], dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor([f.scale for f in spec.numeric], dtype=torch.float32))
+        sizes = [len(f.categories) + 1 for f in spec.categorical]
+        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0)
+        self.register_buffer("offsets", offsets.long())
+        self.register_buffer("one_hot", torch.eye(sum(sizes)))
+        self.out_features = self.n_numeric + sum(sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.n_numeric:
+            numbers = x[:, : self.n_numeric]
+            numbers = torch.where(torch.isnan(numbers), self.fill, numbers)
+            parts.append(torch.clamp((numbers - self.mean) / self.scale, -self.clip, self.clip))
+        if len(self.offsets):
+            codes = x[:, self.n_numeric :].long() + self.offsets
+            parts.append(self.one_hot[codes].sum(dim=1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def mlp(in_features: int, config: MLPConfig, out_features: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = in_features
+    for hidden in config.hidden_sizes:
+        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+class TabularNet(nn.Module):
+    """Preprocessing plus MLP: logits for classification, a standardized value for regression."""
+
+    def __init__(self, spec: FeatureSpec, config: MLPConfig) -> None:
+        super().__init__()
+        self.transform = FeatureTransform(spec)
+        self.mlp = mlp(self.transform.out_features, config, spec.output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.transform(x))
+
+    def linear_layers(self) -> list[nn.Linear]:
+        return [m for m in self.mlp if isinstance(m, nn.Linear)]
+
+
+class ScoringHead(nn.Module):
+    """What is served: class probabilities, or the prediction in the target's own units."""
+
+    def __init__(self, net: TabularNet, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.net = net
+        self.classification = spec.task == "classification"
+        self.register_buffer("target_mean", torch.tensor(spec.target_mean, dtype=torch.float32))
+        self.register_buffer("target_scale", torch.tensor(spec.target_scale, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.classification:
+            return torch.softmax(out, dim=1)
+        return out * self.target_scale + self.target_mean
+
+
+class TabularModule(pl.LightningModule):
+    """Loss, metrics and optimizer around a TabularNet. Hyperparameters are plain dicts, so a
+    checkpoint holds no pickled objects."""
+
+    def __init__(self, spec: dict, model: dict, optim: dict) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = FeatureSpec.model_validate(spec)
+        self.optim = OptimConfig.model_validate(optim)
+        self.net = TabularNet(self.spec, MLPConfig.model_validate(model))
+        self.classification = self.spec.task == "classification"
+        self.metric_name = "accuracy" if self.classification else "rmse"
+        self.val_metric = self._metric()
+        self.test_metric = self._metric()
+
+    def _metric(self) -> torchmetrics.Metric:
+        if self.classification:
+            return torchmetrics.Accuracy(task="multiclass", num_classes=self.spec.output_size)
+        return torchmetrics.MeanSquaredError(squared=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.classification:
+            return nn.functional.cross_entropy(out.float(), y)
+        return nn.functional.mse_loss(out.float().squeeze(1), y)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self._loss(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        out = self(x)
+        metric = self.val_metric if stage == "val" else self.test_metric
+        if self.classification:
+            metric.update(out.argmax(dim=1), y)
+        else:  # RMSE in the target's own units
+            scale = self.spec.target_scale
+            metric.update(out.float().squeeze(1) * scale, y * scale)
+        self.log(f"{stage}_loss", self._loss(out, y), batch_size=len(y))
+        self.log(f"{stage}_{self.metric_name}", metric, batch_size=len(y))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        schedule = schedules.build(self.optim.schedule, optimizer, self.trainer.estimated_stepping_batches)
+        if schedule is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+class TabularDataModule(pl.LightningDataModule):
+    """The Parquet splits, encoded once into tensors (tabular splits fit in memory)."""
+
+    def __init__(self, spec: FeatureSpec, splits: dict[str, str], batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.spec, self.splits, self.batch_size, self.seed = spec, splits, batch_size, seed
+        self.datasets: dict[str, TensorDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for name, uri in self.splits.items():
+            if name not in self.datasets:
+                self.datasets[name] = self.tensors(formats.read_frame(uri), uri)
+
+    def tensors(self, frame: pd.DataFrame, source: str) -> TensorDataset:
+        x = torch.from_numpy(self.spec.encode(frame, source))
+        y = torch.from_numpy(self.spec.encode_target(frame[self.spec.target]))
+        return TensorDataset(x, y)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,90 @@
+"""The whole training pipeline's parameters, and what they ask of each step.
+
+One flat form for the common case (the Prefect UI renders it; the CLI maps its flags onto it);
+each step still takes its own params, so a step can also be run, or retried, on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from modules.compress import CompressParams
+from modules.manifests import CompressResult
+from modules.config import Settings, new_run_id
+from modules.model import MLPConfig, OptimConfig
+from modules.preprocess import PreprocessParams
+from modules.registry import RegisterParams, RegisterResult
+from modules.schedules import ScheduleConfig, ScheduleName
+from modules.train import Hardware, TrainParams
+
+
+class PipelineParams(BaseModel):
+    data_uri: str = Field(title="Dataset URI", description="Labeled CSV, TSV, Parquet or JSONL (gzip allowed).")
+    target: str = Field(title="Target column")
+    task: Literal["auto", "classification", "regression"] = "auto"
+    exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
+    model_name: str | None = Field(None, description="Registry name; default MAAS_MODEL or 'default'.")
+    bucket: str | None = Field(None, description="Bucket for runs and the registry; default MAAS_BUCKET or the local bucket.")
+    scheduler: ScheduleName = Field("onecycle", description="Learning-rate schedule.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    hidden_sizes: list[int] = Field([256, 128], min_length=1)
+    max_epochs: int = Field(40, ge=1)
+    sparsity: float = Field(0.5, ge=0, lt=1, description="Fraction of weights pruned before int8 quantization.")
+    max_metric_drop: float = Field(0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise).")
+    hardware: Hardware = Hardware()
+    run_id: str | None = Field(None, description="Default: a new sortable id.")
+
+    def settings(self) -> Settings:
+        return Settings(bucket=self.bucket) if self.bucket else Settings()
+
+    def preprocess(self) -> PreprocessParams:
+        run_id = self.run_id or new_run_id()
+        output = self.settings().uri("runs", run_id, "preprocess")
+        return PreprocessParams(
+            data_uri=self.data_uri, target=self.target, task=self.task, exclude=self.exclude,
+            output_uri=output, seed=self.hardware.seed,
+        )
+
+    def train(self, preprocess_manifest: str) -> TrainParams:
+        return TrainParams(
+            preprocess_manifest=preprocess_manifest,
+            model=MLPConfig(hidden_sizes=self.hidden_sizes),
+            optim=OptimConfig(lr=self.lr, schedule=ScheduleConfig(name=self.scheduler)),
+            max_epochs=self.max_epochs,
+            hardware=self.hardware,
+        )
+
+    def compress(self, train_manifest: str) -> CompressParams:
+        return CompressParams(
+            train_manifest=train_manifest, sparsity=self.sparsity, max_metric_drop=self.max_metric_drop,
+            hardware=self.hardware,
+        )
+
+    def register(self, compress_manifest: str) -> RegisterParams:
+        settings = self.settings()
+        return RegisterParams(compress_manifest=compress_manifest, bucket=settings.bucket,
+                              name=self.model_name or settings.model_name)
+
+
+class PipelineResult(BaseModel):
+    model_ref: str
+    version: int
+    run_uri: str = Field(description="runs/<run id> folder holding every step's outputs.")
+    card_uri: str
+    gate: str
+    compressed: CompressResult
+    registered: RegisterResult
+
+    @classmethod
+    def of(cls, compressed: CompressResult, registered: RegisterResult) -> PipelineResult:
+        return cls(
+            model_ref=registered.model_ref,
+            version=registered.version,
+            run_uri=compressed.manifest_uri.rsplit("/", 2)[0],
+            card_uri=registered.card_uri,
+            gate=compressed.gate.reason,
+            compressed=compressed,
+            registered=registered,
+        )

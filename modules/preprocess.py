@@ -1,0 +1,249 @@
+"""Validate a labeled table, split it, and fit the preprocessing that the model carries with it.
+
+The fitted `FeatureSpec` holds imputation fills, standardization and category vocabularies, fitted
+on the train split only. It is applied by tensor ops inside the model (`modules.model`), so the
+exported artifact takes raw feature rows: scoring needs no training-time state. What stays in
+Python is `FeatureSpec.encode`, which picks the feature columns by name (column order does not
+matter), checks that numbers parse, and maps categories to integer codes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from modules import formats, storage
+from modules.config import step_output
+from modules.errors import InputError
+from modules.manifests import PreprocessResult
+
+Task = Literal["classification", "regression"]
+Label = bool | int | float | str
+MAX_AUTO_CLASSES = 20
+
+
+class NumericFeature(BaseModel):
+    name: str
+    dtype: str
+    fill: float = Field(description="Median of the train split, used for missing values.")
+    mean: float
+    scale: float
+
+
+class CategoricalFeature(BaseModel):
+    name: str
+    dtype: str
+    categories: list[str] = Field(description="Vocabulary; code i+1 is categories[i], code 0 is unknown or missing.")
+
+
+class FeatureSpec(BaseModel):
+    """The fitted preprocessing and the model's input and output schema."""
+
+    target: str
+    task: Task
+    classes: list[Label] | None = None
+    target_mean: float = 0.0
+    target_scale: float = 1.0
+    clip: float = Field(
+        5.0, description="Standardized values are clipped to ±clip: a rare value in a near-constant column "
+        "(a stray pixel) would otherwise reach dozens of deviations and dominate the network."
+    )
+    numeric: list[NumericFeature] = []
+    categorical: list[CategoricalFeature] = []
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.numeric] + [f.name for f in self.categorical]
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + len(self.categorical)
+
+    @property
+    def output_size(self) -> int:
+        return len(self.classes) if self.classes is not None else 1
+
+    def encode(self, frame: pd.DataFrame, source: str) -> np.ndarray:
+        """Feature matrix for the model: raw numbers (NaN where missing), then category codes.
+
+        Raises InputError naming `source` and the column when a feature is missing or a value
+        does not parse as a number.
+        """
+        missing = [name for name in self.feature_names if name not in frame.columns]
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:10]) + (" …" if len(missing) > 10 else "")
+            raise InputError(f"{source}: missing feature column(s) {shown} ({len(missing)} of {self.width})")
+        out = np.empty((len(frame), self.width), dtype=np.float32)
+        for i, feature in enumerate(self.numeric):
+            out[:, i] = _numeric_column(frame[feature.name], source)
+        for j, feature in enumerate(self.categorical, start=len(self.numeric)):
+            codes = {value: code for code, value in enumerate(feature.categories, start=1)}
+            column = frame[feature.name]
+            out[:, j] = column.astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
+        return out
+
+    def encode_target(self, series: pd.Series) -> np.ndarray:
+        """Class indices (int64) for classification, standardized values (float32) for regression."""
+        if self.classes is None:
+            values = np.array(pd.to_numeric(series, errors="coerce"), dtype=np.float64)
+            return ((values - self.target_mean) / self.target_scale).astype(np.float32)
+        index = {_native(c): i for i, c in enumerate(self.classes)}
+        codes = np.array(series.map(lambda v: index.get(_native(v), -1)), dtype=np.int64)
+        if (codes < 0).any():
+            unknown = series[codes < 0].iloc[0]
+            raise InputError(f"target value {unknown!r} is not one of the trained classes")
+        return codes
+
+
+def _numeric_column(column: pd.Series, source: str) -> np.ndarray:
+    values = pd.to_numeric(column, errors="coerce").astype("float64")
+    bad = (values.isna() & column.notna()) | np.isinf(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(
+            f"{source}: column {column.name!r} needs numbers but row {row} holds {column.iloc[row]!r}"
+            f" ({int(bad.sum())} such value(s))"
+        )
+    return values.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _native(value: object) -> Label:
+    """A JSON-native label (numpy scalars become Python ones) so labels round-trip through the card."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # type: ignore[return-value]
+
+
+def infer_task(target: pd.Series) -> Task:
+    """Classification for labels and small integer sets; regression for other numbers."""
+    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
+        return "classification"
+    values = target.dropna()
+    integral = bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1) == 0))
+    return "classification" if integral and values.nunique() <= MAX_AUTO_CLASSES else "regression"
+
+
+def fit_spec(train: pd.DataFrame, target: str, task: Task, features: list[str], max_categories: int) -> FeatureSpec:
+    """Fit imputation, scaling and vocabularies on the train split only."""
+    numeric: list[NumericFeature] = []
+    categorical: list[CategoricalFeature] = []
+    for name in features:
+        column = train[name]
+        dtype = str(column.dtype)
+        if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+            values = pd.to_numeric(column, errors="coerce").astype("float64").replace([np.inf, -np.inf], np.nan)
+            present = values.dropna()
+            fill = float(present.median()) if len(present) else 0.0
+            mean = float(present.mean()) if len(present) else 0.0
+            std = float(present.std(ddof=0)) if len(present) > 1 else 0.0
+            numeric.append(NumericFeature(name=name, dtype=dtype, fill=fill, mean=mean, scale=std if std > 1e-12 else 1.0))
+        elif pd.api.types.is_object_dtype(column) or isinstance(column.dtype, (pd.StringDtype, pd.CategoricalDtype)):
+            counts = column.dropna().astype("string").value_counts()
+            categories = sorted(counts.index[:max_categories].tolist())
+            categorical.append(CategoricalFeature(name=name, dtype=dtype, categories=categories))
+        else:
+            raise InputError(f"feature column {name!r} has type {dtype}; features must be numeric or categorical")
+    labels = train[target]
+    if task == "classification":
+        classes = sorted({_native(v) for v in labels.dropna()}, key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            raise InputError(f"target column {target!r} has {len(classes)} class(es); classification needs at least 2")
+        return FeatureSpec(target=target, task=task, classes=classes, numeric=numeric, categorical=categorical)
+    values = pd.to_numeric(labels, errors="coerce")
+    if values.isna().any():
+        raise InputError(f"target column {target!r} must be numeric for regression")
+    scale = float(values.std(ddof=0))
+    return FeatureSpec(
+        target=target,
+        task=task,
+        target_mean=float(values.mean()),
+        target_scale=scale if scale > 1e-12 else 1.0,
+        numeric=numeric,
+        categorical=categorical,
+    )
+
+
+def split_indices(
+    n_rows: int, labels: np.ndarray | None, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Deterministic train/val/test row indices; stratified by label when labels are given."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n_rows)] if labels is None else [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for group in groups:
+        group = rng.permutation(group)
+        n_test = int(round(len(group) * test_fraction))
+        n_val = int(round(len(group) * val_fraction))
+        if len(group) - n_test - n_val < 1:  # a tiny class keeps its rows for training
+            n_test = n_val = 0
+        parts["test"].append(group[:n_test])
+        parts["val"].append(group[n_test : n_test + n_val])
+        parts["train"].append(group[n_test + n_val :])
+    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
+
+
+class PreprocessParams(BaseModel):
+    """Which table to learn from and how to split it."""
+
+    data_uri: str = Field(title="Dataset URI", description="CSV, TSV, Parquet or JSONL (gzip allowed) with a target column.")
+    target: str = Field(title="Target column", description="The column to predict.")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto", description="auto: labels and up to 20 distinct integers are classes; other numbers are regression."
+    )
+    features: list[str] | None = Field(None, description="Feature columns; default: every column but the target and `exclude`.")
+    exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
+    output_uri: str | None = Field(None, description="Where the splits go; default runs/<new run id>/preprocess in the bucket.")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    max_categories: int = Field(100, ge=1, description="Vocabulary size per categorical column; rarer values count as unknown.")
+    seed: int = 42
+
+
+def run_preprocess(params: PreprocessParams) -> PreprocessResult:
+    """Read, validate, split and fit; write the splits as Parquet, the spec and a manifest as JSON."""
+    output = params.output_uri or step_output("preprocess")
+    source = storage.info(params.data_uri)
+    frame = formats.read_frame(params.data_uri)
+    if params.target not in frame.columns:
+        columns = ", ".join(map(repr, list(frame.columns)[:20]))
+        raise InputError(f"{params.data_uri}: target column {params.target!r} not found; columns are {columns}")
+    features = params.features or [c for c in frame.columns if c != params.target and c not in params.exclude]
+    unknown = [c for c in features if c not in frame.columns]
+    if unknown:
+        raise InputError(f"{params.data_uri}: feature column(s) {unknown} not found")
+    if not features:
+        raise InputError(f"{params.data_uri}: no feature columns besides the target {params.target!r}")
+    labeled = frame.loc[frame[params.target].notna(), [*features, params.target]].reset_index(drop=True)
+    task = infer_task(labeled[params.target]) if params.task == "auto" else params.task
+    labels = labeled[params.target].astype("string").to_numpy() if task == "classification" else None
+    splits = split_indices(len(labeled), labels, params.val_fraction, params.test_fraction, params.seed)
+    if any(len(rows) == 0 for rows in splits.values()):
+        raise InputError(f"{params.data_uri}: {len(labeled)} labeled rows are too few to split into train/val/test")
+    spec = fit_spec(labeled.iloc[splits["train"]], params.target, task, features, params.max_categories)
+    spec.encode(labeled, params.data_uri)  # fail now, not in training, on values that do not parse
+
+    split_uris = {}
+    for name, rows in splits.items():
+        split_uris[name] = storage.join(output, f"{name}.parquet")
+        formats.write_frame(labeled.iloc[rows], split_uris[name])
+    spec_uri = storage.join(output, "spec.json")
+    storage.write_json(spec_uri, spec)
+    result = PreprocessResult(
+        data_uri=source.uri,
+        data_etag=source.etag,
+        task=task,
+        target=params.target,
+        rows_read=len(frame),
+        rows_unlabeled=len(frame) - len(labeled),
+        rows={name: len(rows) for name, rows in splits.items()},
+        splits=split_uris,
+        spec_uri=spec_uri,
+        manifest_uri=storage.join(output, "manifest.json"),
+    )
+    storage.write_json(result.manifest_uri, result)
+    return result

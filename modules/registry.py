@@ -1,0 +1,244 @@
+"""The model registry, kept in the bucket itself.
+
+Layout: `models/<name>/<version>/` holds the ONNX artifacts and `card.json`; `models/<name>/aliases/
+<alias>.json` are pointer objects (`latest`, `production`) replaced atomically. A version number is
+taken by a conditional create of `models/<name>/<version>/claim.json`, so two registrations never
+share one; the card is written after the artifacts, so a version with a card is complete.
+
+References: `name@alias` or `name/version`; a bare `name` means `name@production`.
+Loading verifies each artifact's sha256 against the card and never unpickles: artifacts are ONNX.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from importlib import metadata
+
+from pydantic import BaseModel, Field
+
+from modules import storage
+from modules.config import Settings
+from modules.errors import RegistryError
+from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
+from modules.predictor import Predictor
+from modules.preprocess import FeatureSpec
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
+PACKAGES = ("maas", "torch", "pytorch-lightning", "onnx", "onnxruntime", "pandas", "numpy", "pyarrow", "prefect")
+SERVED_VARIANT = "int8"
+
+
+class CardArtifact(BaseModel):
+    file: str = Field(description="File name inside the version folder.")
+    sha256: str
+    size_bytes: int
+
+
+class Lineage(BaseModel):
+    data_uri: str
+    data_etag: str
+    preprocess_manifest: str
+    train_manifest: str
+    compress_manifest: str
+
+
+class ModelCard(BaseModel):
+    """Everything needed to use and trust a model version, with no access to its training run."""
+
+    name: str
+    version: int
+    created_at: datetime
+    task: str
+    target: str
+    classes: list | None
+    features: FeatureSpec = Field(description="Input schema and the preprocessing folded into the artifacts.")
+    served_variant: str = SERVED_VARIANT
+    artifacts: dict[str, CardArtifact]
+    metrics: list[VariantReport]
+    gate: GateDecision
+    training: dict
+    lineage: Lineage
+    packages: dict[str, str]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+class RegisterParams(BaseModel):
+    compress_manifest: str = Field(title="Compress manifest URI", description="manifest.json written by compress.")
+    bucket: str | None = Field(None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket.")
+    name: str | None = Field(None, description="Model name; default MAAS_MODEL or 'default'.")
+
+
+class RegisterResult(BaseModel):
+    model_ref: str = Field(description="`name@production` if the gate passed, else `name/version`.")
+    name: str
+    version: int
+    card_uri: str
+    aliases: list[str]
+
+
+def _settings(bucket: str | None) -> Settings:
+    return Settings(bucket=bucket) if bucket else Settings()
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise RegistryError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (up to 128)")
+    return name
+
+
+def model_uri(bucket: str, name: str, *parts: str) -> str:
+    return storage.join(bucket, "models", _check_name(name), *parts)
+
+
+def card_uri(bucket: str, name: str, version: int) -> str:
+    return model_uri(bucket, name, str(version), "card.json")
+
+
+def versions(bucket: str, name: str) -> list[int]:
+    """Version numbers taken so far (complete or being written), ascending."""
+    found = set()
+    for obj in storage.list_objects(model_uri(bucket, name)):
+        parts = storage.relative_key(model_uri(bucket, name), obj.uri).split("/")
+        if parts[0].isdigit():
+            found.add(int(parts[0]))
+    return sorted(found)
+
+
+def aliases(bucket: str, name: str) -> dict[str, int]:
+    found = {}
+    for obj in storage.list_objects(model_uri(bucket, name, "aliases")):
+        alias = obj.uri.rsplit("/", 1)[-1].removesuffix(".json")
+        found[alias] = int(storage.read_json(obj.uri)["version"])
+    return found
+
+
+def set_alias(bucket: str, name: str, alias: str, version: int) -> None:
+    """Point `alias` at `version` in one atomic write; readers see the old or the new target."""
+    _check_name(alias)
+    if not storage.exists(card_uri(bucket, name, version)):
+        raise RegistryError(f"cannot point {name}@{alias} at version {version}: it has no card in {bucket}")
+    pointer = {"version": version, "updated_at": datetime.now(timezone.utc).isoformat()}
+    storage.write_json(model_uri(bucket, name, "aliases", f"{alias}.json"), pointer)
+
+
+def resolve(bucket: str, ref: str) -> tuple[str, int]:
+    """`name@alias`, `name/version` or `name` (= `name@production`) to a concrete version."""
+    match = _REF.match(ref.strip())
+    if not match:
+        raise RegistryError(f"invalid model reference {ref!r}: use NAME@ALIAS or NAME/VERSION")
+    name = _check_name(match["name"])
+    if match["version"]:
+        version = int(match["version"])
+        if not storage.exists(card_uri(bucket, name, version)):
+            known = ", ".join(map(str, versions(bucket, name))) or "none"
+            raise RegistryError(f"model {name} has no version {version} in {bucket} (versions: {known})")
+        return name, version
+    alias = match["alias"] or "production"
+    pointer = model_uri(bucket, name, "aliases", f"{alias}.json")
+    if not storage.exists(pointer):
+        known = ", ".join(sorted(aliases(bucket, name))) or "none"
+        raise RegistryError(f"model {name} has no alias {alias!r} in {bucket} (aliases: {known}); train one with `maas pipeline`")
+    return name, int(storage.read_json(pointer)["version"])
+
+
+def load_card(uri: str) -> ModelCard:
+    return storage.read_model(uri, ModelCard)
+
+
+def read_artifact(card_location: str, card: ModelCard, variant: str) -> bytes:
+    """The artifact's bytes, after checking them against the sha256 in the card."""
+    entry = card.artifacts.get(variant)
+    if entry is None:
+        raise RegistryError(f"{card.ref} has no {variant!r} artifact (has: {', '.join(card.artifacts)})")
+    uri = storage.join(card_location.rsplit("/", 1)[0], entry.file)
+    data = storage.read_bytes(uri)
+    digest = storage.sha256_hex(data)
+    if digest != entry.sha256:
+        raise RegistryError(f"{uri}: sha256 {digest[:12]}… does not match the card's {entry.sha256[:12]}…; refusing to load")
+    return data
+
+
+def load_predictor(card_location: str, threads: int | None = None) -> tuple[ModelCard, Predictor]:
+    card = load_card(card_location)
+    return card, Predictor(card.features, read_artifact(card_location, card, card.served_variant), threads=threads)
+
+
+def register(params: RegisterParams) -> RegisterResult:
+    """Publish a compressed model as the next version; move `latest`, and `production` if the gate passed."""
+    settings = _settings(params.bucket)
+    name = _check_name(params.name or settings.model_name)
+    bucket = settings.bucket
+    compressed = storage.read_model(params.compress_manifest, CompressResult)
+    trained = storage.read_model(compressed.train_manifest, TrainResult)
+    prep = storage.read_model(trained.preprocess_manifest, PreprocessResult)
+    spec = storage.read_model(prep.spec_uri, FeatureSpec)
+
+    version = _claim_version(bucket, name, params.compress_manifest)
+    artifacts = {}
+    for variant, ref in compressed.artifacts.items():
+        data = storage.read_bytes(ref.uri)
+        if storage.sha256_hex(data) != ref.sha256:
+            raise RegistryError(f"{ref.uri} changed since compression (sha256 mismatch); rerun compress")
+        file = ref.uri.rsplit("/", 1)[-1]
+        storage.write_bytes(model_uri(bucket, name, str(version), file), data)
+        artifacts[variant] = CardArtifact(file=file, sha256=ref.sha256, size_bytes=len(data))
+
+    card = ModelCard(
+        name=name,
+        version=version,
+        created_at=datetime.now(timezone.utc),
+        task=spec.task,
+        target=spec.target,
+        classes=spec.classes,
+        features=spec,
+        artifacts=artifacts,
+        metrics=compressed.variants,
+        gate=compressed.gate,
+        training=trained.model_dump(include={"model", "scheduler", "metric", "best_epoch", "epochs_run",
+                                             "val_metric", "test_metric", "accelerator", "precision",
+                                             "mean_epoch_seconds"}),
+        lineage=Lineage(
+            data_uri=prep.data_uri,
+            data_etag=prep.data_etag,
+            preprocess_manifest=trained.preprocess_manifest,
+            train_manifest=compressed.train_manifest,
+            compress_manifest=params.compress_manifest,
+        ),
+        packages=_package_versions(),
+    )
+    location = card_uri(bucket, name, version)
+    storage.write_json(location, card)
+
+    moved = []
+    for alias in ("latest", "production"):
+        if alias == "production" and not compressed.gate.passed:
+            continue
+        current = aliases(bucket, name).get(alias)
+        if current is None or current < version:  # a slower concurrent registration never moves an alias back
+            set_alias(bucket, name, alias, version)
+            moved.append(alias)
+    ref = f"{name}@production" if "production" in moved else f"{name}/{version}"
+    return RegisterResult(model_ref=ref, name=name, version=version, card_uri=location, aliases=moved)
+
+
+def _claim_version(bucket: str, name: str, source: str) -> int:
+    version = (versions(bucket, name) or [0])[-1] + 1
+    claim = {"source": source, "claimed_at": datetime.now(timezone.utc).isoformat()}
+    while not storage.create_json(model_uri(bucket, name, str(version), "claim.json"), claim):
+        version += 1
+    return version
+
+
+def _package_versions() -> dict[str, str]:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
