@@ -6,7 +6,7 @@ user can fix are printed as one line (exit 1); `--debug` shows the traceback.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Annotated, Optional
@@ -32,10 +32,26 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False) 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+class _UserErrorsInOneLine(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback; for a user's mistake the message is the news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from modules.errors import MaasError
+
+        if record.exc_info and isinstance(record.exc_info[1], MaasError):
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def _run(action: Callable[[], BaseModel], as_json: bool, show: Callable[[BaseModel], None]) -> None:
     """Run a flow; user errors become one line and exit code 1."""
+    import prefect  # noqa: F401  (configures Prefect's loggers, which the filter then joins)
+
     from modules.errors import MaasError
 
+    if not state["debug"]:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_UserErrorsInOneLine())
     try:
         result = action()
     except (MaasError, ValidationError) as exc:
@@ -66,6 +82,7 @@ def pipeline(
     scheduler: Annotated[str, typer.Option(help="onecycle, cosine, exponential, step, plateau or none.")] = "onecycle",
     sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before int8.")] = 0.5,
     max_epochs: Annotated[int, typer.Option(help="Upper bound on training epochs (early stopping may end sooner).")] = 40,
+    max_metric_drop: Annotated[float, typer.Option(help="Gate for production: allowed accuracy drop (0.01 = 1 point) or relative RMSE rise.")] = 0.01,
     exclude: Annotated[Optional[list[str]], typer.Option(help="A column that is not a feature (repeatable).")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -79,7 +96,8 @@ def pipeline(
         from modules.pipeline import PipelineParams
 
         params = PipelineParams(data_uri=data, target=target, task=task, model_name=model_name, bucket=bucket,
-                                scheduler=scheduler, sparsity=sparsity, max_epochs=max_epochs, exclude=exclude or [])
+                                scheduler=scheduler, sparsity=sparsity, max_epochs=max_epochs, exclude=exclude or [],
+                                max_metric_drop=max_metric_drop)
         return pipeline_flow(params)
 
     _run(action, as_json, _show_pipeline)
@@ -139,15 +157,19 @@ def _show_pipeline(result) -> None:
 def _show_score(result) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
     console.print(f"{result.model_ref}: {counts or 'nothing to score'}; {result.rows:,} rows at {result.rows_per_s:,.0f} rows/s")
+    console.print(f"predictions under {result.output_uri}, error reports under {result.quarantine_uri}")
     for outcome in result.files:
-        where = outcome.output_uri or outcome.report_uri or ""
-        console.print(f"  {outcome.status:<11} {outcome.input_uri} -> {where}" + (f"  ({outcome.error})" if outcome.error else ""))
+        written = (outcome.output_uri or outcome.report_uri or "").rsplit("/", 1)[-1]
+        line = f"  {outcome.status:<11} {outcome.input_uri.rsplit('/', 1)[-1]} -> {written}"
+        console.print(line + (f"  ({outcome.error})" if outcome.error else ""), soft_wrap=True)
 
 
 def _show_demo(result) -> None:
     _show_pipeline(result.pipeline)
     _show_score(result.scoring)
     console.print(f"held-out accuracy of the scored files: {result.held_out_accuracy:.4f}")
+    console.print(f"next: drop files into {result.data.incoming_uri} and run "
+                  f"`maas score --model {result.pipeline.model_ref}`", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from prefect import flow, task
 from pydantic import BaseModel
 
 from flows.pipeline import pipeline
+from flows.retries import IO_RETRIES
 from flows.score import score
 from modules import demo
 from modules.config import Settings
@@ -30,7 +31,7 @@ class DemoResult(BaseModel):
     held_out_accuracy: float
 
 
-@task(retries=3, retry_delay_seconds=[2, 5, 15])
+@task(**IO_RETRIES)
 def write_demo_data(settings: Settings) -> demo.DemoData:
     return demo.write_demo_data(settings)
 

@@ -14,19 +14,18 @@ import time
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
+from flows.retries import IO_RETRIES
 from modules import score as scoring
 from modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
 from modules.storage import ObjectInfo
 
-RETRY_DELAYS = [2, 5, 15]
 
-
-@task(retries=3, retry_delay_seconds=RETRY_DELAYS, cache_policy=NO_CACHE)
+@task(**IO_RETRIES, cache_policy=NO_CACHE)
 def plan(params: ScoreParams) -> ScoreJob:
     return scoring.plan(params)
 
 
-@task(retries=3, retry_delay_seconds=RETRY_DELAYS, cache_policy=NO_CACHE, task_run_name="score {obj.uri}")
+@task(**IO_RETRIES, cache_policy=NO_CACHE, task_run_name="score {obj.uri}")
 def score_file(job: ScoreJob, obj: ObjectInfo) -> FileOutcome:
     outcome = scoring.score_file(job, obj)
     get_run_logger().info("%s: %s (%d rows)%s", obj.uri, outcome.status, outcome.rows,

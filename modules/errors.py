@@ -19,3 +19,12 @@ class StorageError(MaasError, OSError):
 
 class RegistryError(MaasError, LookupError):
     """A model reference does not resolve, or an artifact fails its checksum."""
+
+
+class StorageUnavailable(StorageError):
+    """The store did not answer (endpoint down, connection refused): worth retrying, unlike a missing key."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether trying again may help: outages yes, problems the user must fix no."""
+    return isinstance(exc, StorageUnavailable) or not isinstance(exc, MaasError)

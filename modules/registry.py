@@ -138,7 +138,7 @@ def resolve(bucket: str, ref: str) -> tuple[str, int]:
             known = ", ".join(map(str, versions(bucket, name))) or "none"
             raise RegistryError(f"model {name} has no version {version} in {bucket} (versions: {known})")
         return name, version
-    alias = match["alias"] or "production"
+    alias = _check_name(match["alias"] or "production")
     pointer = model_uri(bucket, name, "aliases", f"{alias}.json")
     if not storage.exists(pointer):
         known = ", ".join(sorted(aliases(bucket, name))) or "none"

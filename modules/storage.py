@@ -30,7 +30,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
-from modules.errors import StorageError
+from modules.errors import StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
 M = TypeVar("M", bound=BaseModel)
@@ -85,7 +85,7 @@ def _translated(uri: str) -> Iterator[None]:
         name = type(exc).__name__
         if name in {"EndpointConnectionError", "ConnectTimeoutError", "NoCredentialsError", "ClientConnectorError"}:
             hint = "no credentials found" if name == "NoCredentialsError" else "endpoint unreachable"
-            raise StorageError(f"cannot reach {uri}: {hint} ({exc}); check AWS_ENDPOINT_URL and credentials") from exc
+            raise StorageUnavailable(f"cannot reach {uri}: {hint} ({exc}); check AWS_ENDPOINT_URL and credentials") from exc
         raise
 
 

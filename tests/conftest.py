@@ -1,0 +1,110 @@
+"""Shared fixtures: a real S3 endpoint (moto server on loopback), a real Prefect API, small datasets.
+
+Prefect's home and the AWS settings are set before anything imports Prefect or botocore, so no
+test touches the user's ~/.prefect, real AWS, or the network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+_HOME = tempfile.mkdtemp(prefix="maas-tests-")
+os.environ.update(
+    {
+        "PREFECT_HOME": os.path.join(_HOME, "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+for _name in ("PREFECT_API_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "MAAS_BUCKET", "MAAS_MODEL"):
+    os.environ.pop(_name, None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP endpoint on 127.0.0.1; s3fs finds it through AWS_ENDPOINT_URL, as in production."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    yield endpoint
+    server.stop()
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty bucket per test."""
+    import boto3
+
+    name = f"maas-{abs(hash(request.node.nodeid)) % 10**10}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def local_bucket(tmp_path: Path) -> str:
+    return (tmp_path / "bucket").as_uri()
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+def any_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same test on a local folder, fsspec's memory store and the S3 endpoint."""
+    if request.param == "file":
+        yield (tmp_path / "bucket").as_uri()
+    elif request.param == "memory":
+        yield f"memory://maas-{tmp_path.name}"
+    else:
+        yield request.getfixturevalue("s3_bucket")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect API (temporary server and database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def synthetic_classification(rows: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Three well-separated classes, a categorical feature that matters, missing values, an id."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 3, rows)
+    frame = pd.DataFrame(
+        {
+            "id": [f"row-{i}" for i in range(rows)],
+            "x1": rng.normal(label * 2.0, 0.5),
+            "x2": rng.normal(-label, 0.5),
+            "color": np.array(["red", "green", "blue"])[label],
+            "label": np.array(["a", "b", "c"])[label],
+        }
+    )
+    frame.loc[rng.choice(rows, rows // 20, replace=False), "x2"] = np.nan
+    return frame
+
+
+def synthetic_regression(rows: int = 800, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4))
+    y = 3 * x[:, 0] - 2 * x[:, 1] + x[:, 2] * x[:, 3] + rng.normal(0, 0.1, rows) + 50
+    return pd.DataFrame({"f0": x[:, 0], "f1": x[:, 1], "f2": x[:, 2], "f3": x[:, 3], "price": y})

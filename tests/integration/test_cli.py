@@ -1,0 +1,61 @@
+"""`maas` run as a user runs it: a subprocess, the embedded default bucket, Prefect's ephemeral API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modules import formats, registry, storage
+
+pytestmark = pytest.mark.integration
+MAAS = str(Path(sys.executable).parent / "maas")
+
+
+def _maas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAAS_BUCKET", "PREFECT_API_URL")}
+    return subprocess.run([MAAS, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", [[], ["pipeline"], ["score"], ["demo"]])
+def test_help(command: list[str], tmp_path: Path) -> None:
+    result = _maas(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "Usage: maas" in result.stdout
+
+
+def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
+    result = _maas("demo", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    bucket = (tmp_path / ".maas" / "bucket").as_uri()
+    variants = {v["name"]: v for v in summary["pipeline"]["compressed"]["variants"]}
+    assert variants["int8"]["metric"] >= variants["fp32"]["metric"] - 0.01
+    assert summary["pipeline"]["model_ref"] == "digits@production"
+    assert summary["scoring"]["counts"]["scored"] == 3 and summary["held_out_accuracy"] >= 0.95
+    assert registry.resolve(bucket, "digits@production") == ("digits", 1)
+    predictions = storage.list_objects(storage.join(bucket, "predictions"))
+    assert len([p for p in predictions if p.uri.endswith(".predictions.parquet")]) == 3
+    assert "Traceback" not in result.stderr
+
+    table = _maas("score", "--model", "digits@production", cwd=tmp_path)  # nothing new to score
+    assert table.returncode == 0 and "3 skipped" in table.stdout, table.stderr[-2000:]
+
+
+def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:
+    result = _maas("score", "--model", "nope@production", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "error: model nope has no alias 'production'" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+    raw = tmp_path / "data.csv"
+    formats.write_frame(formats.read_frame((Path(__file__).parent.parent / "data" / "tiny.csv").as_uri()), raw.as_uri())
+    result = _maas("pipeline", "--data", raw.as_uri(), "--target", "nope", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "target column 'nope' not found" in result.stderr and "Traceback" not in result.stderr
+
+    result = _maas("pipeline", "--data", raw.as_uri(), "--target", "label", "--sparsity", "1.5", cwd=tmp_path)
+    assert result.returncode == 1 and "invalid parameter sparsity" in result.stderr

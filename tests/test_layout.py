@@ -1,0 +1,44 @@
+"""The architecture's rules, checked: logic without Prefect, lint-clean images."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_modules_never_import_prefect() -> None:
+    offenders = []
+    for path in (ROOT / "modules").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "prefect"]
+    assert offenders == []
+
+
+def test_scoring_path_does_not_load_torch() -> None:
+    """Scoring containers need ONNX Runtime, not torch: importing the scorer must not pull it in."""
+    code = "import sys, modules.score; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(ROOT / "docker" / dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_images_run_as_non_root(dockerfile: str) -> None:
+    users = [line.split()[1] for line in (ROOT / "docker" / dockerfile).read_text().splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")

@@ -1,0 +1,31 @@
+"""A small model trained once per module through the real steps (no Prefect), for registry and scoring tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from modules import formats, storage
+from modules.compress import CompressParams, run_compress
+from modules.preprocess import PreprocessParams, run_preprocess
+from modules.registry import RegisterParams, RegisterResult, register
+from modules.train import TrainParams, run_training
+from tests.conftest import synthetic_classification
+
+
+def train_and_compress(bucket: str, run: str, sparsity: float = 0.5, finetune_epochs: int = 1) -> str:
+    """Run preprocess, train and compress on the synthetic data; return the compress manifest URI."""
+    raw = storage.join(bucket, "raw", "data.csv")
+    if not storage.exists(raw):
+        formats.write_frame(synthetic_classification(400), raw)
+    prep = run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"],
+                                           output_uri=storage.join(bucket, "runs", run, "preprocess")))
+    trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4))
+    return run_compress(CompressParams(train_manifest=trained.manifest_uri, sparsity=sparsity,
+                                       finetune_epochs=finetune_epochs)).manifest_uri
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, RegisterResult]:
+    bucket = (tmp_path_factory.mktemp("registry") / "bucket").as_uri()
+    manifest = train_and_compress(bucket, "run-1")
+    return bucket, register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="toy"))

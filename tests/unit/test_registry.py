@@ -1,0 +1,93 @@
+"""Versions, aliases, cards and checksum-verified loading, on the bucket itself."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from modules import registry, storage
+from modules.errors import RegistryError
+from modules.registry import RegisterParams, register
+from tests.unit.conftest import train_and_compress
+
+
+def test_first_registration_is_version_1_latest_and_production(registered) -> None:
+    bucket, result = registered
+    assert (result.version, result.model_ref) == (1, "toy@production")
+    assert registry.aliases(bucket, "toy") == {"latest": 1, "production": 1}
+    card = registry.load_card(result.card_uri)
+    assert card.features.feature_names == ["x1", "x2", "color"] and card.classes == ["a", "b", "c"]
+    assert {v.name for v in card.metrics} == {"fp32", "pruned", "int8"}
+    assert card.gate.passed and card.lineage.data_uri.endswith("raw/data.csv")
+    assert card.lineage.data_etag == storage.info(card.lineage.data_uri).etag
+    assert {"torch", "onnxruntime", "pytorch-lightning"} <= set(card.packages)
+    served = card.artifacts["int8"]
+    data = storage.read_bytes(registry.model_uri(bucket, "toy", "1", served.file))
+    assert storage.sha256_hex(data) == served.sha256 and len(data) == served.size_bytes
+
+
+@pytest.mark.parametrize(("ref", "version"), [("toy", 1), ("toy@production", 1), ("toy@latest", 1), ("toy/1", 1)])
+def test_references_resolve(registered, ref: str, version: int) -> None:
+    bucket, _ = registered
+    assert registry.resolve(bucket, ref) == ("toy", version)
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("toy@staging", "no alias 'staging'.*aliases: latest, production"),
+        ("toy/9", "no version 9.*versions: 1"),
+        ("..@x", "invalid model name"),
+        ("toy@.hidden", "invalid model name"),
+        ("a@b@c", "invalid model reference"),
+    ],
+)
+def test_bad_references_explain_themselves(registered, ref: str, message: str) -> None:
+    bucket, _ = registered
+    with pytest.raises(RegistryError, match=message):
+        registry.resolve(bucket, ref)
+
+
+def test_tampered_artifact_is_refused(registered, tmp_path) -> None:
+    bucket, result = registered
+    copy = (tmp_path / "bucket").as_uri()
+    for obj in storage.list_objects(registry.model_uri(bucket, "toy", "1")):
+        storage.write_bytes(storage.join(copy, "models/toy/1", obj.uri.rsplit("/", 1)[-1]), storage.read_bytes(obj.uri))
+    card_location = registry.card_uri(copy, "toy", 1)
+    registry.load_predictor(card_location)  # intact copy loads
+    artifact = storage.join(copy, "models/toy/1", registry.load_card(card_location).artifacts["int8"].file)
+    data = bytearray(storage.read_bytes(artifact))
+    data[-10] ^= 0xFF
+    storage.write_bytes(artifact, bytes(data))
+    with pytest.raises(RegistryError, match="sha256 .* does not match"):
+        registry.load_predictor(card_location)
+
+
+def test_gate_refusal_keeps_production_and_moves_latest(tmp_path) -> None:
+    bucket = (tmp_path / "bucket").as_uri()
+    good = register(RegisterParams(compress_manifest=train_and_compress(bucket, "good"), bucket=bucket, name="m"))
+    ruined = train_and_compress(bucket, "ruined", sparsity=0.99, finetune_epochs=0)
+    refused = register(RegisterParams(compress_manifest=ruined, bucket=bucket, name="m"))
+    assert good.aliases == ["latest", "production"] and refused.aliases == ["latest"]
+    assert refused.model_ref == "m/2"
+    assert registry.aliases(bucket, "m") == {"latest": 2, "production": 1}
+    card = registry.load_card(refused.card_uri)
+    assert not card.gate.passed and card.gate.reason.startswith("refused: accuracy")
+
+
+def test_concurrent_registrations_get_distinct_versions(registered) -> None:
+    bucket, result = registered
+    manifest = registry.load_card(result.card_uri).lineage.compress_manifest
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="race")), range(4)))
+    assert sorted(r.version for r in results) == [1, 2, 3, 4]
+    assert registry.aliases(bucket, "race")["latest"] == 4
+
+
+def test_alias_can_be_moved_back_to_an_older_version(registered) -> None:
+    bucket, _ = registered
+    registry.set_alias(bucket, "race", "production", 2)
+    assert registry.resolve(bucket, "race@production") == ("race", 2)
+    with pytest.raises(RegistryError, match="no card"):
+        registry.set_alias(bucket, "race", "production", 99)

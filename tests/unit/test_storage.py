@@ -1,0 +1,105 @@
+"""The storage contract on every backend: atomic writes, conditional create, listing, clear errors."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from modules import storage
+from modules.errors import StorageError
+
+
+def test_write_read_and_replace(any_bucket: str) -> None:
+    uri = storage.join(any_bucket, "a", "b.json")
+    storage.write_json(uri, {"x": 1})
+    storage.write_json(uri, {"x": 2})
+    assert storage.read_json(uri) == {"x": 2}
+    assert storage.exists(uri)
+
+
+def test_create_is_exclusive(any_bucket: str) -> None:
+    uri = storage.join(any_bucket, "claims", "one.json")
+    assert storage.create_json(uri, {"owner": "first"}) is True
+    assert storage.create_json(uri, {"owner": "second"}) is False
+    assert storage.read_json(uri) == {"owner": "first"}
+
+
+def test_listing_has_size_and_etag_and_changes_with_content(any_bucket: str) -> None:
+    storage.write_bytes(storage.join(any_bucket, "in", "x.csv"), b"a\n1\n")
+    storage.write_bytes(storage.join(any_bucket, "in", "sub", "y.csv"), b"a\n1\n2\n")
+    listed = storage.list_objects(storage.join(any_bucket, "in"))
+    assert [storage.relative_key(storage.join(any_bucket, "in"), o.uri) for o in listed] == ["sub/y.csv", "x.csv"]
+    assert [o.size for o in listed] == [6, 4]
+    before = storage.info(storage.join(any_bucket, "in", "x.csv")).etag
+    storage.write_bytes(storage.join(any_bucket, "in", "x.csv"), b"a\n1\n3\n")
+    assert storage.info(storage.join(any_bucket, "in", "x.csv")).etag != before
+
+
+def test_listing_a_missing_prefix_is_empty(any_bucket: str) -> None:
+    assert storage.list_objects(storage.join(any_bucket, "nothing-here")) == []
+
+
+def test_missing_object_is_a_clear_error(any_bucket: str) -> None:
+    uri = storage.join(any_bucket, "missing.csv")
+    with pytest.raises(StorageError, match="not found: .*missing.csv"):
+        storage.read_bytes(uri)
+
+
+def test_missing_s3_bucket_is_a_clear_error(s3_endpoint: str) -> None:
+    with pytest.raises(StorageError, match="no-such-bucket-maas"):
+        storage.read_bytes("s3://no-such-bucket-maas/key.csv")
+
+
+def test_unreachable_endpoint_is_a_clear_error(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs
+
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(StorageError, match="cannot reach"):
+            storage.read_bytes("s3://anything/key.csv")
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_local_writes_leave_no_temp_files_and_readers_never_see_partial_data(tmp_path: Path) -> None:
+    uri = (tmp_path / "out.bin").as_uri()
+    payloads = [bytes([i]) * 2_000_000 for i in range(1, 6)]
+    storage.write_bytes(uri, payloads[0])
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.append(storage.read_bytes(uri)[::100_000])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for payload in payloads[1:]:
+        storage.write_bytes(uri, payload)
+    stop.set()
+    thread.join()
+    assert seen and all(len(set(sample)) == 1 and len(sample) == 20 for sample in seen)
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_upload_is_atomic_and_complete(any_bucket: str, tmp_path: Path) -> None:
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(3 * 1024 * 1024))
+    uri = storage.join(any_bucket, "uploads", "big.bin")
+    storage.upload(local, uri)
+    assert storage.read_bytes(uri) == local.read_bytes()
+    assert storage.sha256_hex(storage.read_bytes(uri)) == storage.sha256_hex(local.read_bytes())
+
+
+def test_relative_key_rejects_foreign_paths(tmp_path: Path) -> None:
+    base = (tmp_path / "incoming").as_uri()
+    assert storage.relative_key(base, base + "/a/b.csv") == "a/b.csv"
+    with pytest.raises(ValueError):
+        storage.relative_key(base, (tmp_path / "elsewhere" / "x.csv").as_uri())
