@@ -156,7 +156,8 @@ def run_compress(params: CompressParams) -> CompressResult:
 
     optim = OptimConfig(lr=params.finetune_lr, schedule=ScheduleConfig(name="cosine", warmup_fraction=0))
     module = TabularModule(spec.model_dump(), MLPConfig.model_validate(trained.model).model_dump(), optim.model_dump())
-    module.net.load_state_dict(torch.load(io.BytesIO(storage.read_bytes(trained.weights_uri)), weights_only=True))
+    checkpoint = torch.load(io.BytesIO(storage.read_bytes(trained.checkpoint_uri)), weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
     net = module.net
 
     with tempfile.TemporaryDirectory(prefix="maas-compress-") as scratch:

@@ -27,8 +27,7 @@ class PreprocessResult(BaseModel):
 
 class TrainResult(BaseModel):
     preprocess_manifest: str
-    checkpoint_uri: str = Field(description="Lightning checkpoint of the best validation epoch.")
-    weights_uri: str = Field(description="state_dict of the network alone, loadable with weights_only=True.")
+    checkpoint_uri: str = Field(description="Lightning checkpoint of the best epoch; loads with weights_only=True.")
     metrics_uri: str = Field(description="CSV: one row per epoch (losses, metric, lr, epoch seconds).")
     lr_uri: str = Field(description="CSV: learning rate at every optimizer step.")
     model: dict = Field(description="MLP configuration the weights belong to.")

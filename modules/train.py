@@ -1,13 +1,12 @@
 """Train the MLP with Lightning: LR schedule, early stopping, best checkpoint, metrics to storage.
 
 Lightning writes its checkpoint and CSV log to a local scratch folder; what matters is then
-uploaded next to the run: the best checkpoint, the network's weights alone (loadable with
-`weights_only=True`), per-epoch metrics and the learning rate at every step.
+uploaded next to the run: the best checkpoint (plain tensors and dicts, loadable with
+`torch.load(weights_only=True)`), per-epoch metrics and the learning rate at every step.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 import time
@@ -121,11 +120,8 @@ def run_training(params: TrainParams) -> TrainResult:
         test = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
         epochs, lr = _read_log(root / "metrics.csv")
 
-        uris = {name: storage.join(output, name) for name in ("checkpoint.ckpt", "weights.pt", "metrics.csv", "lr.csv")}
+        uris = {name: storage.join(output, name) for name in ("checkpoint.ckpt", "metrics.csv", "lr.csv")}
         storage.upload(checkpoint.best_model_path, uris["checkpoint.ckpt"])
-    buffer = io.BytesIO()
-    torch.save(module.net.state_dict(), buffer)
-    storage.write_bytes(uris["weights.pt"], buffer.getvalue())
     storage.write_bytes(uris["metrics.csv"], epochs.to_csv(index=False).encode())
     storage.write_bytes(uris["lr.csv"], lr.to_csv(index=False).encode())
 
@@ -133,7 +129,6 @@ def run_training(params: TrainParams) -> TrainResult:
     result = TrainResult(
         preprocess_manifest=params.preprocess_manifest,
         checkpoint_uri=uris["checkpoint.ckpt"],
-        weights_uri=uris["weights.pt"],
         metrics_uri=uris["metrics.csv"],
         lr_uri=uris["lr.csv"],
         model=params.model.model_dump(),

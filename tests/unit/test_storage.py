@@ -103,3 +103,20 @@ def test_relative_key_rejects_foreign_paths(tmp_path: Path) -> None:
     assert storage.relative_key(base, base + "/a/b.csv") == "a/b.csv"
     with pytest.raises(ValueError):
         storage.relative_key(base, (tmp_path / "elsewhere" / "x.csv").as_uri())
+
+
+def test_bad_credentials_are_a_clear_error(s3_bucket: str, s3_endpoint: str) -> None:
+    """moto checks signatures once auth is switched on; unknown keys must read as 'access denied'."""
+    import urllib.request
+
+    def set_auth(count: bytes) -> None:
+        request = urllib.request.Request(f"{s3_endpoint}/moto-api/reset-auth", data=count, method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
+        urllib.request.urlopen(request).close()
+
+    set_auth(b"0")
+    try:
+        with pytest.raises(StorageError, match="access denied to .*check AWS_ACCESS_KEY_ID"):
+            storage.read_bytes(storage.join(s3_bucket, "x.csv"))
+    finally:
+        set_auth(b"inf")
