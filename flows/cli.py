@@ -16,8 +16,11 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="maas: a labeled dataset in a bucket becomes a compact model that scores every file dropped there.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="maas: a labeled dataset in a bucket becomes a compact model that scores every file dropped there.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 state = {"debug": False}
 
@@ -81,8 +84,12 @@ def pipeline(
     bucket: BucketOption = None,
     scheduler: Annotated[str, typer.Option(help="onecycle, cosine, exponential, step, plateau or none.")] = "onecycle",
     sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before int8.")] = 0.5,
-    max_epochs: Annotated[int, typer.Option(help="Upper bound on training epochs (early stopping may end sooner).")] = 40,
-    max_metric_drop: Annotated[float, typer.Option(help="Gate for production: allowed accuracy drop (0.01 = 1 point) or relative RMSE rise.")] = 0.01,
+    max_epochs: Annotated[
+        int, typer.Option(help="Upper bound on training epochs (early stopping may end sooner).")
+    ] = 40,
+    max_metric_drop: Annotated[
+        float, typer.Option(help="Gate for production: allowed accuracy drop (0.01 = 1 point) or relative RMSE rise.")
+    ] = 0.01,
     exclude: Annotated[Optional[list[str]], typer.Option(help="A column that is not a feature (repeatable).")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -95,9 +102,18 @@ def pipeline(
         from flows.pipeline import pipeline as pipeline_flow
         from modules.pipeline import PipelineParams
 
-        params = PipelineParams(data_uri=data, target=target, task=task, model_name=model_name, bucket=bucket,
-                                scheduler=scheduler, sparsity=sparsity, max_epochs=max_epochs, exclude=exclude or [],
-                                max_metric_drop=max_metric_drop)
+        params = PipelineParams(
+            data_uri=data,
+            target=target,
+            task=task,
+            model_name=model_name,
+            bucket=bucket,
+            scheduler=scheduler,
+            sparsity=sparsity,
+            max_epochs=max_epochs,
+            exclude=exclude or [],
+            max_metric_drop=max_metric_drop,
+        )
         return pipeline_flow(params)
 
     _run(action, as_json, _show_pipeline)
@@ -105,9 +121,15 @@ def pipeline(
 
 @app.command()
 def score(
-    model: Annotated[Optional[str], typer.Option(help="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production.")] = None,
-    input: Annotated[Optional[str], typer.Option("--input", help="File or prefix to score; default incoming/ in the bucket.")] = None,
-    output: Annotated[Optional[str], typer.Option(help="Prefix for predictions; default predictions/ in the bucket.")] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production.")
+    ] = None,
+    input: Annotated[
+        Optional[str], typer.Option("--input", help="File or prefix to score; default incoming/ in the bucket.")
+    ] = None,
+    output: Annotated[
+        Optional[str], typer.Option(help="Prefix for predictions; default predictions/ in the bucket.")
+    ] = None,
     bucket: BucketOption = None,
     rescore: Annotated[bool, typer.Option(help="Score again files this model version already scored.")] = False,
     as_json: JsonOption = False,
@@ -143,8 +165,15 @@ def _variants_table(result) -> Table:
     for column in ("variant", result.compressed.metric, "sparsity", "ONNX bytes", "gzipped", "rows/s", "engine"):
         table.add_column(column, justify="left" if column in ("variant", "engine") else "right")
     for v in result.compressed.variants:
-        table.add_row(v.name, f"{v.metric:.4f}", f"{v.sparsity:.0%}", f"{v.size_bytes:,}", f"{v.gzip_bytes:,}",
-                      f"{v.rows_per_s:,.0f}", v.engine)
+        table.add_row(
+            v.name,
+            f"{v.metric:.4f}",
+            f"{v.sparsity:.0%}",
+            f"{v.size_bytes:,}",
+            f"{v.gzip_bytes:,}",
+            f"{v.rows_per_s:,.0f}",
+            v.engine,
+        )
     return table
 
 
@@ -156,7 +185,9 @@ def _show_pipeline(result) -> None:
 
 def _show_score(result) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
-    console.print(f"{result.model_ref}: {counts or 'nothing to score'}; {result.rows:,} rows at {result.rows_per_s:,.0f} rows/s")
+    console.print(
+        f"{result.model_ref}: {counts or 'nothing to score'}; {result.rows:,} rows at {result.rows_per_s:,.0f} rows/s"
+    )
     console.print(f"predictions under {result.output_uri}, error reports under {result.quarantine_uri}")
     for outcome in result.files:
         written = (outcome.output_uri or outcome.report_uri or "").rsplit("/", 1)[-1]
@@ -168,8 +199,10 @@ def _show_demo(result) -> None:
     _show_pipeline(result.pipeline)
     _show_score(result.scoring)
     console.print(f"held-out accuracy of the scored files: {result.held_out_accuracy:.4f}")
-    console.print(f"next: drop files into {result.data.incoming_uri} and run "
-                  f"`maas score --model {result.pipeline.model_ref}`", soft_wrap=True)
+    console.print(
+        f"next: drop files into {result.data.incoming_uri} and run `maas score --model {result.pipeline.model_ref}`",
+        soft_wrap=True,
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,18 @@ def write_demo_data(settings: Settings) -> demo.DemoData:
 def run_demo(params: DemoParams) -> DemoResult:
     settings = Settings(bucket=params.bucket) if params.bucket else Settings()
     data = write_demo_data(settings)
-    trained = pipeline(PipelineParams(data_uri=data.raw_uri, target=demo.TARGET, task="classification",
-                                      bucket=settings.bucket, model_name=params.model_name, sparsity=params.sparsity))
-    scored = score(ScoreParams(model=trained.model_ref, input_uri=data.incoming_uri,
-                               bucket=settings.bucket))
+    trained = pipeline(
+        PipelineParams(
+            data_uri=data.raw_uri,
+            target=demo.TARGET,
+            task="classification",
+            bucket=settings.bucket,
+            model_name=params.model_name,
+            sparsity=params.sparsity,
+        )
+    )
+    scored = score(ScoreParams(model=trained.model_ref, input_uri=data.incoming_uri, bucket=settings.bucket))
     outputs = [f.output_uri for f in scored.files if f.output_uri]
-    return DemoResult(data=data, pipeline=trained, scoring=scored,
-                      held_out_accuracy=demo.held_out_accuracy(outputs, data.labels_uri))
+    return DemoResult(
+        data=data, pipeline=trained, scoring=scored, held_out_accuracy=demo.held_out_accuracy(outputs, data.labels_uri)
+    )

@@ -28,8 +28,9 @@ def plan(params: ScoreParams) -> ScoreJob:
 @task(**IO_RETRIES, cache_policy=NO_CACHE, task_run_name="score {obj.uri}")
 def score_file(job: ScoreJob, obj: ObjectInfo) -> FileOutcome:
     outcome = scoring.score_file(job, obj)
-    get_run_logger().info("%s: %s (%d rows)%s", obj.uri, outcome.status, outcome.rows,
-                          f": {outcome.error}" if outcome.error else "")
+    get_run_logger().info(
+        "%s: %s (%d rows)%s", obj.uri, outcome.status, outcome.rows, f": {outcome.error}" if outcome.error else ""
+    )
     return outcome
 
 
@@ -46,8 +47,9 @@ def score(params: ScoreParams) -> ScoreResult:
         else:
             outcomes.append(FileOutcome(input_uri=obj.uri, status="failed", error=str(future.state.message)))
     result = scoring.summarize(job, outcomes, time.perf_counter() - started)
-    get_run_logger().info("model %s: %s, %d rows at %.0f rows/s", result.model_ref, result.counts, result.rows,
-                          result.rows_per_s)
+    get_run_logger().info(
+        "model %s: %s, %d rows at %.0f rows/s", result.model_ref, result.counts, result.rows, result.rows_per_s
+    )
     if result.counts["failed"]:
         failed = [o.input_uri for o in outcomes if o.status == "failed"]
         raise RuntimeError(f"{len(failed)} of {len(outcomes)} file(s) failed (the others were scored): {failed}")

@@ -21,7 +21,9 @@ from modules.train import TrainParams, run_training
 @flow(name="preprocess")
 def preprocess(params: PreprocessParams) -> PreprocessResult:
     result = run_preprocess(params)
-    get_run_logger().info("%s: %s task, splits %s -> %s", result.data_uri, result.task, result.rows, result.manifest_uri)
+    get_run_logger().info(
+        "%s: %s task, splits %s -> %s", result.data_uri, result.task, result.rows, result.manifest_uri
+    )
     return result
 
 
@@ -30,8 +32,14 @@ def train(params: TrainParams) -> TrainResult:
     result = run_training(params)
     get_run_logger().info(
         "best epoch %d of %d on %s (%s): val %s %.4f, test %.4f, %.2f s/epoch",
-        result.best_epoch, result.epochs_run, result.accelerator, result.precision, result.metric,
-        result.val_metric, result.test_metric, result.mean_epoch_seconds,
+        result.best_epoch,
+        result.epochs_run,
+        result.accelerator,
+        result.precision,
+        result.metric,
+        result.val_metric,
+        result.test_metric,
+        result.mean_epoch_seconds,
     )
     return result
 
@@ -41,8 +49,16 @@ def compress(params: CompressParams) -> CompressResult:
     result = run_compress(params)
     logger = get_run_logger()
     for v in result.variants:
-        logger.info("%-6s %s %.4f, sparsity %.2f, %d bytes, %.0f rows/s (%s)",
-                    v.name, result.metric, v.metric, v.sparsity, v.size_bytes, v.rows_per_s, v.engine)
+        logger.info(
+            "%-6s %s %.4f, sparsity %.2f, %d bytes, %.0f rows/s (%s)",
+            v.name,
+            result.metric,
+            v.metric,
+            v.sparsity,
+            v.size_bytes,
+            v.rows_per_s,
+            v.engine,
+        )
     logger.info("gate %s", result.gate.reason)
     return result
 

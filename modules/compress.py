@@ -128,9 +128,13 @@ def _gzip_size(path: Path) -> int:
 
 
 def decide(metric: str, reference: float, candidate: float, max_drop: float) -> GateDecision:
+    """Accuracy may drop by `max_drop` (absolute); RMSE may rise by `max_drop` (relative)."""
     if metric == "accuracy":
         drop = reference - candidate
-        detail = f"accuracy {candidate:.4f} vs fp32 {reference:.4f} (drop {drop * 100:.2f} points, allowed {max_drop * 100:.2f})"
+        detail = (
+            f"accuracy {candidate:.4f} vs fp32 {reference:.4f} "
+            f"(drop {drop * 100:.2f} points, allowed {max_drop * 100:.2f})"
+        )
     else:
         drop = (candidate - reference) / reference if reference else candidate - reference
         detail = f"RMSE {candidate:.4g} vs fp32 {reference:.4g} ({drop * 100:+.2f}%, allowed +{max_drop * 100:.2f}%)"
@@ -169,7 +173,9 @@ def run_compress(params: CompressParams) -> CompressResult:
         _prune_and_finetune(module, data, params, root)
         pruned_head = ScoringHead(net.cpu().eval(), spec)
         export_onnx(pruned_head, spec.width, root / "model.fp32.onnx")
-        pruned = _measure("pruned", "torch", spec, net, torch_runner(pruned_head), test_x, test_y, root / "model.fp32.onnx")
+        pruned = _measure(
+            "pruned", "torch", spec, net, torch_runner(pruned_head), test_x, test_y, root / "model.fp32.onnx"
+        )
 
         quantize_int8(root / "model.fp32.onnx", root / "model.int8.onnx")
         engine = Predictor(spec, (root / "model.int8.onnx").read_bytes())

@@ -52,14 +52,6 @@ def detect(uri: str) -> Format:
     raise InputError(f"{uri}: unknown file type; expected one of {known} (optionally .gz)")
 
 
-def is_supported(uri: str) -> bool:
-    try:
-        detect(uri)
-    except InputError:
-        return False
-    return True
-
-
 def read_frame(uri: str) -> pd.DataFrame:
     """Read a whole table. Parse failures become `InputError` with the file named."""
     fmt = detect(uri)

@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from modules.compress import CompressParams
-from modules.manifests import CompressResult
 from modules.config import Settings, new_run_id
+from modules.manifests import CompressResult
 from modules.model import MLPConfig, OptimConfig
 from modules.preprocess import PreprocessParams
 from modules.registry import RegisterParams, RegisterResult
@@ -26,13 +26,17 @@ class PipelineParams(BaseModel):
     task: Literal["auto", "classification", "regression"] = "auto"
     exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
     model_name: str | None = Field(None, description="Registry name; default MAAS_MODEL or 'default'.")
-    bucket: str | None = Field(None, description="Bucket for runs and the registry; default MAAS_BUCKET or the local bucket.")
+    bucket: str | None = Field(
+        None, description="Bucket for runs and the registry; default MAAS_BUCKET or the local bucket."
+    )
     scheduler: ScheduleName = Field("onecycle", description="Learning-rate schedule.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     hidden_sizes: list[int] = Field([256, 128], min_length=1)
     max_epochs: int = Field(40, ge=1)
     sparsity: float = Field(0.5, ge=0, lt=1, description="Fraction of weights pruned before int8 quantization.")
-    max_metric_drop: float = Field(0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise).")
+    max_metric_drop: float = Field(
+        0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise)."
+    )
     hardware: Hardware = Hardware()
     run_id: str | None = Field(None, description="Default: a new sortable id.")
 
@@ -43,8 +47,12 @@ class PipelineParams(BaseModel):
         run_id = self.run_id or new_run_id()
         output = self.settings().uri("runs", run_id, "preprocess")
         return PreprocessParams(
-            data_uri=self.data_uri, target=self.target, task=self.task, exclude=self.exclude,
-            output_uri=output, seed=self.hardware.seed,
+            data_uri=self.data_uri,
+            target=self.target,
+            task=self.task,
+            exclude=self.exclude,
+            output_uri=output,
+            seed=self.hardware.seed,
         )
 
     def train(self, preprocess_manifest: str) -> TrainParams:
@@ -58,14 +66,17 @@ class PipelineParams(BaseModel):
 
     def compress(self, train_manifest: str) -> CompressParams:
         return CompressParams(
-            train_manifest=train_manifest, sparsity=self.sparsity, max_metric_drop=self.max_metric_drop,
+            train_manifest=train_manifest,
+            sparsity=self.sparsity,
+            max_metric_drop=self.max_metric_drop,
             hardware=self.hardware,
         )
 
     def register(self, compress_manifest: str) -> RegisterParams:
         settings = self.settings()
-        return RegisterParams(compress_manifest=compress_manifest, bucket=settings.bucket,
-                              name=self.model_name or settings.model_name)
+        return RegisterParams(
+            compress_manifest=compress_manifest, bucket=settings.bucket, name=self.model_name or settings.model_name
+        )
 
 
 class PipelineResult(BaseModel):

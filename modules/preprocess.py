@@ -48,8 +48,9 @@ class FeatureSpec(BaseModel):
     target_mean: float = 0.0
     target_scale: float = 1.0
     clip: float = Field(
-        5.0, description="Standardized values are clipped to ±clip: a rare value in a near-constant column "
-        "(a stray pixel) would otherwise reach dozens of deviations and dominate the network."
+        5.0,
+        description="Standardized values are clipped to ±clip: a rare value in a near-constant column "
+        "(a stray pixel) would otherwise reach dozens of deviations and dominate the network.",
     )
     numeric: list[NumericFeature] = []
     categorical: list[CategoricalFeature] = []
@@ -141,7 +142,9 @@ def fit_spec(train: pd.DataFrame, target: str, task: Task, features: list[str], 
             fill = float(present.median()) if len(present) else 0.0
             mean = float(present.mean()) if len(present) else 0.0
             std = float(present.std(ddof=0)) if len(present) > 1 else 0.0
-            numeric.append(NumericFeature(name=name, dtype=dtype, fill=fill, mean=mean, scale=std if std > 1e-12 else 1.0))
+            numeric.append(
+                NumericFeature(name=name, dtype=dtype, fill=fill, mean=mean, scale=std if std > 1e-12 else 1.0)
+            )
         elif pd.api.types.is_object_dtype(column) or isinstance(column.dtype, (pd.StringDtype, pd.CategoricalDtype)):
             counts = column.dropna().astype("string").value_counts()
             categories = sorted(counts.index[:max_categories].tolist())
@@ -190,17 +193,25 @@ def split_indices(
 class PreprocessParams(BaseModel):
     """Which table to learn from and how to split it."""
 
-    data_uri: str = Field(title="Dataset URI", description="CSV, TSV, Parquet or JSONL (gzip allowed) with a target column.")
+    data_uri: str = Field(
+        title="Dataset URI", description="CSV, TSV, Parquet or JSONL (gzip allowed) with a target column."
+    )
     target: str = Field(title="Target column", description="The column to predict.")
     task: Literal["auto", "classification", "regression"] = Field(
         "auto", description="auto: labels and up to 20 distinct integers are classes; other numbers are regression."
     )
-    features: list[str] | None = Field(None, description="Feature columns; default: every column but the target and `exclude`.")
+    features: list[str] | None = Field(
+        None, description="Feature columns; default: every column but the target and `exclude`."
+    )
     exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
-    output_uri: str | None = Field(None, description="Where the splits go; default runs/<new run id>/preprocess in the bucket.")
+    output_uri: str | None = Field(
+        None, description="Where the splits go; default runs/<new run id>/preprocess in the bucket."
+    )
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
-    max_categories: int = Field(100, ge=1, description="Vocabulary size per categorical column; rarer values count as unknown.")
+    max_categories: int = Field(
+        100, ge=1, description="Vocabulary size per categorical column; rarer values count as unknown."
+    )
     seed: int = 42
 
 

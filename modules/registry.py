@@ -69,7 +69,9 @@ class ModelCard(BaseModel):
 
 class RegisterParams(BaseModel):
     compress_manifest: str = Field(title="Compress manifest URI", description="manifest.json written by compress.")
-    bucket: str | None = Field(None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket.")
+    bucket: str | None = Field(
+        None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
+    )
     name: str | None = Field(None, description="Model name; default MAAS_MODEL or 'default'.")
 
 
@@ -142,7 +144,9 @@ def resolve(bucket: str, ref: str) -> tuple[str, int]:
     pointer = model_uri(bucket, name, "aliases", f"{alias}.json")
     if not storage.exists(pointer):
         known = ", ".join(sorted(aliases(bucket, name))) or "none"
-        raise RegistryError(f"model {name} has no alias {alias!r} in {bucket} (aliases: {known}); train one with `maas pipeline`")
+        raise RegistryError(
+            f"model {name} has no alias {alias!r} in {bucket} (aliases: {known}); train one with `maas pipeline`"
+        )
     return name, int(storage.read_json(pointer)["version"])
 
 
@@ -159,7 +163,9 @@ def read_artifact(card_location: str, card: ModelCard, variant: str) -> bytes:
     data = storage.read_bytes(uri)
     digest = storage.sha256_hex(data)
     if digest != entry.sha256:
-        raise RegistryError(f"{uri}: sha256 {digest[:12]}… does not match the card's {entry.sha256[:12]}…; refusing to load")
+        raise RegistryError(
+            f"{uri}: sha256 {digest[:12]}… does not match the card's {entry.sha256[:12]}…; refusing to load"
+        )
     return data
 
 
@@ -199,9 +205,20 @@ def register(params: RegisterParams) -> RegisterResult:
         artifacts=artifacts,
         metrics=compressed.variants,
         gate=compressed.gate,
-        training=trained.model_dump(include={"model", "scheduler", "metric", "best_epoch", "epochs_run",
-                                             "val_metric", "test_metric", "accelerator", "precision",
-                                             "mean_epoch_seconds"}),
+        training=trained.model_dump(
+            include={
+                "model",
+                "scheduler",
+                "metric",
+                "best_epoch",
+                "epochs_run",
+                "val_metric",
+                "test_metric",
+                "accelerator",
+                "precision",
+                "mean_epoch_seconds",
+            }
+        ),
         lineage=Lineage(
             data_uri=prep.data_uri,
             data_etag=prep.data_etag,

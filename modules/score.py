@@ -32,11 +32,15 @@ Status = Literal["scored", "skipped", "quarantined", "failed"]
 
 
 class ScoreParams(BaseModel):
-    model: str | None = Field(None, description="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production.")
+    model: str | None = Field(
+        None, description="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production."
+    )
     input_uri: str | None = Field(None, description="A file or a prefix to score; default incoming/ in the bucket.")
     output_uri: str | None = Field(None, description="Prefix for predictions; default predictions/ in the bucket.")
     quarantine_uri: str | None = Field(None, description="Prefix for error reports; default quarantine/ in the bucket.")
-    bucket: str | None = Field(None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket.")
+    bucket: str | None = Field(
+        None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
+    )
     rescore: bool = Field(False, description="Score again files already scored by this model version (backfill).")
 
 

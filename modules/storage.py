@@ -85,7 +85,9 @@ def _translated(uri: str) -> Iterator[None]:
         name = type(exc).__name__
         if name in {"EndpointConnectionError", "ConnectTimeoutError", "NoCredentialsError", "ClientConnectorError"}:
             hint = "no credentials found" if name == "NoCredentialsError" else "endpoint unreachable"
-            raise StorageUnavailable(f"cannot reach {uri}: {hint} ({exc}); check AWS_ENDPOINT_URL and credentials") from exc
+            raise StorageUnavailable(
+                f"cannot reach {uri}: {hint} ({exc}); check AWS_ENDPOINT_URL and credentials"
+            ) from exc
         raise
 
 
@@ -173,12 +175,6 @@ def upload(local_path: str | os.PathLike[str], uri: str) -> None:
             return
         fs.put_file(os.fspath(local_path), path)
         fs.invalidate_cache(path)
-
-
-def download(uri: str, local_path: str | os.PathLike[str]) -> None:
-    fs, path = filesystem(uri)
-    with _translated(uri):
-        fs.get_file(path, os.fspath(local_path))
 
 
 def read_json(uri: str) -> Any:

@@ -40,7 +40,9 @@ class Hardware(BaseModel):
 
 
 class TrainParams(BaseModel):
-    preprocess_manifest: str = Field(title="Preprocess manifest URI", description="manifest.json written by preprocess.")
+    preprocess_manifest: str = Field(
+        title="Preprocess manifest URI", description="manifest.json written by preprocess."
+    )
     output_uri: str | None = Field(None, description="Default: a train folder beside the preprocess output.")
     model: MLPConfig = MLPConfig()
     optim: OptimConfig = OptimConfig()
@@ -115,7 +117,9 @@ def run_training(params: TrainParams) -> TrainResult:
             LearningRateMonitor(logging_interval="step"),
             EpochTimer(),
         ]
-        trainer = build_trainer(params.hardware, root, params.max_epochs, callbacks, CSVLogger(root, name="", version=""))
+        trainer = build_trainer(
+            params.hardware, root, params.max_epochs, callbacks, CSVLogger(root, name="", version="")
+        )
         trainer.fit(module, datamodule=data)
         test = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
         epochs, lr = _read_log(root / "metrics.csv")

@@ -40,5 +40,14 @@ def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
 def test_images_run_as_non_root(dockerfile: str) -> None:
-    users = [line.split()[1] for line in (ROOT / "docker" / dockerfile).read_text().splitlines() if line.startswith("USER ")]
+    users = [
+        line.split()[1] for line in (ROOT / "docker" / dockerfile).read_text().splitlines() if line.startswith("USER ")
+    ]
     assert users and users[-1] not in ("root", "0")
+
+
+def test_code_is_lint_clean() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    for args in (["check"], ["format", "--check"]):
+        result = subprocess.run([ruff, *args, "modules", "flows", "tests"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from flows.pipeline import pipeline
@@ -35,9 +34,18 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     assert registry.aliases(bucket, "digits") == {"latest": 1, "production": 1}
     card = registry.load_card(result.card_uri)
     assert card.lineage.data_uri == storage.info(raw).uri and len(card.features.feature_names) == 64
-    run_files = {o.uri.rsplit("/", 2)[-2] + "/" + o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(result.run_uri)}
-    assert {"preprocess/train.parquet", "preprocess/spec.json", "train/checkpoint.ckpt", "train/lr.csv",
-            "train/metrics.csv", "compress/model.int8.onnx", "compress/manifest.json"} <= run_files
+    run_files = {
+        o.uri.rsplit("/", 2)[-2] + "/" + o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(result.run_uri)
+    }
+    assert {
+        "preprocess/train.parquet",
+        "preprocess/spec.json",
+        "train/checkpoint.ckpt",
+        "train/lr.csv",
+        "train/metrics.csv",
+        "compress/model.int8.onnx",
+        "compress/manifest.json",
+    } <= run_files
     lr = formats.read_frame(storage.join(result.run_uri, "train", "lr.csv"))
     assert len(lr) > 100 and lr["lr"].max() > 5 * lr["lr"].iloc[0]  # onecycle warms up, per step
 
@@ -70,8 +78,11 @@ def test_regression_pipeline(local_bucket: str) -> None:
     frame = synthetic_regression(1000)
     raw = storage.join(local_bucket, "raw", "prices.parquet")
     formats.write_frame(frame, raw)
-    result = pipeline(PipelineParams(data_uri=raw, target="price", model_name="prices", bucket=local_bucket,
-                                     scheduler="cosine", max_epochs=30))
+    result = pipeline(
+        PipelineParams(
+            data_uri=raw, target="price", model_name="prices", bucket=local_bucket, scheduler="cosine", max_epochs=30
+        )
+    )
     assert result.compressed.metric == "rmse"
     baseline = float(frame["price"].std())
     variants = {v.name: v.metric for v in result.compressed.variants}

@@ -17,11 +17,15 @@ def train_and_compress(bucket: str, run: str, sparsity: float = 0.5, finetune_ep
     raw = storage.join(bucket, "raw", "data.csv")
     if not storage.exists(raw):
         formats.write_frame(synthetic_classification(400), raw)
-    prep = run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"],
-                                           output_uri=storage.join(bucket, "runs", run, "preprocess")))
+    prep = run_preprocess(
+        PreprocessParams(
+            data_uri=raw, target="label", exclude=["id"], output_uri=storage.join(bucket, "runs", run, "preprocess")
+        )
+    )
     trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4))
-    return run_compress(CompressParams(train_manifest=trained.manifest_uri, sparsity=sparsity,
-                                       finetune_epochs=finetune_epochs)).manifest_uri
+    return run_compress(
+        CompressParams(train_manifest=trained.manifest_uri, sparsity=sparsity, finetune_epochs=finetune_epochs)
+    ).manifest_uri
 
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,14 @@ def test_column_order_does_not_matter() -> None:
 def test_run_preprocess_writes_splits_spec_and_manifest(any_bucket: str) -> None:
     raw = storage.join(any_bucket, "raw", "data.csv.gz")
     formats.write_frame(synthetic_classification(300), raw)
-    result = run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"],
-                                             output_uri=storage.join(any_bucket, "runs", "r1", "preprocess")))
+    result = run_preprocess(
+        PreprocessParams(
+            data_uri=raw,
+            target="label",
+            exclude=["id"],
+            output_uri=storage.join(any_bucket, "runs", "r1", "preprocess"),
+        )
+    )
     assert result.task == "classification"
     assert sum(result.rows.values()) == 300
     assert storage.read_json(result.manifest_uri)["spec_uri"] == result.spec_uri
@@ -89,8 +95,11 @@ def test_regression_target_is_detected_and_standardized(local_bucket: str) -> No
     [
         (pd.DataFrame({"x": [1, 2]}), "label", "target column 'label' not found; columns are 'x'"),
         (pd.DataFrame({"x": [1.0] * 20, "label": ["a"] * 20}), "label", "has 1 class"),
-        (pd.DataFrame({"t": pd.to_datetime(["2024-01-01"] * 20), "label": ["a", "b"] * 10}), "label",
-         "feature column 't' has type datetime64"),
+        (
+            pd.DataFrame({"t": pd.to_datetime(["2024-01-01"] * 20), "label": ["a", "b"] * 10}),
+            "label",
+            "feature column 't' has type datetime64",
+        ),
     ],
 )
 def test_bad_datasets_get_one_line_reasons(local_bucket: str, frame: pd.DataFrame, target: str, message: str) -> None:

@@ -80,7 +80,11 @@ def test_concurrent_registrations_get_distinct_versions(registered) -> None:
     bucket, result = registered
     manifest = registry.load_card(result.card_uri).lineage.compress_manifest
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="race")), range(4)))
+        results = list(
+            pool.map(
+                lambda _: register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="race")), range(4)
+            )
+        )
     assert sorted(r.version for r in results) == [1, 2, 3, 4]
     assert registry.aliases(bucket, "race")["latest"] == 4
 

@@ -27,14 +27,24 @@ def incoming(registered, tmp_path) -> tuple[str, ScoreParams]:
     formats.write_frame(frame.iloc[30:60], storage.join(prefix, "b.parquet"))
     formats.write_frame(frame.iloc[60:], storage.join(prefix, "nested", "c.jsonl.gz"))
     storage.write_bytes(storage.join(prefix, "bad.csv"), b"id,x1\nq,1.0\n")
-    params = ScoreParams(model="toy@production", input_uri=prefix, bucket=bucket,
-                         output_uri=(tmp_path / "predictions").as_uri(), quarantine_uri=(tmp_path / "quarantine").as_uri())
+    params = ScoreParams(
+        model="toy@production",
+        input_uri=prefix,
+        bucket=bucket,
+        output_uri=(tmp_path / "predictions").as_uri(),
+        quarantine_uri=(tmp_path / "quarantine").as_uri(),
+    )
     return prefix, params
 
 
 def test_each_file_gets_its_output_with_passthrough_and_manifest(incoming) -> None:
     prefix, params = incoming
-    assert _score_all(params) == {"a.csv": "scored", "b.parquet": "scored", "c.jsonl.gz": "scored", "bad.csv": "quarantined"}
+    assert _score_all(params) == {
+        "a.csv": "scored",
+        "b.parquet": "scored",
+        "c.jsonl.gz": "scored",
+        "bad.csv": "quarantined",
+    }
     out = formats.read_frame(storage.join(params.output_uri, "nested", "c.jsonl.gz.predictions.parquet"))
     assert list(out.columns) == ["id", "prediction", "prob_a", "prob_b", "prob_c"]
     assert out["id"].tolist() == [f"row-{i}" for i in range(60, 90)]

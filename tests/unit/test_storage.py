@@ -110,8 +110,12 @@ def test_bad_credentials_are_a_clear_error(s3_bucket: str, s3_endpoint: str) -> 
     import urllib.request
 
     def set_auth(count: bytes) -> None:
-        request = urllib.request.Request(f"{s3_endpoint}/moto-api/reset-auth", data=count, method="POST",
-                                         headers={"Content-Type": "application/octet-stream"})
+        request = urllib.request.Request(
+            f"{s3_endpoint}/moto-api/reset-auth",
+            data=count,
+            method="POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
         urllib.request.urlopen(request).close()
 
     set_auth(b"0")

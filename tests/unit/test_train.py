@@ -21,14 +21,22 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> str:
     bucket = (tmp_path_factory.mktemp("train") / "bucket").as_uri()
     raw = storage.join(bucket, "raw.csv")
     formats.write_frame(synthetic_classification(300), raw)
-    return run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"],
-                                           output_uri=storage.join(bucket, "run", "preprocess"))).manifest_uri
+    return run_preprocess(
+        PreprocessParams(
+            data_uri=raw, target="label", exclude=["id"], output_uri=storage.join(bucket, "run", "preprocess")
+        )
+    ).manifest_uri
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "exponential", "step", "plateau", "none"])
 def test_every_schedule_trains_and_records_lr_per_step(prepared: str, schedule: str) -> None:
-    result = run_training(TrainParams(preprocess_manifest=prepared, max_epochs=3,
-                                      optim=OptimConfig(schedule=ScheduleConfig(name=schedule, step_size=1))))
+    result = run_training(
+        TrainParams(
+            preprocess_manifest=prepared,
+            max_epochs=3,
+            optim=OptimConfig(schedule=ScheduleConfig(name=schedule, step_size=1)),
+        )
+    )
     lr = formats.read_frame(result.lr_uri)
     epochs = formats.read_frame(result.metrics_uri)
     train_rows = storage.read_json(prepared)["rows"]["train"]
@@ -46,8 +54,10 @@ def test_training_is_reproducible_on_cpu(prepared: str) -> None:
     params = TrainParams(preprocess_manifest=prepared, max_epochs=3)
     first, second = run_training(params), run_training(params)
     assert (first.val_metric, first.test_metric) == (second.val_metric, second.test_metric)
-    assert storage.read_bytes(first.metrics_uri).split(b"\n")[1].split(b",")[2:] == \
-        storage.read_bytes(second.metrics_uri).split(b"\n")[1].split(b",")[2:]  # same losses (timings differ)
+    assert (
+        storage.read_bytes(first.metrics_uri).split(b"\n")[1].split(b",")[2:]
+        == storage.read_bytes(second.metrics_uri).split(b"\n")[1].split(b",")[2:]
+    )  # same losses (timings differ)
 
 
 def test_checkpoint_loads_without_unpickling_objects(prepared: str) -> None:
