@@ -22,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+SHOWN_FILES = 20
 state = {"debug": False}
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
@@ -132,6 +133,23 @@ def score(
     ] = None,
     bucket: BucketOption = None,
     rescore: Annotated[bool, typer.Option(help="Score again files this model version already scored.")] = False,
+    output_format: Annotated[str, typer.Option(help="parquet, csv or jsonl.")] = "parquet",
+    passthrough: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Input column to copy to the output (repeatable); default: all non-features."),
+    ] = None,
+    include_features: Annotated[bool, typer.Option(help="Also copy the feature columns.")] = False,
+    max_error_rate: Annotated[float, typer.Option(help="Quarantine a file past this fraction of rejected rows.")] = 0.1,
+    missing_values: Annotated[str, typer.Option(help="impute (the model fills them) or reject the row.")] = "impute",
+    batch_rows: Annotated[int, typer.Option(help="Rows per record batch (bounds memory).")] = 65_536,
+    engine: Annotated[str, typer.Option(help="auto, onnxruntime or torch.")] = "auto",
+    parallel_files: Annotated[
+        Optional[int], typer.Option(help="Files scored at once; default: the core count.")
+    ] = None,
+    dask_workers: Annotated[Optional[int], typer.Option(help="Score on a local Dask cluster of N processes.")] = None,
+    dask_address: Annotated[
+        Optional[str], typer.Option(help="Score on an existing Dask cluster (tcp://host:8786).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score every file under a prefix that this model version has not scored yet.
@@ -140,12 +158,55 @@ def score(
     """
 
     def action() -> BaseModel:
+        from flows import progress
         from flows.score import score as score_flow
+        from flows.score import task_runner
         from modules.score import ScoreParams
 
-        return score_flow(ScoreParams(model=model, input_uri=input, output_uri=output, bucket=bucket, rescore=rescore))
+        options = dict(
+            model=model, input_uri=input, output_uri=output, bucket=bucket, rescore=rescore,
+            output_format=output_format, passthrough=passthrough, include_features=include_features,
+            max_error_rate=max_error_rate, missing_values=missing_values, batch_rows=batch_rows, engine=engine,
+        )  # fmt: skip
+        if parallel_files:
+            options["parallel_files"] = parallel_files
+        params = ScoreParams(**options)
+        runner = task_runner(params.parallel_files, dask_workers, dask_address)
+        flow = score_flow.with_options(task_runner=runner)
+        if as_json:
+            return flow(params)
+        with _ProgressBars() as bars, progress.watching(bars):
+            return flow(params)
 
     _run(action, as_json, _show_score)
+
+
+class _ProgressBars:
+    """Files and rows, on stderr, while a scoring run is in flight."""
+
+    def __enter__(self) -> _ProgressBars:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bars = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        )  # fmt: skip
+        self.bars.start()
+        self.files = self.bars.add_task("files", total=None)
+        self.rows_task = self.bars.add_task("rows ", total=None)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bars.stop()
+
+    def planned(self, files: int) -> None:
+        self.bars.update(self.files, total=files)
+
+    def rows(self, count: int) -> None:
+        self.bars.advance(self.rows_task, count)
+
+    def file_done(self, status: str) -> None:
+        self.bars.advance(self.files)
 
 
 @app.command()
@@ -189,10 +250,13 @@ def _show_score(result) -> None:
         f"{result.model_ref}: {counts or 'nothing to score'}; {result.rows:,} rows at {result.rows_per_s:,.0f} rows/s"
     )
     console.print(f"predictions under {result.output_uri}, error reports under {result.quarantine_uri}")
-    for outcome in result.files:
+    shown = [o for o in result.files if o.status != "skipped"]
+    for outcome in shown[:SHOWN_FILES]:
         written = (outcome.output_uri or outcome.report_uri or "").rsplit("/", 1)[-1]
         line = f"  {outcome.status:<11} {outcome.input_uri.rsplit('/', 1)[-1]} -> {written}"
         console.print(line + (f"  ({outcome.error})" if outcome.error else ""), soft_wrap=True)
+    if len(shown) > SHOWN_FILES:
+        console.print(f"  … and {len(shown) - SHOWN_FILES} more (--json lists them all)")
 
 
 def _show_demo(result) -> None:

@@ -1,23 +1,31 @@
 """Batch scoring: resolve the model once, list the input files, score each file as its own task.
 
-Files run in parallel on the flow's task runner; one file's failure never stops the others (it is
-reported, and the run ends Failed so that someone looks). Both tasks only touch storage, so they
-retry with backoff.
+At most `parallel_files` files are in flight at once, on the flow's task runner: threads by
+default, or a Dask cluster (`score.with_options(task_runner=DaskTaskRunner(...))`, which the CLI's
+`--dask-workers`/`--dask-address` set up) to spread files over processes and machines. One
+file's failure never stops the others: it is reported, and the run ends Failed so that someone
+looks. Both tasks only touch storage, so they retry outages with backoff.
 
 Run: `maas score --model default@production --input s3://bucket/incoming/ --output s3://bucket/predictions/`
 """
 
 from __future__ import annotations
 
+import os
 import time
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows import progress
 from flows.retries import IO_RETRIES
 from modules import score as scoring
 from modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
 from modules.storage import ObjectInfo
+
+LOG_EVERY_SECONDS = 10.0
 
 
 @task(**IO_RETRIES, cache_policy=NO_CACHE)
@@ -27,30 +35,64 @@ def plan(params: ScoreParams) -> ScoreJob:
 
 @task(**IO_RETRIES, cache_policy=NO_CACHE, task_run_name="score {obj.uri}")
 def score_file(job: ScoreJob, obj: ObjectInfo) -> FileOutcome:
-    outcome = scoring.score_file(job, obj)
-    get_run_logger().info(
-        "%s: %s (%d rows)%s", obj.uri, outcome.status, outcome.rows, f": {outcome.error}" if outcome.error else ""
+    logger = get_run_logger()
+    seen = {"rows": 0, "logged": time.monotonic()}
+
+    def report(rows: int) -> None:
+        progress.rows(rows)
+        seen["rows"] += rows
+        if time.monotonic() - seen["logged"] > LOG_EVERY_SECONDS:
+            logger.info("%s: %d rows so far", obj.uri, seen["rows"])
+            seen["logged"] = time.monotonic()
+
+    outcome = scoring.score_file(job, obj, progress=report)
+    detail = f": {outcome.error}" if outcome.error else ""
+    logger.info(
+        "%s: %s, %d rows out, %d rejected%s", obj.uri, outcome.status, outcome.rows_out, outcome.rows_rejected, detail
     )
     return outcome
 
 
-@flow(name="score")
+@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def score(params: ScoreParams) -> ScoreResult:
     started = time.perf_counter()
     job = plan(params)
-    futures = score_file.map(unmapped(job), job.files)
-    outcomes = []
-    for obj, future in zip(job.files, futures):
-        future.wait()
+    progress.planned(len(job.files))
+    outcomes: dict[str, FileOutcome] = {}
+    in_flight: dict[PrefectFuture, ObjectInfo] = {}
+
+    def collect(future: PrefectFuture) -> None:
+        obj = in_flight.pop(future)
+        future.wait()  # as_completed can yield before the future's final state is recorded
         if future.state.is_completed():
-            outcomes.append(future.result())
+            outcomes[obj.uri] = future.result()
         else:
-            outcomes.append(FileOutcome(input_uri=obj.uri, status="failed", error=str(future.state.message)))
-    result = scoring.summarize(job, outcomes, time.perf_counter() - started)
+            outcomes[obj.uri] = FileOutcome(input_uri=obj.uri, status="failed", error=str(future.state.message))
+        progress.file_done(outcomes[obj.uri].status)
+
+    for obj in job.files:
+        if len(in_flight) >= params.parallel_files:
+            collect(next(as_completed(list(in_flight))))
+        in_flight[score_file.submit(job, obj)] = obj
+    for future in as_completed(list(in_flight)):
+        collect(future)
+
+    result = scoring.summarize(job, [outcomes[obj.uri] for obj in job.files], time.perf_counter() - started)
     get_run_logger().info(
         "model %s: %s, %d rows at %.0f rows/s", result.model_ref, result.counts, result.rows, result.rows_per_s
     )
     if result.counts["failed"]:
-        failed = [o.input_uri for o in outcomes if o.status == "failed"]
-        raise RuntimeError(f"{len(failed)} of {len(outcomes)} file(s) failed (the others were scored): {failed}")
+        failed = [o.input_uri for o in result.files if o.status == "failed"]
+        raise RuntimeError(f"{len(failed)} of {len(result.files)} file(s) failed (the others were scored): {failed}")
     return result
+
+
+def task_runner(parallel_files: int, dask_workers: int | None = None, dask_address: str | None = None) -> TaskRunner:
+    """Threads in this process, a local Dask cluster of worker processes, or an existing Dask cluster."""
+    if dask_address or dask_workers:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True})
+    return ThreadPoolTaskRunner(max_workers=parallel_files)

@@ -29,9 +29,9 @@ from torch.nn.utils import prune
 
 from modules import storage
 from modules.config import sibling_output
+from modules.engines import OnnxEngine
 from modules.manifests import ArtifactRef, CompressResult, GateDecision, TrainResult, VariantReport
 from modules.model import MLPConfig, OptimConfig, ScoringHead, TabularDataModule, TabularModule, TabularNet
-from modules.predictor import Predictor
 from modules.preprocess import FeatureSpec
 from modules.schedules import ScheduleConfig
 from modules.train import Hardware, build_trainer, load_inputs, seed_everything
@@ -178,14 +178,16 @@ def run_compress(params: CompressParams) -> CompressResult:
         )
 
         quantize_int8(root / "model.fp32.onnx", root / "model.int8.onnx")
-        engine = Predictor(spec, (root / "model.int8.onnx").read_bytes())
+        engine = OnnxEngine(spec, (root / "model.int8.onnx").read_bytes())
         int8 = _measure("int8", "onnxruntime", spec, net, engine.run, test_x, test_y, root / "model.int8.onnx")
 
+        weights = io.BytesIO()
+        torch.save(net.state_dict(), weights)
+        (root / "model.pt").write_bytes(weights.getvalue())
         artifacts = {}
-        for variant in ("int8", "fp32"):
-            local = root / f"model.{variant}.onnx"
-            data_bytes = local.read_bytes()
-            uri = storage.join(output, local.name)
+        for variant, file in (("int8", "model.int8.onnx"), ("fp32", "model.fp32.onnx"), ("torch", "model.pt")):
+            data_bytes = (root / file).read_bytes()
+            uri = storage.join(output, file)
             storage.write_bytes(uri, data_bytes)
             artifacts[variant] = ArtifactRef(uri=uri, sha256=storage.sha256_hex(data_bytes), size_bytes=len(data_bytes))
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from modules import storage
 from modules.errors import InputError, StorageError
@@ -53,30 +58,84 @@ def detect(uri: str) -> Format:
 
 
 def read_frame(uri: str) -> pd.DataFrame:
-    """Read a whole table. Parse failures become `InputError` with the file named."""
+    """Read a whole table (training splits, small files). Parse failures become `InputError`."""
+    frames = list(iter_frames(uri, batch_rows=1 << 20))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def iter_frames(uri: str, batch_rows: int, float_columns: Collection[str] = ()) -> Iterator[pd.DataFrame]:
+    """Stream a table in batches of about `batch_rows` rows, so memory does not grow with the file.
+
+    Parquet and CSV/TSV stream through pyarrow; JSONL through pandas' chunked reader. CSV columns
+    named in `float_columns` are parsed straight to float64 (the fast path); if one holds a value
+    that is not a number, the rest of the file is read again as text from the first row not yet
+    yielded, so the caller can reject those rows one by one. Always yields at least one frame
+    (possibly empty, with the columns) and raises `InputError` naming the file on a parse error.
+    """
     fmt = detect(uri)
-    with storage.open_read(uri, compression=fmt.compression) as stream:
-        try:
-            frame = _parse(stream, fmt.kind)
-        except StorageError:
-            raise
-        except (ValueError, UnicodeDecodeError, EOFError, OSError, pd.errors.ParserError) as exc:
-            raise InputError(f"{uri}: cannot read as {fmt.kind}: {_first_line(exc)}") from exc
-    if frame.columns.empty:
-        raise InputError(f"{uri}: the file has no columns")
-    frame.columns = [str(c).lstrip("\ufeff").strip() for c in frame.columns]
-    return frame
-
-
-def _parse(stream: io.BufferedIOBase, kind: Kind) -> pd.DataFrame:
-    if kind == "parquet":
-        return pd.read_parquet(stream)
-    if kind == "jsonl":
-        return pd.read_json(stream, lines=True)
+    readers = {"parquet": _parquet_frames, "jsonl": _jsonl_frames}
+    reader = readers.get(fmt.kind, _csv_frames)
+    columns_seen = False
     try:
-        return pd.read_csv(stream, sep="\t" if kind == "tsv" else ",")
-    except pd.errors.EmptyDataError as exc:
-        raise ValueError("the file is empty") from exc
+        for frame in reader(uri, fmt, batch_rows, float_columns):
+            if not columns_seen:
+                if frame.columns.empty:
+                    raise InputError(f"{uri}: the file has no columns")
+                columns_seen = True
+            frame.columns = [str(c).lstrip("\ufeff").strip() for c in frame.columns]
+            if len(frame) <= batch_rows:
+                yield frame
+            else:  # CSV blocks are sized in bytes
+                yield from (frame.iloc[i : i + batch_rows] for i in range(0, len(frame), batch_rows))
+    except (StorageError, InputError):
+        raise
+    except (ValueError, UnicodeDecodeError, EOFError, OSError, pa.ArrowException, pd.errors.ParserError) as exc:
+        raise InputError(f"{uri}: cannot read as {fmt.kind}: {_first_line(exc)}") from exc
+    if not columns_seen:
+        raise InputError(f"{uri}: the file is empty")
+
+
+def _parquet_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
+    with storage.open_read(uri) as stream:
+        parquet = pq.ParquetFile(stream)
+        if parquet.metadata.num_rows == 0:
+            yield parquet.schema_arrow.empty_table().to_pandas()
+            return
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            yield batch.to_pandas()
+
+
+def _jsonl_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
+    with storage.open_read(uri, compression=fmt.compression) as stream:
+        yield from pd.read_json(stream, lines=True, chunksize=batch_rows)
+
+
+def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
+    delimiter = "\t" if fmt.kind == "tsv" else ","
+    yielded = 0
+    try:
+        with storage.open_read(uri, compression=fmt.compression) as stream:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=min(max(batch_rows * 512, 1 << 20), 64 << 20)),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.float64() for c in float_columns}),
+            )
+            empty = True
+            for batch in reader:
+                empty = False
+                yielded += batch.num_rows
+                yield batch.to_pandas()
+            if empty:
+                yield reader.schema.empty_table().to_pandas()
+        return
+    except pa.ArrowInvalid as exc:
+        if "conversion error" not in str(exc).lower():
+            raise
+    # A value that is not a number, or a column whose type changes mid-file: read on as text.
+    with storage.open_read(uri, compression=fmt.compression) as stream:
+        text = dict.fromkeys(float_columns, "string")
+        yield from pd.read_csv(stream, sep=delimiter, chunksize=batch_rows, skiprows=range(1, yielded + 1), dtype=text)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -102,3 +161,51 @@ def write_frame(frame: pd.DataFrame, uri: str) -> None:
     if fmt.compression == "gzip":
         data = gzip.compress(data)
     storage.write_bytes(uri, data)
+
+
+class BatchWriter:
+    """Appends frames to a local file in one format; the caller uploads it whole (atomic publish).
+
+    Parquet fixes its schema on the first batch; a later batch whose column types cannot be
+    cast to it raises `InputError` (a column that changes type mid-file).
+    """
+
+    def __init__(self, path: Path, kind: Kind, source: str) -> None:
+        self.path, self.kind, self.source = path, kind, source
+        self.rows = 0
+        self._parquet: pq.ParquetWriter | None = None
+        self._handle = None if kind == "parquet" else open(path, "w", encoding="utf-8", newline="")
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.kind == "parquet":
+            self._write_parquet(frame)
+        elif self.kind == "jsonl":
+            frame.to_json(self._handle, orient="records", lines=True)
+            if len(frame):
+                self._handle.write("\n")
+        else:
+            frame.to_csv(self._handle, index=False, header=self.rows == 0, sep="\t" if self.kind == "tsv" else ",")
+        self.rows += len(frame)
+
+    def _write_parquet(self, frame: pd.DataFrame) -> None:
+        if self._parquet is None:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._parquet = pq.ParquetWriter(self.path, table.schema)
+        else:
+            try:
+                table = pa.Table.from_pandas(frame, schema=self._parquet.schema, preserve_index=False)
+            except (pa.ArrowException, ValueError) as exc:
+                raise InputError(f"{self.source}: column types change within the file: {_first_line(exc)}") from exc
+        self._parquet.write_table(table)
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -75,7 +75,9 @@ class CompressResult(BaseModel):
     sparsity_target: float
     metric: Literal["accuracy", "rmse"]
     variants: list[VariantReport]
-    artifacts: dict[str, ArtifactRef] = Field(description="ONNX files by variant: int8 (served) and fp32 (pruned).")
+    artifacts: dict[str, ArtifactRef] = Field(
+        description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine)."
+    )
     gate: GateDecision
     manifest_uri: str
 

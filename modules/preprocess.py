@@ -70,21 +70,42 @@ class FeatureSpec(BaseModel):
     def encode(self, frame: pd.DataFrame, source: str) -> np.ndarray:
         """Feature matrix for the model: raw numbers (NaN where missing), then category codes.
 
-        Raises InputError naming `source` and the column when a feature is missing or a value
-        does not parse as a number.
+        Strict: raises InputError naming `source`, the row and the column when any row is unusable.
         """
-        missing = [name for name in self.feature_names if name not in frame.columns]
-        if missing:
-            shown = ", ".join(repr(m) for m in missing[:10]) + (" …" if len(missing) > 10 else "")
-            raise InputError(f"{source}: missing feature column(s) {shown} ({len(missing)} of {self.width})")
+        features, reasons = self.encode_rows(frame, source)
+        rejected = np.flatnonzero(reasons != "")
+        if len(rejected):
+            row = int(rejected[0])
+            raise InputError(f"{source}: row {row}: {reasons[row]} ({len(rejected)} row(s) like this)")
+        return features
+
+    def encode_rows(
+        self, frame: pd.DataFrame, source: str, reject_missing: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Feature matrix plus, per row, why it cannot be scored ("" when it can).
+
+        A missing feature column is a problem of the whole file and raises InputError. A value
+        that is not a finite number rejects its row; so does a missing value if `reject_missing`
+        (otherwise the model imputes it).
+        """
+        absent = [name for name in self.feature_names if name not in frame.columns]
+        if absent:
+            shown = ", ".join(repr(m) for m in absent[:10]) + (" …" if len(absent) > 10 else "")
+            raise InputError(f"{source}: missing feature column(s) {shown} ({len(absent)} of {self.width})")
         out = np.empty((len(frame), self.width), dtype=np.float32)
+        reasons = np.full(len(frame), "", dtype=object)
         for i, feature in enumerate(self.numeric):
-            out[:, i] = _numeric_column(frame[feature.name], source)
+            column = frame[feature.name]
+            out[:, i], bad = _numeric_column(column)
+            _note(reasons, bad, lambda row, c=column: f"column {c.name!r} holds {c.iloc[row]!r}, not a finite number")
         for j, feature in enumerate(self.categorical, start=len(self.numeric)):
             codes = {value: code for code, value in enumerate(feature.categories, start=1)}
-            column = frame[feature.name]
-            out[:, j] = column.astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
-        return out
+            out[:, j] = frame[feature.name].astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
+        if reject_missing:
+            for name in self.feature_names:
+                missing = frame[name].isna().to_numpy()
+                _note(reasons, missing, lambda row, name=name: f"column {name!r} is missing")
+        return out, reasons
 
     def encode_target(self, series: pd.Series) -> np.ndarray:
         """Class indices (int64) for classification, standardized values (float32) for regression."""
@@ -99,16 +120,23 @@ class FeatureSpec(BaseModel):
         return codes
 
 
-def _numeric_column(column: pd.Series, source: str) -> np.ndarray:
-    values = pd.to_numeric(column, errors="coerce").astype("float64")
-    bad = (values.isna() & column.notna()) | np.isinf(values)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(
-            f"{source}: column {column.name!r} needs numbers but row {row} holds {column.iloc[row]!r}"
-            f" ({int(bad.sum())} such value(s))"
-        )
-    return values.to_numpy(dtype=np.float32, na_value=np.nan)
+def _numeric_column(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """float32 values (NaN where missing) and the mask of values present but not finite numbers."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.isinf(values)
+    else:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = (np.isnan(values) & column.notna().to_numpy()) | np.isinf(values)
+    values = values.astype(np.float32)  # a copy: pandas may hand out read-only views
+    values[bad] = np.nan
+    return values, bad
+
+
+def _note(reasons: np.ndarray, rows: np.ndarray, reason) -> None:
+    """Record `reason(row)` for each flagged row that has no reason yet (the first problem is reported)."""
+    for row in np.flatnonzero(rows & (reasons == "")):
+        reasons[row] = reason(int(row))
 
 
 def _native(value: object) -> Label:

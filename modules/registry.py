@@ -19,15 +19,14 @@ from pydantic import BaseModel, Field
 
 from modules import storage
 from modules.config import Settings
+from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
 from modules.errors import RegistryError
 from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
-from modules.predictor import Predictor
 from modules.preprocess import FeatureSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 PACKAGES = ("maas", "torch", "pytorch-lightning", "onnx", "onnxruntime", "pandas", "numpy", "pyarrow", "prefect")
-SERVED_VARIANT = "int8"
 
 
 class CardArtifact(BaseModel):
@@ -54,7 +53,6 @@ class ModelCard(BaseModel):
     target: str
     classes: list | None
     features: FeatureSpec = Field(description="Input schema and the preprocessing folded into the artifacts.")
-    served_variant: str = SERVED_VARIANT
     artifacts: dict[str, CardArtifact]
     metrics: list[VariantReport]
     gate: GateDecision
@@ -169,9 +167,20 @@ def read_artifact(card_location: str, card: ModelCard, variant: str) -> bytes:
     return data
 
 
-def load_predictor(card_location: str, threads: int | None = None) -> tuple[ModelCard, Predictor]:
+def load_engine(card_location: str, engine: str = "auto", threads: int | None = None) -> tuple[ModelCard, Engine]:
+    """The model ready to score, on ONNX Runtime (int8 ONNX) or torch (int8 from the pruned weights).
+
+    `auto` takes ONNX Runtime when it is installed. Every artifact is checked against its sha256.
+    """
     card = load_card(card_location)
-    return card, Predictor(card.features, read_artifact(card_location, card, card.served_variant), threads=threads)
+    if engine == "auto":
+        engine = "onnxruntime" if onnxruntime_available() else "torch"
+    if engine == "onnxruntime":
+        return card, OnnxEngine(card.features, read_artifact(card_location, card, "int8"), threads=threads)
+    if engine == "torch":
+        weights = read_artifact(card_location, card, "torch")
+        return card, TorchEngine(card.features, card.training["model"], weights, threads=threads)
+    raise RegistryError(f"unknown engine {engine!r}: use auto, onnxruntime or torch")
 
 
 def register(params: RegisterParams) -> RegisterResult:

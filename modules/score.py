@@ -1,34 +1,52 @@
-"""Batch scoring of files in object storage: one predictions file and one manifest per input.
+"""Batch scoring of files in object storage: streaming, exactly once per object version.
 
 A job is planned once (`plan`): the model reference is resolved to one version, so every file of
 the run is scored by the same model even if an alias moves meanwhile, and the inputs are listed.
 Then each file is scored on its own (`score_file`), which is what the flow maps in parallel:
 
+- the unit of work is (object URI, etag, model version): a file whose manifest shows this unit
+  done is skipped (unless `rescore`), and a run claims a unit before working on it
+  (`modules.claims`), so concurrent runs never score a file twice and a crashed run's file is
+  taken up again when its lease expires;
+- a file is read in record batches and its predictions are written batch by batch to a local
+  temp file, so memory stays bounded whatever the file's size; the result is published with one
+  atomic upload, then the manifest (the done marker): no reader ever sees a partial output;
+- rows that cannot be scored (a value that is not a number; a missing value when
+  `missing_values="reject"`) go to a rejected-rows file with the reason; past `max_error_rate`
+  the whole file is quarantined with a report and nothing is published to the output prefix;
 - outputs are named after the input (`incoming/a/b.csv` -> `predictions/a/b.csv.predictions.parquet`
-  plus `predictions/a/b.csv.manifest.json`), so a retry overwrites its own output and never duplicates it;
-- a file already scored (manifest with the same input etag and model version) or already
-  quarantined for that version is skipped, unless `rescore` is set;
-- a file that cannot be scored (unreadable, missing feature columns, values that do not parse)
-  gets a readable report under the quarantine prefix; the input is never modified or deleted.
+  plus `predictions/a/b.csv.manifest.json`), so a retry overwrites its own output;
+- the input object is never modified or deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import secrets
+import socket
+import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from modules import formats, registry, storage
+from modules.claims import Claims, Lease
 from modules.config import Settings
+from modules.engines import Engine
 from modules.errors import InputError
-from modules.predictor import Predictor
 from modules.registry import ModelCard
 
-Status = Literal["scored", "skipped", "quarantined", "failed"]
+Status = Literal["scored", "skipped", "claimed", "quarantined", "failed"]
+OutputFormat = Literal["parquet", "csv", "jsonl"]
+Progress = Callable[[int], None]
 
 
 class ScoreParams(BaseModel):
@@ -38,21 +56,61 @@ class ScoreParams(BaseModel):
     input_uri: str | None = Field(None, description="A file or a prefix to score; default incoming/ in the bucket.")
     output_uri: str | None = Field(None, description="Prefix for predictions; default predictions/ in the bucket.")
     quarantine_uri: str | None = Field(None, description="Prefix for error reports; default quarantine/ in the bucket.")
+    state_uri: str | None = Field(None, description="Prefix for claims; default state/ in the bucket.")
     bucket: str | None = Field(
         None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
     )
     rescore: bool = Field(False, description="Score again files already scored by this model version (backfill).")
+    output_format: OutputFormat = Field("parquet", description="Format of the predictions files.")
+    output_name: str = Field(
+        "{key}.predictions.{ext}",
+        description="Name of each output under the output prefix: {key} is the input's path below the input "
+        "prefix, {stem} the same without its extensions, {ext} the output format.",
+    )
+    passthrough: list[str] | None = Field(
+        None, description="Input columns copied to the output; default every column that is not a feature."
+    )
+    include_features: bool = Field(False, description="Also copy the feature columns to the output.")
+    batch_rows: int = Field(65_536, ge=1, description="Rows per record batch: bounds memory per file.")
+    max_error_rate: float = Field(
+        0.1, ge=0, le=1, description="Quarantine a file when more than this fraction of its rows is rejected."
+    )
+    missing_values: Literal["impute", "reject"] = Field(
+        "impute", description="impute: the model fills missing feature values; reject: such rows are rejected."
+    )
+    engine: Literal["auto", "onnxruntime", "torch"] = Field("auto", description="auto: ONNX Runtime if installed.")
+    parallel_files: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Files scored at once.")
+    threads: int | None = Field(
+        None, ge=1, description="Engine threads per file; default: the cores shared among the files scored at once."
+    )
+    lease_seconds: float = Field(
+        900, gt=0, description="How long a claim protects a file in work; a crashed run's files are retried after it."
+    )
+
+    @field_validator("output_name")
+    @classmethod
+    def _names_each_input(cls, template: str) -> str:
+        if "{key}" not in template and "{stem}" not in template:
+            raise ValueError("must contain {key} or {stem}, so that each input gets its own output")
+        try:
+            template.format(key="k", stem="s", ext="e")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{key}}, {{stem}} and {{ext}} may be used: {exc}") from exc
+        return template
 
 
 class ScoreJob(BaseModel):
-    """A planned run: one resolved model version and the concrete locations."""
+    """A planned run: one resolved model version, concrete locations, the files to score."""
 
+    params: ScoreParams
     model_ref: str
     card_uri: str
     input_uri: str
     output_uri: str
     quarantine_uri: str
-    rescore: bool
+    state_uri: str
+    owner: str = Field(description="Who holds this run's claims: host, process and a random tag.")
+    threads: int
     files: list[storage.ObjectInfo]
 
 
@@ -61,18 +119,25 @@ class FileManifest(BaseModel):
     input_etag: str
     model_ref: str
     model_sha256: str
+    engine: str
     output_uri: str
     output_sha256: str
-    rows: int
+    output_format: OutputFormat
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    rejected_uri: str | None
     passthrough: list[str]
-    scored_at: datetime
+    started_at: datetime
     seconds: float
 
 
 class FileOutcome(BaseModel):
     input_uri: str
     status: Status
-    rows: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_rejected: int = 0
     output_uri: str | None = None
     report_uri: str | None = None
     error: str | None = None
@@ -83,7 +148,8 @@ class ScoreResult(BaseModel):
     output_uri: str
     quarantine_uri: str
     counts: dict[str, int]
-    rows: int
+    rows: int = Field(description="Rows written to outputs.")
+    rows_rejected: int
     seconds: float
     rows_per_s: float
     files: list[FileOutcome]
@@ -93,68 +159,176 @@ def plan(params: ScoreParams) -> ScoreJob:
     settings = Settings(bucket=params.bucket) if params.bucket else Settings()
     name, version = registry.resolve(settings.bucket, params.model or f"{settings.model_name}@production")
     input_uri = params.input_uri or settings.uri("incoming")
+    files = storage.list_objects(input_uri)
+    at_once = max(1, min(len(files), params.parallel_files))
     return ScoreJob(
+        params=params,
         model_ref=f"{name}/{version}",
         card_uri=registry.card_uri(settings.bucket, name, version),
         input_uri=input_uri,
         output_uri=params.output_uri or settings.uri("predictions"),
         quarantine_uri=params.quarantine_uri or settings.uri("quarantine"),
-        rescore=params.rescore,
-        files=storage.list_objects(input_uri),
+        state_uri=params.state_uri or settings.uri("state"),
+        owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
+        files=files,
     )
 
 
 @lru_cache(maxsize=4)
-def _model(card_uri: str) -> tuple[ModelCard, Predictor]:
-    """One loaded, checksum-verified model per process and card, shared by the files it scores."""
-    return registry.load_predictor(card_uri)
+def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine]:
+    """One loaded, checksum-verified model per process, shared by the files it scores."""
+    return registry.load_engine(card_uri, engine, threads)
 
 
-def score_file(job: ScoreJob, obj: storage.ObjectInfo) -> FileOutcome:
-    card, predictor = _model(job.card_uri)
+class _Locations(BaseModel):
+    output: str
+    rejected: str
+    manifest: str
+    report: str
+    quarantined_rows: str
+
+
+def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
     key = storage.relative_key(job.input_uri, obj.uri)
-    output_uri = storage.join(job.output_uri, f"{key}.predictions.parquet")
-    manifest_uri = storage.join(job.output_uri, f"{key}.manifest.json")
-    report_uri = storage.join(job.quarantine_uri, f"{key}.error.json")
-    if not job.rescore:
-        if _done_before(manifest_uri, obj, job.model_ref):
-            return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=output_uri)
-        if _done_before(report_uri, obj, job.model_ref):
-            return FileOutcome(input_uri=obj.uri, status="skipped", report_uri=report_uri)
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InputError(f"{obj.uri}: object key {key!r} has empty, '.' or '..' segments; refusing to derive outputs")
+    ext = job.params.output_format
+    stem = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    stem += key.rsplit("/", 1)[-1].split(".", 1)[0]
+    return _Locations(
+        output=storage.join(job.output_uri, job.params.output_name.format(key=key, stem=stem, ext=ext)),
+        rejected=storage.join(job.output_uri, f"{key}.rejected.{ext}"),
+        manifest=storage.join(job.output_uri, f"{key}.manifest.json"),
+        report=storage.join(job.quarantine_uri, f"{key}.error.json"),
+        quarantined_rows=storage.join(job.quarantine_uri, f"{key}.rejected.{ext}"),
+    )
 
-    started = time.perf_counter()
+
+def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None = None) -> FileOutcome:
+    """Score one object version once; quarantine it with a report if it cannot be scored."""
     try:
-        frame = formats.read_frame(obj.uri)
-        predictions = predictor.predict(frame, obj.uri)
+        where = _locations(job, obj)
     except InputError as exc:
-        report = {
-            "input_uri": obj.uri,
-            "input_etag": obj.etag,
-            "model_ref": job.model_ref,
-            "error": str(exc),
-            "quarantined_at": datetime.now(timezone.utc).isoformat(),
-        }
-        storage.write_json(report_uri, report)
-        return FileOutcome(input_uri=obj.uri, status="quarantined", report_uri=report_uri, error=str(exc))
+        return FileOutcome(input_uri=obj.uri, status="quarantined", error=str(exc))
+    if not job.params.rescore and _handled(where, obj, job.model_ref):
+        return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=where.output)
+    claims = Claims(job.state_uri, job.owner, job.params.lease_seconds)
+    lease = claims.acquire(obj.uri, obj.etag, job.model_ref)
+    if lease is None:
+        return FileOutcome(input_uri=obj.uri, status="claimed", error="another run holds this file's claim")
+    if not job.params.rescore and _handled(where, obj, job.model_ref):  # finished while we were claiming
+        return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=where.output)
+    try:
+        with tempfile.TemporaryDirectory(prefix="maas-score-") as scratch:
+            return _score(job, obj, where, claims, lease, Path(scratch), progress)
+    finally:  # done (the manifest or report now says so) or failed: either way the next run may look
+        claims.release(lease)
 
-    passthrough = [c for c in frame.columns if c not in set(card.features.feature_names)]
-    output = _joined(frame[passthrough], predictions)
-    data = formats.frame_to_bytes(output)
-    storage.write_bytes(output_uri, data)
+
+def _handled(where: _Locations, obj: storage.ObjectInfo, model_ref: str) -> bool:
+    """Whether a manifest or a quarantine report shows this object version done by this model."""
+    for record_uri in (where.manifest, where.report):
+        if storage.exists(record_uri):
+            record = storage.read_json(record_uri)
+            if record.get("input_etag") == obj.etag and record.get("model_ref") == model_ref:
+                return True
+    return False
+
+
+def _score(
+    job: ScoreJob,
+    obj: storage.ObjectInfo,
+    where: _Locations,
+    claims: Claims,
+    lease: Lease,
+    scratch: Path,
+    progress: Progress | None,
+) -> FileOutcome:
+    card, engine = _model(job.card_uri, job.params.engine, job.threads)
+    spec = card.features
+    fmt = job.params.output_format
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    rows_in = rows_rejected = 0
+    passthrough: list[str] = []
+    rejected_path = scratch / f"rejected.{fmt}"
+    rejected_writer: formats.BatchWriter | None = None
+    try:
+        with formats.BatchWriter(scratch / f"output.{fmt}", fmt, obj.uri) as output:
+            batches = formats.iter_frames(obj.uri, job.params.batch_rows, [f.name for f in spec.numeric])
+            for frame in batches:
+                if rows_in == 0:
+                    passthrough = _passthrough(job.params, frame, spec.feature_names, obj.uri)
+                features, reasons = spec.encode_rows(frame, obj.uri, job.params.missing_values == "reject")
+                usable = reasons == ""
+                kept = frame[usable]
+                columns = passthrough + (
+                    [c for c in spec.feature_names if c not in passthrough] if job.params.include_features else []
+                )
+                output.write(_joined(kept[columns], engine.frame(engine.run(features[usable]), kept.index)))
+                if not usable.all():
+                    if rejected_writer is None:
+                        rejected_writer = formats.BatchWriter(rejected_path, fmt, obj.uri)
+                    rows = rows_in + np.flatnonzero(~usable)
+                    rejected_writer.write(frame[~usable].assign(_row=rows, _reason=reasons[~usable]))
+                    rows_rejected += int((~usable).sum())
+                rows_in += len(frame)
+                lease = claims.renew_if_due(lease)
+                if progress:
+                    progress(len(frame))
+    except InputError as exc:
+        return _quarantine(job, obj, where, str(exc), rows_in, rows_rejected, None)
+    finally:
+        if rejected_writer is not None:
+            rejected_writer.close()
+
+    if rows_in == 0:
+        return _quarantine(job, obj, where, f"{obj.uri}: the file has no data rows", 0, 0, None)
+    if rows_rejected / rows_in > job.params.max_error_rate:
+        reason = (
+            f"{obj.uri}: {rows_rejected} of {rows_in} rows rejected ({rows_rejected / rows_in:.1%}), "
+            f"over max_error_rate {job.params.max_error_rate:.1%}"
+        )
+        return _quarantine(job, obj, where, reason, rows_in, rows_rejected, rejected_path)
+
+    storage.upload(scratch / f"output.{fmt}", where.output)
+    if rows_rejected:
+        storage.upload(rejected_path, where.rejected)
     manifest = FileManifest(
         input_uri=obj.uri,
         input_etag=obj.etag,
         model_ref=job.model_ref,
-        model_sha256=card.artifacts[card.served_variant].sha256,
-        output_uri=output_uri,
-        output_sha256=storage.sha256_hex(data),
-        rows=len(output),
+        model_sha256=card.artifacts[engine.variant].sha256,
+        engine=engine.name,
+        output_uri=where.output,
+        output_sha256=_file_sha256(scratch / f"output.{fmt}"),
+        output_format=fmt,
+        rows_in=rows_in,
+        rows_out=rows_in - rows_rejected,
+        rows_rejected=rows_rejected,
+        rejected_uri=where.rejected if rows_rejected else None,
         passthrough=passthrough,
-        scored_at=datetime.now(timezone.utc),
+        started_at=started_at,
         seconds=time.perf_counter() - started,
     )
-    storage.write_json(manifest_uri, manifest)
-    return FileOutcome(input_uri=obj.uri, status="scored", rows=len(output), output_uri=output_uri)
+    storage.write_json(where.manifest, manifest)
+    return FileOutcome(
+        input_uri=obj.uri,
+        status="scored",
+        rows_in=rows_in,
+        rows_out=manifest.rows_out,
+        rows_rejected=rows_rejected,
+        output_uri=where.output,
+    )
+
+
+def _passthrough(params: ScoreParams, frame: pd.DataFrame, features: list[str], source: str) -> list[str]:
+    if params.passthrough is None:
+        return [c for c in frame.columns if c not in set(features)]
+    absent = [c for c in params.passthrough if c not in frame.columns]
+    if absent:
+        raise InputError(f"{source}: passthrough column(s) {absent} are not in the file")
+    return list(params.passthrough)
 
 
 def _joined(passthrough: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
@@ -163,23 +337,57 @@ def _joined(passthrough: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
     return pd.concat([passthrough.rename(columns=clashes), predictions], axis=1)
 
 
-def _done_before(record_uri: str, obj: storage.ObjectInfo, model_ref: str) -> bool:
-    """Whether a manifest or report shows this version of the object already handled by this model."""
-    if not storage.exists(record_uri):
-        return False
-    record = storage.read_json(record_uri)
-    return record.get("input_etag") == obj.etag and record.get("model_ref") == model_ref
+def _quarantine(
+    job: ScoreJob,
+    obj: storage.ObjectInfo,
+    where: _Locations,
+    error: str,
+    rows_in: int,
+    rows_rejected: int,
+    rejected_rows: Path | None,
+) -> FileOutcome:
+    """Publish the error report (and the rejected rows, if that is the reason); never touch the input."""
+    if rejected_rows is not None:
+        storage.upload(rejected_rows, where.quarantined_rows)
+    report = {
+        "input_uri": obj.uri,
+        "input_etag": obj.etag,
+        "model_ref": job.model_ref,
+        "error": error,
+        "rows_read": rows_in,
+        "rows_rejected": rows_rejected,
+        "rejected_rows_uri": where.quarantined_rows if rejected_rows is not None else None,
+        "quarantined_at": datetime.now(timezone.utc).isoformat(),
+    }
+    storage.write_json(where.report, report)
+    return FileOutcome(
+        input_uri=obj.uri,
+        status="quarantined",
+        rows_in=rows_in,
+        rows_rejected=rows_rejected,
+        report_uri=where.report,
+        error=error,
+    )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> ScoreResult:
     counts = {status: sum(o.status == status for o in outcomes) for status in Status.__args__}
-    rows = sum(o.rows for o in outcomes)
+    rows = sum(o.rows_out for o in outcomes)
     return ScoreResult(
         model_ref=job.model_ref,
         output_uri=job.output_uri,
         quarantine_uri=job.quarantine_uri,
         counts=counts,
         rows=rows,
+        rows_rejected=sum(o.rows_rejected for o in outcomes),
         seconds=seconds,
         rows_per_s=rows / seconds if seconds > 0 else 0.0,
         files=outcomes,

@@ -58,7 +58,7 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     storage.write_bytes(storage.join(incoming, "broken.csv"), b"id,pixel_0\n1,not-a-number\n")
 
     scored = score(ScoreParams(model="digits@production", bucket=bucket))
-    assert scored.counts == {"scored": 3, "skipped": 0, "quarantined": 1, "failed": 0}
+    assert scored.counts == {"scored": 3, "skipped": 0, "claimed": 0, "quarantined": 1, "failed": 0}
     outputs = storage.list_objects(storage.join(bucket, "predictions"))
     assert len([o for o in outputs if o.uri.endswith(".predictions.parquet")]) == 3
     assert len([o for o in outputs if o.uri.endswith(".manifest.json")]) == 3
@@ -71,7 +71,7 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     assert storage.exists(storage.join(incoming, "broken.csv"))
 
     again = score(ScoreParams(model="digits@production", bucket=bucket))
-    assert again.counts == {"scored": 0, "skipped": 4, "quarantined": 0, "failed": 0}
+    assert again.counts == {"scored": 0, "skipped": 4, "claimed": 0, "quarantined": 0, "failed": 0}
 
 
 def test_regression_pipeline(local_bucket: str) -> None:

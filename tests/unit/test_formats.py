@@ -47,3 +47,61 @@ def test_bom_is_stripped_from_headers(local_bucket: str) -> None:
     uri = storage.join(local_bucket, "bom.csv")
     storage.write_bytes(uri, "\ufeffid,x\n1,2\n".encode())
     assert list(formats.read_frame(uri).columns) == ["id", "x"]
+
+
+def _numbers(rows: int) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"r{i}" for i in range(rows)], "x": [i * 0.5 for i in range(rows)]})
+
+
+@pytest.mark.parametrize("name", ["s.parquet", "s.csv", "s.csv.gz", "s.tsv", "s.jsonl"])
+def test_iter_frames_streams_in_bounded_batches(local_bucket: str, name: str) -> None:
+    uri = storage.join(local_bucket, name)
+    formats.write_frame(_numbers(5000), uri)
+    frames = list(formats.iter_frames(uri, batch_rows=500, float_columns=["x"]))
+    assert sum(len(f) for f in frames) == 5000 and max(len(f) for f in frames) == 500
+    joined = pd.concat(frames, ignore_index=True)
+    assert joined["x"].astype(float).tolist() == [i * 0.5 for i in range(5000)]
+
+
+def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(local_bucket: str) -> None:
+    frame = _numbers(30000).astype({"x": "object"})
+    frame.loc[25000, "x"] = "abc"
+    uri = storage.join(local_bucket, "bad.csv")
+    formats.write_frame(frame, uri)
+    frames = list(formats.iter_frames(uri, batch_rows=2000, float_columns=["x"]))
+    joined = pd.concat(frames, ignore_index=True)
+    assert joined["id"].tolist() == frame["id"].tolist()
+    assert joined["x"].astype(str).tolist()[25000] == "abc"
+    assert pd.to_numeric(joined["x"], errors="coerce").isna().sum() == 1
+
+
+@pytest.mark.parametrize("name", ["h.csv", "h.parquet"])
+def test_header_only_files_yield_one_empty_frame_with_the_columns(local_bucket: str, name: str) -> None:
+    uri = storage.join(local_bucket, name)
+    formats.write_frame(_numbers(0), uri)
+    frames = list(formats.iter_frames(uri, batch_rows=10))
+    assert len(frames) == 1 and frames[0].empty and list(frames[0].columns) == ["id", "x"]
+
+
+def test_an_empty_jsonl_file_is_reported_as_empty(local_bucket: str) -> None:
+    uri = storage.join(local_bucket, "e.jsonl")
+    storage.write_bytes(uri, b"")
+    with pytest.raises(InputError, match="e.jsonl: the file is empty"):
+        list(formats.iter_frames(uri, batch_rows=10))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl"])
+def test_batch_writer_appends_batches(tmp_path, kind: str) -> None:
+    path = tmp_path / f"out.{kind}"
+    with formats.BatchWriter(path, kind, "src") as writer:
+        writer.write(_numbers(3))
+        writer.write(_numbers(2))
+    back = formats.read_frame(path.as_uri())
+    assert back["id"].tolist() == ["r0", "r1", "r2", "r0", "r1"] and writer.rows == 5
+
+
+def test_batch_writer_reports_a_column_that_changes_type(tmp_path) -> None:
+    with pytest.raises(InputError, match="src: column types change"):
+        with formats.BatchWriter(tmp_path / "o.parquet", "parquet", "src") as writer:
+            writer.write(pd.DataFrame({"id": [1, 2]}))
+            writer.write(pd.DataFrame({"id": ["x", "y"]}))

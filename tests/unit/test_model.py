@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from modules.compress import export_onnx, quantize_int8
+from modules.engines import OnnxEngine
 from modules.model import FeatureTransform, MLPConfig, ScoringHead, TabularNet
-from modules.predictor import Predictor
 from modules.preprocess import fit_spec
 from tests.conftest import synthetic_classification
 
@@ -39,19 +39,19 @@ def test_onnx_fp32_equals_torch_and_int8_agrees(tmp_path) -> None:
     quantize_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx")
     with torch.inference_mode():
         expected = head(torch.from_numpy(features)).numpy()
-    fp32 = Predictor(spec, (tmp_path / "m.onnx").read_bytes()).run(features)
-    int8 = Predictor(spec, (tmp_path / "m8.onnx").read_bytes()).run(features)
+    fp32 = OnnxEngine(spec, (tmp_path / "m.onnx").read_bytes()).run(features)
+    int8 = OnnxEngine(spec, (tmp_path / "m8.onnx").read_bytes()).run(features)
     np.testing.assert_allclose(fp32, expected, atol=1e-5)
     assert (int8.argmax(1) == expected.argmax(1)).mean() >= 0.95
     assert (tmp_path / "m8.onnx").stat().st_size < (tmp_path / "m.onnx").stat().st_size
 
 
-def test_predictor_outputs_labels_and_probabilities(tmp_path) -> None:
+def test_engine_outputs_labels_and_probabilities(tmp_path) -> None:
     spec = _spec()
     head = ScoringHead(TabularNet(spec, MLPConfig(hidden_sizes=[8])), spec).eval()
     export_onnx(head, spec.width, tmp_path / "m.onnx")
     frame = synthetic_classification(20, seed=2)
-    predictions = Predictor(spec, (tmp_path / "m.onnx").read_bytes()).predict(frame, "x.csv")
+    predictions = OnnxEngine(spec, (tmp_path / "m.onnx").read_bytes()).predict(frame, "x.csv")
     assert list(predictions.columns) == ["prediction", "prob_a", "prob_b", "prob_c"]
     assert set(predictions["prediction"]) <= {"a", "b", "c"}
     np.testing.assert_allclose(predictions.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)

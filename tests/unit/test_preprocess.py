@@ -47,7 +47,7 @@ def test_encode_names_missing_columns_and_bad_values() -> None:
     spec = fit_spec(pd.DataFrame({"x": [1.0, 2.0], "z": [3, 4], "y": [0, 1]}), "y", "classification", ["x", "z"], 10)
     with pytest.raises(InputError, match=r"in\.csv: missing feature column\(s\) 'z'"):
         spec.encode(pd.DataFrame({"x": [1.0]}), "in.csv")
-    with pytest.raises(InputError, match=r"in\.csv: column 'x' needs numbers but row 1 holds 'abc'"):
+    with pytest.raises(InputError, match=r"in\.csv: row 1: column 'x' holds 'abc', not a finite number \(1 row"):
         spec.encode(pd.DataFrame({"x": ["1", "abc"], "z": [1, 2]}), "in.csv")
     with pytest.raises(InputError, match="column 'z'"):
         spec.encode(pd.DataFrame({"x": [1.0], "z": [np.inf]}), "in.csv")

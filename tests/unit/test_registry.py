@@ -55,13 +55,13 @@ def test_tampered_artifact_is_refused(registered, tmp_path) -> None:
     for obj in storage.list_objects(registry.model_uri(bucket, "toy", "1")):
         storage.write_bytes(storage.join(copy, "models/toy/1", obj.uri.rsplit("/", 1)[-1]), storage.read_bytes(obj.uri))
     card_location = registry.card_uri(copy, "toy", 1)
-    registry.load_predictor(card_location)  # intact copy loads
+    registry.load_engine(card_location)  # intact copy loads
     artifact = storage.join(copy, "models/toy/1", registry.load_card(card_location).artifacts["int8"].file)
     data = bytearray(storage.read_bytes(artifact))
     data[-10] ^= 0xFF
     storage.write_bytes(artifact, bytes(data))
     with pytest.raises(RegistryError, match="sha256 .* does not match"):
-        registry.load_predictor(card_location)
+        registry.load_engine(card_location)
 
 
 def test_gate_refusal_keeps_production_and_moves_latest(tmp_path) -> None:

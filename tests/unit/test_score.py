@@ -50,7 +50,7 @@ def test_each_file_gets_its_output_with_passthrough_and_manifest(incoming) -> No
     assert out["id"].tolist() == [f"row-{i}" for i in range(60, 90)]
     assert out["prediction"].isin(["a", "b", "c"]).all()
     manifest = storage.read_json(storage.join(params.output_uri, "a.csv.manifest.json"))
-    assert manifest["rows"] == 30 and manifest["model_ref"] == "toy/1" and manifest["passthrough"] == ["id"]
+    assert manifest["rows_out"] == 30 and manifest["model_ref"] == "toy/1" and manifest["passthrough"] == ["id"]
     assert manifest["output_sha256"] == storage.sha256_hex(storage.read_bytes(manifest["output_uri"]))
 
 

@@ -1,0 +1,108 @@
+"""Scoring engines: encoded feature rows in, model outputs out, on ONNX Runtime or torch.
+
+Both run the same network with the preprocessing folded in (`modules.model.FeatureTransform`):
+- `OnnxEngine`: the int8 ONNX artifact on ONNX Runtime, the fast default on CPU;
+- `TorchEngine`: the pruned fp32 weights, quantized to int8 by torch's dynamic quantization at
+  load time, for machines without ONNX Runtime. torch is imported only when it is chosen, so a
+  scoring container does not need it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from abc import ABC, abstractmethod
+
+import numpy as np
+import pandas as pd
+
+from modules.preprocess import FeatureSpec
+
+DEFAULT_BATCH_ROWS = 65_536
+
+
+class Engine(ABC):
+    name: str
+    variant: str  # the card's artifact this engine serves
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def _run_batch(self, features: np.ndarray) -> np.ndarray: ...
+
+    def run(self, features: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS) -> np.ndarray:
+        """Model outputs for an encoded feature matrix: class probabilities, or regression values."""
+        if len(features) == 0:
+            return np.empty((0, self.spec.output_size), dtype=np.float32)
+        outputs = [
+            self._run_batch(features[start : start + batch_rows]) for start in range(0, len(features), batch_rows)
+        ]
+        return np.concatenate(outputs)
+
+    def frame(self, outputs: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        """`prediction` (label or value) plus `prob_<class>` columns for classification."""
+        if self.spec.classes is None:
+            return pd.DataFrame({"prediction": outputs[:, 0]}, index=index)
+        labels = pd.Series(self.spec.classes)
+        columns = {"prediction": labels.take(outputs.argmax(axis=1)).to_numpy() if len(outputs) else labels[:0]}
+        columns.update({f"prob_{label}": outputs[:, i] for i, label in enumerate(self.spec.classes)})
+        return pd.DataFrame(columns, index=index)
+
+    def predict(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
+        """Predictions for a table whose every row must be usable (strict encoding)."""
+        return self.frame(self.run(self.spec.encode(frame, source)), frame.index)
+
+
+class OnnxEngine(Engine):
+    name = "onnxruntime"
+    variant = "int8"
+
+    def __init__(self, spec: FeatureSpec, onnx_model: bytes, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(spec)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _run_batch(self, features: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: features})[0]
+
+
+class TorchEngine(Engine):
+    name = "torch"
+    variant = "torch"
+
+    def __init__(self, spec: FeatureSpec, model_config: dict, state_dict: bytes, threads: int | None = None) -> None:
+        import torch
+
+        from modules.model import MLPConfig, ScoringHead, TabularNet
+
+        super().__init__(spec)
+        net = TabularNet(spec, MLPConfig.model_validate(model_config))
+        net.load_state_dict(torch.load(io.BytesIO(state_dict), weights_only=True))
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            self.model = torch.ao.quantization.quantize_dynamic(
+                ScoringHead(net, spec).eval(), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+
+    def _run_batch(self, features: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(features)).numpy()
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
