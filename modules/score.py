@@ -128,6 +128,7 @@ class FileManifest(BaseModel):
     rows_rejected: int
     rejected_uri: str | None
     passthrough: list[str]
+    scored_by: str = Field(description="host-pid of the process that scored the file.")
     started_at: datetime
     seconds: float
 
@@ -308,6 +309,7 @@ def _score(
         rows_rejected=rows_rejected,
         rejected_uri=where.rejected if rows_rejected else None,
         passthrough=passthrough,
+        scored_by=f"{socket.gethostname()}-{os.getpid()}",
         started_at=started_at,
         seconds=time.perf_counter() - started,
     )

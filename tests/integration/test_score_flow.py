@@ -1,0 +1,43 @@
+"""The score flow under a real Prefect API: parallel files on threads and on a Dask cluster of processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from flows.score import score, task_runner
+from modules import formats, storage
+from modules.registry import RegisterParams, register
+from modules.score import ScoreParams
+from tests.conftest import synthetic_classification
+from tests.unit.conftest import train_and_compress
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+
+@pytest.fixture
+def twelve_files(s3_bucket: str) -> str:
+    register(RegisterParams(compress_manifest=train_and_compress(s3_bucket, "r1"), bucket=s3_bucket, name="toy"))
+    for i in range(12):
+        frame = synthetic_classification(40, seed=i).drop(columns=["label"])
+        formats.write_frame(frame, storage.join(s3_bucket, "incoming", f"part-{i:02d}.parquet"))
+    return s3_bucket
+
+
+@pytest.mark.parametrize("runner", ["threads", "dask"])
+def test_files_are_scored_in_parallel(twelve_files: str, runner: str) -> None:
+    params = ScoreParams(model="toy@production", bucket=twelve_files, parallel_files=3)
+    dask_workers = 3 if runner == "dask" else None
+    result = score.with_options(task_runner=task_runner(params.parallel_files, dask_workers=dask_workers))(params)
+    assert result.counts["scored"] == 12 and result.rows == 12 * 40
+    manifests = [
+        o.uri for o in storage.list_objects(storage.join(twelve_files, "predictions")) if o.uri.endswith(".json")
+    ]
+    assert len(manifests) == 12
+    records = [storage.read_json(uri) for uri in manifests]
+    assert {r["engine"] for r in records} == {"onnxruntime"}
+    processes = {r["scored_by"] for r in records}
+    here = f"{socket.gethostname()}-{os.getpid()}"
+    assert processes == {here} if runner == "threads" else (len(processes) >= 2 and here not in processes)
