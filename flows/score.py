@@ -1,8 +1,9 @@
-"""Batch scoring: resolve the model once, list the input files, score each file as its own task.
+"""Batch scoring: resolve the model once, list the input files, score them in parallel tasks.
 
-At most `parallel_files` files are in flight at once, on the flow's task runner: threads by
+At most `parallel_files` tasks are in flight at once, on the flow's task runner: threads by
 default, or a Dask cluster (`score.with_options(task_runner=DaskTaskRunner(...))`, which the CLI's
-`--dask-workers`/`--dask-address` set up) to spread files over processes and machines. One
+`--dask-workers`/`--dask-address` set up) to spread files over processes and machines. Small files are
+packed several to a task (`group_bytes`) so that per-task overhead does not dominate. One
 file's failure never stops the others: it is reported, and the run ends Failed so that someone
 looks. Both tasks only touch storage, so they retry outages with backoff.
 
@@ -17,6 +18,7 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import progress
@@ -33,24 +35,33 @@ def plan(params: ScoreParams) -> ScoreJob:
     return scoring.plan(params)
 
 
-@task(**IO_RETRIES, cache_policy=NO_CACHE, task_run_name="score {obj.uri}")
-def score_file(job: ScoreJob, obj: ObjectInfo) -> FileOutcome:
+def _group_name() -> str:
+    files = task_run.parameters["objs"]
+    return f"score {files[0].uri}" + (f" (+{len(files) - 1} files)" if len(files) > 1 else "")
+
+
+@task(**IO_RETRIES, cache_policy=NO_CACHE, task_run_name=_group_name)
+def score_files(job: ScoreJob, objs: list[ObjectInfo]) -> list[FileOutcome]:
+    """One file, or several small ones: a retry skips those already done (their manifests say so)."""
     logger = get_run_logger()
-    seen = {"rows": 0, "logged": time.monotonic()}
+    outcomes = []
+    for obj in objs:
+        seen = {"rows": 0, "logged": time.monotonic()}
 
-    def report(rows: int) -> None:
-        progress.rows(rows)
-        seen["rows"] += rows
-        if time.monotonic() - seen["logged"] > LOG_EVERY_SECONDS:
-            logger.info("%s: %d rows so far", obj.uri, seen["rows"])
-            seen["logged"] = time.monotonic()
+        def report(rows: int, obj: ObjectInfo = obj, seen: dict = seen) -> None:
+            progress.rows(rows)
+            seen["rows"] += rows
+            if time.monotonic() - seen["logged"] > LOG_EVERY_SECONDS:
+                logger.info("%s: %d rows so far", obj.uri, seen["rows"])
+                seen["logged"] = time.monotonic()
 
-    outcome = scoring.score_file(job, obj, progress=report)
-    detail = f": {outcome.error}" if outcome.error else ""
-    logger.info(
-        "%s: %s, %d rows out, %d rejected%s", obj.uri, outcome.status, outcome.rows_out, outcome.rows_rejected, detail
-    )
-    return outcome
+        outcome = scoring.score_file(job, obj, progress=report)
+        detail = f": {outcome.error}" if outcome.error else ""
+        logger.info("%s: %s, %d rows out, %d rejected%s", obj.uri, outcome.status, outcome.rows_out,
+                    outcome.rows_rejected, detail)  # fmt: skip
+        progress.file_done(outcome.status)
+        outcomes.append(outcome)
+    return outcomes
 
 
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
@@ -59,21 +70,23 @@ def score(params: ScoreParams) -> ScoreResult:
     job = plan(params)
     progress.planned(len(job.files))
     outcomes: dict[str, FileOutcome] = {}
-    in_flight: dict[PrefectFuture, ObjectInfo] = {}
+    in_flight: dict[PrefectFuture, list[ObjectInfo]] = {}
 
     def collect(future: PrefectFuture) -> None:
-        obj = in_flight.pop(future)
+        objs = in_flight.pop(future)
         future.wait()  # as_completed can yield before the future's final state is recorded
         if future.state.is_completed():
-            outcomes[obj.uri] = future.result()
-        else:
-            outcomes[obj.uri] = FileOutcome(input_uri=obj.uri, status="failed", error=str(future.state.message))
-        progress.file_done(outcomes[obj.uri].status)
+            outcomes.update((o.input_uri, o) for o in future.result())
+            return
+        for obj in objs:
+            if obj.uri not in outcomes:
+                outcomes[obj.uri] = FileOutcome(input_uri=obj.uri, status="failed", error=str(future.state.message))
+                progress.file_done("failed")
 
-    for obj in job.files:
+    for group in scoring.group_files(job.files, params.group_bytes):
         if len(in_flight) >= params.parallel_files:
             collect(next(as_completed(list(in_flight))))
-        in_flight[score_file.submit(job, obj)] = obj
+        in_flight[score_files.submit(job, group)] = group
     for future in as_completed(list(in_flight)):
         collect(future)
 

@@ -17,6 +17,10 @@ class StorageError(MaasError, OSError):
     """Object storage refused: missing bucket or object, bad credentials, unreachable endpoint."""
 
 
+class ObjectNotFound(StorageError, FileNotFoundError):
+    """No object at that URI (or no such bucket)."""
+
+
 class RegistryError(MaasError, LookupError):
     """A model reference does not resolve, or an artifact fails its checksum."""
 

@@ -9,6 +9,7 @@ matter), checks that numbers parse, and maps categories to integer codes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -37,6 +38,15 @@ class CategoricalFeature(BaseModel):
     name: str
     dtype: str
     categories: list[str] = Field(description="Vocabulary; code i+1 is categories[i], code 0 is unknown or missing.")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Features for every row; `rejected` marks rows that cannot be scored, `reasons` says why (in row order)."""
+
+    features: np.ndarray
+    rejected: np.ndarray
+    reasons: np.ndarray
 
 
 class FeatureSpec(BaseModel):
@@ -72,40 +82,54 @@ class FeatureSpec(BaseModel):
 
         Strict: raises InputError naming `source`, the row and the column when any row is unusable.
         """
-        features, reasons = self.encode_rows(frame, source)
-        rejected = np.flatnonzero(reasons != "")
-        if len(rejected):
-            row = int(rejected[0])
-            raise InputError(f"{source}: row {row}: {reasons[row]} ({len(rejected)} row(s) like this)")
-        return features
+        encoded = self.encode_rows(frame, source)
+        if len(encoded.reasons):
+            row = int(np.flatnonzero(encoded.rejected)[0])
+            raise InputError(f"{source}: row {row}: {encoded.reasons[0]} ({len(encoded.reasons)} row(s) like this)")
+        return encoded.features
 
-    def encode_rows(
-        self, frame: pd.DataFrame, source: str, reject_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Feature matrix plus, per row, why it cannot be scored ("" when it can).
+    def encode_rows(self, frame: pd.DataFrame, source: str, reject_missing: bool = False) -> Encoded:
+        """Feature matrix plus which rows cannot be scored, and why.
 
         A missing feature column is a problem of the whole file and raises InputError. A value
         that is not a finite number rejects its row; so does a missing value if `reject_missing`
-        (otherwise the model imputes it).
+        (otherwise the model imputes it). Typed numeric columns are converted in one block: this
+        runs on every batch that is scored.
         """
         absent = [name for name in self.feature_names if name not in frame.columns]
         if absent:
             shown = ", ".join(repr(m) for m in absent[:10]) + (" …" if len(absent) > 10 else "")
             raise InputError(f"{source}: missing feature column(s) {shown} ({len(absent)} of {self.width})")
-        out = np.empty((len(frame), self.width), dtype=np.float32)
-        reasons = np.full(len(frame), "", dtype=object)
-        for i, feature in enumerate(self.numeric):
-            column = frame[feature.name]
-            out[:, i], bad = _numeric_column(column)
-            _note(reasons, bad, lambda row, c=column: f"column {c.name!r} holds {c.iloc[row]!r}, not a finite number")
-        for j, feature in enumerate(self.categorical, start=len(self.numeric)):
-            codes = {value: code for code, value in enumerate(feature.categories, start=1)}
-            out[:, j] = frame[feature.name].astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
+        names = [f.name for f in self.numeric]
+        typed = [i for i, name in enumerate(names) if _is_number_dtype(frame[name])]
+        if len(typed) == self.width:  # all features are typed numbers: one conversion, no extra copy
+            out = frame[names].to_numpy(dtype=np.float32, na_value=np.nan)
+            unusable = np.isinf(out)
+        else:
+            out = np.empty((len(frame), self.width), dtype=np.float32)
+            unusable = np.zeros(out.shape, dtype=bool)
+            if typed:
+                block = frame[[names[i] for i in typed]].to_numpy(dtype=np.float32, na_value=np.nan)
+                out[:, typed], unusable[:, typed] = block, np.isinf(block)
+            for i in sorted(set(range(len(names))) - set(typed)):
+                out[:, i], unusable[:, i] = _numeric_column(frame[names[i]])
+            for j, feature in enumerate(self.categorical, start=len(names)):
+                codes = {value: code for code, value in enumerate(feature.categories, start=1)}
+                out[:, j] = frame[feature.name].astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
         if reject_missing:
-            for name in self.feature_names:
-                missing = frame[name].isna().to_numpy()
-                _note(reasons, missing, lambda row, name=name: f"column {name!r} is missing")
-        return out, reasons
+            unusable |= frame[self.feature_names].isna().to_numpy()
+        rejected = unusable.any(axis=1)
+        if rejected.any():
+            out = np.where(unusable, np.float32(np.nan), out)
+        reasons = [self._reason(frame, int(row), unusable[row]) for row in np.flatnonzero(rejected)]
+        return Encoded(features=out, rejected=rejected, reasons=np.array(reasons, dtype=object))
+
+    def _reason(self, frame: pd.DataFrame, row: int, cells: np.ndarray) -> str:
+        name = self.feature_names[int(np.flatnonzero(cells)[0])]
+        value = frame[name].iloc[row]
+        return (
+            f"column {name!r} is missing" if pd.isna(value) else f"column {name!r} holds {value!r}, not a finite number"
+        )
 
     def encode_target(self, series: pd.Series) -> np.ndarray:
         """Class indices (int64) for classification, standardized values (float32) for regression."""
@@ -122,7 +146,7 @@ class FeatureSpec(BaseModel):
 
 def _numeric_column(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """float32 values (NaN where missing) and the mask of values present but not finite numbers."""
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+    if _is_number_dtype(column):
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.isinf(values)
     else:
@@ -133,10 +157,8 @@ def _numeric_column(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values, bad
 
 
-def _note(reasons: np.ndarray, rows: np.ndarray, reason) -> None:
-    """Record `reason(row)` for each flagged row that has no reason yet (the first problem is reported)."""
-    for row in np.flatnonzero(rows & (reasons == "")):
-        reasons[row] = reason(int(row))
+def _is_number_dtype(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)
 
 
 def _native(value: object) -> Label:

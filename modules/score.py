@@ -41,7 +41,7 @@ from modules import formats, registry, storage
 from modules.claims import Claims, Lease
 from modules.config import Settings
 from modules.engines import Engine
-from modules.errors import InputError
+from modules.errors import InputError, ObjectNotFound
 from modules.registry import ModelCard
 
 Status = Literal["scored", "skipped", "claimed", "quarantined", "failed"]
@@ -85,6 +85,11 @@ class ScoreParams(BaseModel):
     )
     lease_seconds: float = Field(
         900, gt=0, description="How long a claim protects a file in work; a crashed run's files are retried after it."
+    )
+    group_bytes: int = Field(
+        8 << 20,
+        ge=0,
+        description="Small files are scored several to a task, up to this many bytes, to spare per-task overhead.",
     )
 
     @field_validator("output_name")
@@ -218,7 +223,9 @@ def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None
     lease = claims.acquire(obj.uri, obj.etag, job.model_ref)
     if lease is None:
         return FileOutcome(input_uri=obj.uri, status="claimed", error="another run holds this file's claim")
-    if not job.params.rescore and _handled(where, obj, job.model_ref):  # finished while we were claiming
+    # Another run may have finished between our look and our claim; a first attempt proves nobody started.
+    if lease.attempt > 1 and not job.params.rescore and _handled(where, obj, job.model_ref):
+        claims.release(lease)
         return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=where.output)
     try:
         with tempfile.TemporaryDirectory(prefix="maas-score-") as scratch:
@@ -230,10 +237,12 @@ def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None
 def _handled(where: _Locations, obj: storage.ObjectInfo, model_ref: str) -> bool:
     """Whether a manifest or a quarantine report shows this object version done by this model."""
     for record_uri in (where.manifest, where.report):
-        if storage.exists(record_uri):
+        try:
             record = storage.read_json(record_uri)
-            if record.get("input_etag") == obj.etag and record.get("model_ref") == model_ref:
-                return True
+        except ObjectNotFound:
+            continue
+        if record.get("input_etag") == obj.etag and record.get("model_ref") == model_ref:
+            return True
     return False
 
 
@@ -260,19 +269,20 @@ def _score(
             for frame in batches:
                 if rows_in == 0:
                     passthrough = _passthrough(job.params, frame, spec.feature_names, obj.uri)
-                features, reasons = spec.encode_rows(frame, obj.uri, job.params.missing_values == "reject")
-                usable = reasons == ""
-                kept = frame[usable]
+                encoded = spec.encode_rows(frame, obj.uri, job.params.missing_values == "reject")
                 columns = passthrough + (
                     [c for c in spec.feature_names if c not in passthrough] if job.params.include_features else []
                 )
-                output.write(_joined(kept[columns], engine.frame(engine.run(features[usable]), kept.index)))
-                if not usable.all():
+                kept, features = frame[columns], encoded.features
+                if len(encoded.reasons):
+                    usable = ~encoded.rejected
+                    kept, features = kept[usable], features[usable]
                     if rejected_writer is None:
                         rejected_writer = formats.BatchWriter(rejected_path, fmt, obj.uri)
-                    rows = rows_in + np.flatnonzero(~usable)
-                    rejected_writer.write(frame[~usable].assign(_row=rows, _reason=reasons[~usable]))
-                    rows_rejected += int((~usable).sum())
+                    rows = rows_in + np.flatnonzero(encoded.rejected)
+                    rejected_writer.write(frame[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
+                    rows_rejected += len(encoded.reasons)
+                output.write(_joined(kept, engine.frame(engine.run(features), kept.index)))
                 rows_in += len(frame)
                 lease = claims.renew_if_due(lease)
                 if progress:
@@ -378,6 +388,19 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[storage.ObjectInfo]]:
+    """Consecutive files packed into groups of at most `group_bytes` (a larger file is a group alone)."""
+    groups: list[list[storage.ObjectInfo]] = []
+    size = 0
+    for obj in files:
+        if not groups or size + obj.size > group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(obj)
+        size += obj.size
+    return groups
 
 
 def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> ScoreResult:

@@ -30,7 +30,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
-from modules.errors import StorageError, StorageUnavailable
+from modules.errors import ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
 M = TypeVar("M", bound=BaseModel)
@@ -75,7 +75,7 @@ def _translated(uri: str) -> Iterator[None]:
     except StorageError:
         raise
     except FileNotFoundError as exc:
-        raise StorageError(f"not found: {uri} ({_reason(exc)})") from exc
+        raise ObjectNotFound(f"not found: {uri} ({_reason(exc)})") from exc
     except PermissionError as exc:
         raise StorageError(
             f"access denied to {uri} ({_reason(exc)}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "

@@ -46,6 +46,10 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
         "compress/model.int8.onnx",
         "compress/manifest.json",
     } <= run_files
+    test_split = formats.read_frame(storage.join(result.run_uri, "preprocess", "test.parquet"))
+    onnx = registry.load_engine(result.card_uri, "onnxruntime")[1].predict(test_split, "test split")
+    torch_int8 = registry.load_engine(result.card_uri, "torch")[1].predict(test_split, "test split")
+    assert (onnx["prediction"] == torch_int8["prediction"]).mean() >= 0.995
     lr = formats.read_frame(storage.join(result.run_uri, "train", "lr.csv"))
     assert len(lr) > 100 and lr["lr"].max() > 5 * lr["lr"].iloc[0]  # onecycle warms up, per step
 

@@ -27,8 +27,8 @@ def twelve_files(s3_bucket: str) -> str:
 
 
 @pytest.mark.parametrize("runner", ["threads", "dask"])
-def test_files_are_scored_in_parallel(twelve_files: str, runner: str) -> None:
-    params = ScoreParams(model="toy@production", bucket=twelve_files, parallel_files=3)
+def test_files_are_scored_in_parallel_tasks(twelve_files: str, runner: str) -> None:
+    params = ScoreParams(model="toy@production", bucket=twelve_files, parallel_files=3, group_bytes=0)
     dask_workers = 3 if runner == "dask" else None
     result = score.with_options(task_runner=task_runner(params.parallel_files, dask_workers=dask_workers))(params)
     assert result.counts["scored"] == 12 and result.rows == 12 * 40
@@ -41,3 +41,8 @@ def test_files_are_scored_in_parallel(twelve_files: str, runner: str) -> None:
     processes = {r["scored_by"] for r in records}
     here = f"{socket.gethostname()}-{os.getpid()}"
     assert processes == {here} if runner == "threads" else (len(processes) >= 2 and here not in processes)
+
+
+def test_small_files_share_tasks_and_each_still_gets_its_outcome(twelve_files: str) -> None:
+    result = score(ScoreParams(model="toy@production", bucket=twelve_files, group_bytes=1 << 20))
+    assert result.counts["scored"] == 12 and len({o.input_uri for o in result.files}) == 12
