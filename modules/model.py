@@ -7,6 +7,7 @@ training/serving skew and the ONNX artifact takes raw feature rows.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -175,7 +176,7 @@ class TabularDataModule(pl.LightningDataModule):
                 self.datasets[name] = self.tensors(formats.read_frame(uri), uri)
 
     def tensors(self, frame: pd.DataFrame, source: str) -> TensorDataset:
-        x = torch.from_numpy(self.spec.encode(frame, source))
+        x = torch.from_numpy(np.require(self.spec.encode(frame, source), requirements="W"))
         y = torch.from_numpy(self.spec.encode_target(frame[self.spec.target]))
         return TensorDataset(x, y)
 

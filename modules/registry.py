@@ -12,6 +12,7 @@ Loading verifies each artifact's sha256 against the card and never unpickles: ar
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -20,10 +21,11 @@ from pydantic import BaseModel, Field
 from modules import storage
 from modules.config import Settings
 from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
-from modules.errors import RegistryError
+from modules.errors import ObjectNotFound, RegistryError
 from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
 from modules.preprocess import FeatureSpec
 
+ALIAS_LOCK_SECONDS = 30
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 PACKAGES = ("maas", "torch", "pytorch-lightning", "onnx", "onnxruntime", "pandas", "numpy", "pyarrow", "prefect")
@@ -112,6 +114,8 @@ def versions(bucket: str, name: str) -> list[int]:
 def aliases(bucket: str, name: str) -> dict[str, int]:
     found = {}
     for obj in storage.list_objects(model_uri(bucket, name, "aliases")):
+        if not obj.uri.endswith(".json"):
+            continue
         alias = obj.uri.rsplit("/", 1)[-1].removesuffix(".json")
         found[alias] = int(storage.read_json(obj.uri)["version"])
     return found
@@ -240,16 +244,38 @@ def register(params: RegisterParams) -> RegisterResult:
     location = card_uri(bucket, name, version)
     storage.write_json(location, card)
 
-    moved = []
-    for alias in ("latest", "production"):
-        if alias == "production" and not compressed.gate.passed:
-            continue
-        current = aliases(bucket, name).get(alias)
-        if current is None or current < version:  # a slower concurrent registration never moves an alias back
-            set_alias(bucket, name, alias, version)
-            moved.append(alias)
+    moved = [alias for alias in ("latest", "production") if (alias == "latest" or compressed.gate.passed)
+             and _advance_alias(bucket, name, alias, version)]  # fmt: skip
     ref = f"{name}@production" if "production" in moved else f"{name}/{version}"
     return RegisterResult(model_ref=ref, name=name, version=version, card_uri=location, aliases=moved)
+
+
+def _advance_alias(bucket: str, name: str, alias: str, version: int) -> bool:
+    """Move `alias` to `version` unless it already points higher: concurrent registrations never move it back.
+
+    The read-compare-write runs under a lock object taken by conditional create; a lock older than
+    ALIAS_LOCK_SECONDS is taken to be left by a crashed process and broken.
+    """
+    lock = model_uri(bucket, name, "aliases", f"{alias}.lock")
+    deadline = time.monotonic() + 4 * ALIAS_LOCK_SECONDS
+    while not storage.create_json(lock, {"version": version, "at": time.time()}):
+        try:
+            stale = time.time() - storage.read_json(lock)["at"] > ALIAS_LOCK_SECONDS
+        except ObjectNotFound:
+            continue
+        if stale:
+            storage.delete(lock)
+        elif time.monotonic() > deadline:
+            raise RegistryError(f"{lock} is held by another registration; try again")
+        time.sleep(0.05)
+    try:
+        current = aliases(bucket, name).get(alias)
+        if current is not None and current >= version:
+            return False
+        set_alias(bucket, name, alias, version)
+        return True
+    finally:
+        storage.delete(lock)
 
 
 def _claim_version(bucket: str, name: str, source: str) -> int:

@@ -165,6 +165,17 @@ def _write_local(path: str, fill, *, exclusive: bool) -> bool:
             os.unlink(tmp)
 
 
+def delete(uri: str) -> None:
+    """Remove an object; a missing one is fine (the goal is that it is gone)."""
+    fs, path = filesystem(uri)
+    with _translated(uri):
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        fs.invalidate_cache(path)
+
+
 def upload(local_path: str | os.PathLike[str], uri: str) -> None:
     """Copy a local file to `uri` atomically (multipart uploads appear only when complete)."""
     fs, path = filesystem(uri)

@@ -76,17 +76,22 @@ def test_gate_refusal_keeps_production_and_moves_latest(tmp_path) -> None:
     assert not card.gate.passed and card.gate.reason.startswith("refused: accuracy")
 
 
-def test_concurrent_registrations_get_distinct_versions(registered) -> None:
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_concurrent_registrations_get_distinct_versions_and_latest_is_the_highest(registered, store, request) -> None:
     bucket, result = registered
+    target = bucket if store == "local" else request.getfixturevalue("s3_bucket")
     manifest = registry.load_card(result.card_uri).lineage.compress_manifest
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
         results = list(
             pool.map(
-                lambda _: register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="race")), range(4)
+                lambda _: register(RegisterParams(compress_manifest=manifest, bucket=target, name="race")), range(6)
             )
         )
-    assert sorted(r.version for r in results) == [1, 2, 3, 4]
-    assert registry.aliases(bucket, "race")["latest"] == 4
+    assert sorted(r.version for r in results) == [1, 2, 3, 4, 5, 6]
+    assert registry.aliases(target, "race") == {"latest": 6, "production": 6}
+    assert not [
+        o for o in storage.list_objects(registry.model_uri(target, "race", "aliases")) if o.uri.endswith(".lock")
+    ]
 
 
 def test_alias_can_be_moved_back_to_an_older_version(registered) -> None:

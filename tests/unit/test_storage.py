@@ -20,6 +20,14 @@ def test_write_read_and_replace(any_bucket: str) -> None:
     assert storage.exists(uri)
 
 
+def test_delete_removes_and_tolerates_missing(any_bucket: str) -> None:
+    uri = storage.join(any_bucket, "gone.json")
+    storage.write_json(uri, {})
+    storage.delete(uri)
+    storage.delete(uri)
+    assert not storage.exists(uri)
+
+
 def test_create_is_exclusive(any_bucket: str) -> None:
     uri = storage.join(any_bucket, "claims", "one.json")
     assert storage.create_json(uri, {"owner": "first"}) is True
