@@ -97,7 +97,7 @@ class TorchEngine(Engine):
 
     def _run_batch(self, features: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            return self.model(self._torch.from_numpy(features)).numpy()
+            return self.model(self._torch.from_numpy(np.require(features, requirements="W"))).numpy()
 
 
 def onnxruntime_available() -> bool:
