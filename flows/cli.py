@@ -47,13 +47,15 @@ class _UserErrorsInOneLine(logging.Filter):
         return True
 
 
-def _run(action: Callable[[], BaseModel], as_json: bool, show: Callable[[BaseModel], None]) -> None:
-    """Run a flow; user errors become one line and exit code 1."""
-    import prefect  # noqa: F401  (configures Prefect's loggers, which the filter then joins)
-
+def _run(
+    action: Callable[[], BaseModel], as_json: bool, show: Callable[[BaseModel], None], runs_flows: bool = True
+) -> None:
+    """Run a command (a flow, unless `runs_flows` is False); user errors become one line and exit code 1."""
     from modules.errors import MaasError
 
-    if not state["debug"]:
+    if runs_flows and not state["debug"]:
+        import prefect  # noqa: F401  (configures Prefect's loggers, which the filter then joins)
+
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_UserErrorsInOneLine())
     try:
@@ -219,6 +221,101 @@ def demo(bucket: BucketOption = None, as_json: JsonOption = False) -> None:
         return run_demo(DemoParams(bucket=bucket))
 
     _run(action, as_json, _show_demo)
+
+
+models_app = typer.Typer(help="The model registry in the bucket: versions, aliases, promotion.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _bucket(bucket: str | None) -> str:
+    from modules.config import Settings
+
+    return Settings(bucket=bucket).bucket if bucket else Settings().bucket
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[Optional[str], typer.Argument(help="One model; default all.")] = None,
+    bucket: BucketOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Versions with their test metrics, gate decisions and aliases.
+
+    Example: maas models list digits
+    """
+    from modules import registry
+
+    def show(result) -> None:
+        table = Table(title=f"models in {_bucket(bucket)}")
+        for column in ("model", "version", "created", "metric", "fp32", "int8", "gate", "aliases"):
+            table.add_column(column)
+        for v in result.versions:
+            table.add_row(v.name, str(v.version), f"{v.created_at:%Y-%m-%d %H:%M}", v.metric, f"{v.fp32:.4f}",
+                          f"{v.int8:.4f}", "passed" if v.gate_passed else "refused", ", ".join(v.aliases))  # fmt: skip
+        console.print(table)
+
+    _run(lambda: _Listing(versions=registry.summaries(_bucket(bucket), name)), as_json, show, runs_flows=False)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION.")],
+    bucket: BucketOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The model card: schema, metrics of every variant, gate decision, lineage, artifacts."""
+    from modules import registry
+
+    def action() -> BaseModel:
+        name, version = registry.resolve(_bucket(bucket), ref)
+        return registry.load_card(registry.card_uri(_bucket(bucket), name, version))
+
+    _run(action, as_json, lambda card: console.print_json(card.model_dump_json()), runs_flows=False)
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="The version to promote: NAME/VERSION or NAME@ALIAS.")],
+    alias: Annotated[str, typer.Option(help="The alias to move.")] = "production",
+    bucket: BucketOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Point an alias (production by default) at a version, atomically.
+
+    Example: maas models promote digits/3
+    """
+    from modules import registry
+
+    def action() -> BaseModel:
+        name, version = registry.promote(_bucket(bucket), ref, alias)
+        return _AliasMove(model_ref=f"{name}@{alias}", version=version)
+
+    _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
+    bucket: BucketOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move an alias back to the newest earlier version that passed the gate."""
+    from modules import registry
+
+    def action() -> BaseModel:
+        return _AliasMove(model_ref=f"{name}@{alias}", version=registry.rollback(_bucket(bucket), name, alias))
+
+    _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
+
+
+class _Listing(BaseModel):
+    versions: list
+
+
+class _AliasMove(BaseModel):
+    model_ref: str
+    version: int
 
 
 def _variants_table(result) -> Table:

@@ -121,6 +121,61 @@ def aliases(bucket: str, name: str) -> dict[str, int]:
     return found
 
 
+class VersionSummary(BaseModel):
+    name: str
+    version: int
+    created_at: datetime
+    metric: str
+    fp32: float
+    int8: float
+    gate_passed: bool
+    aliases: list[str]
+
+
+def model_names(bucket: str) -> list[str]:
+    names = {storage.relative_key(storage.join(bucket, "models"), o.uri).split("/")[0]
+             for o in storage.list_objects(storage.join(bucket, "models"))}  # fmt: skip
+    return sorted(n for n in names if _NAME.match(n))
+
+
+def summaries(bucket: str, name: str | None = None) -> list[VersionSummary]:
+    """Every complete version (with a card) of one model or of all, with its metrics, gate and aliases."""
+    found = []
+    for model in [_check_name(name)] if name else model_names(bucket):
+        pointers = aliases(bucket, model)
+        for version in versions(bucket, model):
+            try:
+                card = load_card(card_uri(bucket, model, version))
+            except ObjectNotFound:  # claimed, still being written
+                continue
+            metrics = {v.name: v.metric for v in card.metrics}
+            found.append(
+                VersionSummary(
+                    name=model, version=version, created_at=card.created_at, metric=card.gate.metric,
+                    fp32=metrics["fp32"], int8=metrics["int8"], gate_passed=card.gate.passed,
+                    aliases=sorted(a for a, v in pointers.items() if v == version),
+                )
+            )  # fmt: skip
+    return found
+
+
+def promote(bucket: str, ref: str, alias: str = "production") -> tuple[str, int]:
+    """Point `alias` at the version `ref` names (any reference form), whatever its gate said."""
+    name, version = resolve(bucket, ref)
+    set_alias(bucket, name, alias, version)
+    return name, version
+
+
+def rollback(bucket: str, name: str, alias: str = "production") -> int:
+    """Move `alias` back to the newest version below its current one that passed the gate."""
+    current = resolve(bucket, f"{name}@{alias}")[1]
+    earlier = [s.version for s in summaries(bucket, name) if s.version < current and s.gate_passed]
+    if not earlier:
+        raise RegistryError(f"{name}@{alias} is version {current}; no earlier version passed the gate")
+    set_alias(bucket, name, alias, earlier[-1])
+    return earlier[-1]
+
+
 def set_alias(bucket: str, name: str, alias: str, version: int) -> None:
     """Point `alias` at `version` in one atomic write; readers see the old or the new target."""
     _check_name(alias)

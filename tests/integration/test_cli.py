@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from modules import formats, registry, storage
+from modules.registry import RegisterParams, register
 
 pytestmark = pytest.mark.integration
 MAAS = str(Path(sys.executable).parent / "maas")
@@ -21,7 +22,9 @@ def _maas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProc
     return subprocess.run([MAAS, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", [[], ["pipeline"], ["score"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["pipeline"], ["score"], ["demo"], ["models"], ["models", "list"], ["models", "promote"]]
+)
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = _maas(*command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "Usage: maas" in result.stdout
@@ -43,6 +46,24 @@ def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
 
     table = _maas("score", "--model", "digits@production", cwd=tmp_path)  # nothing new to score
     assert table.returncode == 0 and "3 skipped" in table.stdout, table.stderr[-2000:]
+
+    # A second version (the same compressed model registered again) moves production; then the registry commands.
+    manifest = registry.load_card(registry.card_uri(bucket, "digits", 1)).lineage.compress_manifest
+    register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="digits"))
+    assert registry.resolve(bucket, "digits@production") == ("digits", 2)
+    rollback = _maas("models", "rollback", "digits", "--json", cwd=tmp_path)
+    assert json.loads(rollback.stdout.splitlines()[-1]) == {"model_ref": "digits@production", "version": 1}
+    assert registry.resolve(bucket, "digits@production") == ("digits", 1)
+    assert _maas("models", "promote", "digits/2", cwd=tmp_path).returncode == 0
+    listing = json.loads(_maas("models", "list", "--json", cwd=tmp_path).stdout.splitlines()[-1])
+    assert [(v["version"], v["aliases"], v["gate_passed"]) for v in listing["versions"]] == [
+        (1, [], True),
+        (2, ["latest", "production"], True),
+    ]
+    card = json.loads(_maas("models", "show", "digits@latest", "--json", cwd=tmp_path).stdout.splitlines()[-1])
+    assert card["version"] == 2 and len(card["features"]["numeric"]) == 64
+    refused = _maas("models", "promote", "digits/9", cwd=tmp_path)
+    assert refused.returncode == 1 and "no version 9" in refused.stderr
 
 
 def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:
