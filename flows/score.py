@@ -16,6 +16,7 @@ import os
 import time
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
@@ -93,6 +94,16 @@ def score(params: ScoreParams) -> ScoreResult:
     result = scoring.summarize(job, [outcomes[obj.uri] for obj in job.files], time.perf_counter() - started)
     get_run_logger().info(
         "model %s: %s, %d rows at %.0f rows/s", result.model_ref, result.counts, result.rows, result.rows_per_s
+    )
+    counts = " · ".join(f"{n} {status}" for status, n in result.counts.items() if n) or "nothing to score"
+    create_markdown_artifact(
+        key="scoring",
+        description="Scoring run summary",
+        markdown=(
+            f"**{result.model_ref}**: {counts}; {result.rows:,} rows out, {result.rows_rejected:,} rejected, "
+            f"{result.rows_per_s:,.0f} rows/s over {result.seconds:.1f} s\n\n"
+            f"Predictions under `{result.output_uri}`, error reports under `{result.quarantine_uri}`"
+        ),
     )
     if result.counts["failed"]:
         failed = [o.input_uri for o in result.files if o.status == "failed"]

@@ -10,6 +10,7 @@ Run one: `maas pipeline --help`, or from Python `preprocess(PreprocessParams(...
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from modules.compress import CompressParams, run_compress
 from modules.manifests import CompressResult, PreprocessResult, TrainResult
@@ -41,6 +42,17 @@ def train(params: TrainParams) -> TrainResult:
         result.test_metric,
         result.mean_epoch_seconds,
     )
+    create_markdown_artifact(
+        key="training",
+        description="Training summary",
+        markdown=(
+            f"**best epoch {result.best_epoch}** of {result.epochs_run} ({result.scheduler} schedule, "
+            f"{result.accelerator}, {result.precision}): validation {result.metric} {result.val_metric:.4f}, "
+            f"test {result.test_metric:.4f}, {result.mean_epoch_seconds:.2f} s/epoch\n\n"
+            f"Curves (loss, {result.metric}, learning rate per step): `{result.curves_uri}`  \n"
+            f"Per-epoch metrics: `{result.metrics_uri}`; checkpoint: `{result.checkpoint_uri}`"
+        ),
+    )
     return result
 
 
@@ -60,6 +72,17 @@ def compress(params: CompressParams) -> CompressResult:
             v.engine,
         )
     logger.info("gate %s", result.gate.reason)
+    rows = [
+        {"variant": v.name, "engine": v.engine, result.metric: round(v.metric, 4), "sparsity": round(v.sparsity, 3),
+         "onnx_bytes": v.size_bytes, "gzip_bytes": v.gzip_bytes, "rows_per_s": round(v.rows_per_s)}
+        for v in result.variants
+    ]  # fmt: skip
+    create_table_artifact(key="compression", table=rows, description=f"Gate {result.gate.reason}")
+    create_markdown_artifact(
+        key="compression-gate",
+        markdown=f"**Gate {result.gate.reason}**\n\nTrade-off plot: `{result.report_uri}`",
+        description="Quality gate decision",
+    )
     return result
 
 

@@ -27,7 +27,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from pydantic import BaseModel, Field
 from torch.nn.utils import prune
 
-from modules import storage
+from modules import plots, storage
 from modules.config import sibling_output
 from modules.engines import OnnxEngine
 from modules.manifests import ArtifactRef, CompressResult, GateDecision, TrainResult, VariantReport
@@ -191,6 +191,8 @@ def run_compress(params: CompressParams) -> CompressResult:
             storage.write_bytes(uri, data_bytes)
             artifacts[variant] = ArtifactRef(uri=uri, sha256=storage.sha256_hex(data_bytes), size_bytes=len(data_bytes))
 
+    report_uri = storage.join(output, "tradeoff.png")
+    storage.write_bytes(report_uri, plots.compression_tradeoff([fp32, pruned, int8], trained.metric))
     result = CompressResult(
         train_manifest=params.train_manifest,
         sparsity_target=params.sparsity,
@@ -198,6 +200,7 @@ def run_compress(params: CompressParams) -> CompressResult:
         variants=[fp32, pruned, int8],
         artifacts=artifacts,
         gate=decide(trained.metric, fp32.metric, int8.metric, params.max_metric_drop),
+        report_uri=report_uri,
         manifest_uri=storage.join(output, "manifest.json"),
     )
     storage.write_json(result.manifest_uri, result)

@@ -30,6 +30,7 @@ class TrainResult(BaseModel):
     checkpoint_uri: str = Field(description="Lightning checkpoint of the best epoch; loads with weights_only=True.")
     metrics_uri: str = Field(description="CSV: one row per epoch (losses, metric, lr, epoch seconds).")
     lr_uri: str = Field(description="CSV: learning rate at every optimizer step.")
+    curves_uri: str = Field(description="PNG: loss and metric per epoch, learning rate per step.")
     model: dict = Field(description="MLP configuration the weights belong to.")
     scheduler: str
     metric: Literal["accuracy", "rmse"]
@@ -79,6 +80,7 @@ class CompressResult(BaseModel):
         description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine)."
     )
     gate: GateDecision
+    report_uri: str = Field(description="PNG: test metric vs size and vs rows/s for every variant.")
     manifest_uri: str
 
     def variant(self, name: str) -> VariantReport:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from modules import storage
+from modules import plots, storage
 from modules.config import sibling_output
 from modules.manifests import PreprocessResult, TrainResult
 from modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
@@ -128,6 +128,8 @@ def run_training(params: TrainParams) -> TrainResult:
         storage.upload(checkpoint.best_model_path, uris["checkpoint.ckpt"])
     storage.write_bytes(uris["metrics.csv"], epochs.to_csv(index=False).encode())
     storage.write_bytes(uris["lr.csv"], lr.to_csv(index=False).encode())
+    curves_uri = storage.join(output, "curves.png")
+    storage.write_bytes(curves_uri, plots.training_curves(epochs, lr, module.metric_name))
 
     best = epochs.loc[epochs["val_loss"].idxmin()]
     result = TrainResult(
@@ -135,6 +137,7 @@ def run_training(params: TrainParams) -> TrainResult:
         checkpoint_uri=uris["checkpoint.ckpt"],
         metrics_uri=uris["metrics.csv"],
         lr_uri=uris["lr.csv"],
+        curves_uri=curves_uri,
         model=params.model.model_dump(),
         scheduler=params.optim.schedule.name,
         metric=module.metric_name,

@@ -74,6 +74,11 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     assert "missing feature column(s)" in report["error"]
     assert storage.exists(storage.join(incoming, "broken.csv"))
 
+    for png in (storage.join(result.run_uri, "train", "curves.png"), result.compressed.report_uri):
+        assert storage.read_bytes(png)[:4] == b"\x89PNG"
+    if bucket.startswith("file://"):
+        assert _artifact_keys() >= {"training", "compression", "compression-gate", "scoring"}
+
     again = score(ScoreParams(model="digits@production", bucket=bucket))
     assert again.counts == {"scored": 0, "skipped": 4, "claimed": 0, "quarantined": 0, "failed": 0}
 
@@ -100,3 +105,11 @@ def test_regression_pipeline(local_bucket: str) -> None:
     assert list(out.columns) == ["prediction"]
     error = (out["prediction"] - frame["price"].iloc[:100]).abs().mean()
     assert error < 0.25 * baseline
+
+
+def _artifact_keys() -> set[str]:
+    """The artifacts the Prefect API holds, as the UI would list them."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {a.key for a in client.read_artifacts() if a.key}
