@@ -123,6 +123,94 @@ def pipeline(
 
 
 @app.command()
+def preprocess(
+    data: Annotated[str, typer.Option(help="Labeled dataset URI (CSV, TSV, Parquet, JSONL; .gz allowed).")],
+    target: Annotated[str, typer.Option(help="Column to predict.")],
+    task: Annotated[str, typer.Option(help="auto, classification or regression.")] = "auto",
+    exclude: Annotated[Optional[list[str]], typer.Option(help="A column that is not a feature (repeatable).")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Output prefix; default runs/<new id>/preprocess.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Step 1 alone: validate, split, fit the preprocessing; prints the manifest URI for `maas train`.
+
+    Example: maas preprocess --data s3://my-bucket/raw/churn.csv --target churned --exclude customer_id
+    """
+
+    def action() -> BaseModel:
+        from flows.steps import preprocess as step
+        from modules.preprocess import PreprocessParams
+
+        return step(PreprocessParams(data_uri=data, target=target, task=task, exclude=exclude or [], output_uri=output))
+
+    _run(action, as_json, lambda r: console.print(f"{r.task}, splits {r.rows}\nmanifest: {r.manifest_uri}"))
+
+
+@app.command()
+def train(
+    preprocessed: Annotated[str, typer.Option(help="manifest.json written by `maas preprocess`.")],
+    scheduler: Annotated[str, typer.Option(help="onecycle, cosine, exponential, step, plateau or none.")] = "onecycle",
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs (early stopping may end sooner).")] = 40,
+    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, 32-true, bf16-mixed or 16-mixed.")] = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    """Step 2 alone: train with Lightning; prints the manifest URI for `maas compress`."""
+
+    def action() -> BaseModel:
+        from flows.steps import train as step
+        from modules.model import OptimConfig
+        from modules.schedules import ScheduleConfig
+        from modules.train import Hardware, TrainParams
+
+        optim = OptimConfig(lr=lr, schedule=ScheduleConfig(name=scheduler))
+        hardware = Hardware(accelerator=accelerator, precision=precision)
+        return step(
+            TrainParams(preprocess_manifest=preprocessed, optim=optim, max_epochs=max_epochs, hardware=hardware)
+        )
+
+    _run(action, as_json, lambda r: console.print(
+        f"best epoch {r.best_epoch} of {r.epochs_run}: test {r.metric} {r.test_metric:.4f}\nmanifest: {r.manifest_uri}"
+    ))  # fmt: skip
+
+
+@app.command()
+def compress(
+    trained: Annotated[str, typer.Option(help="manifest.json written by `maas train`.")],
+    sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before int8.")] = 0.5,
+    max_metric_drop: Annotated[float, typer.Option(help="Gate: allowed accuracy drop or relative RMSE rise.")] = 0.01,
+    as_json: JsonOption = False,
+) -> None:
+    """Step 3 alone: prune, fine-tune, quantize to int8 and measure; prints the manifest URI for `maas register`."""
+
+    def action() -> BaseModel:
+        from flows.steps import compress as step
+        from modules.compress import CompressParams
+
+        return step(CompressParams(train_manifest=trained, sparsity=sparsity, max_metric_drop=max_metric_drop))
+
+    _run(action, as_json, lambda r: console.print(f"gate {r.gate.reason}\nmanifest: {r.manifest_uri}"))
+
+
+@app.command()
+def register(
+    compressed: Annotated[str, typer.Option(help="manifest.json written by `maas compress`.")],
+    model_name: Annotated[Optional[str], typer.Option(help="Registry name; default MAAS_MODEL or 'default'.")] = None,
+    bucket: BucketOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Step 4 alone: publish the next version; move latest, and production if the gate passed."""
+
+    def action() -> BaseModel:
+        from flows.steps import register_model as step
+        from modules.registry import RegisterParams
+
+        return step(RegisterParams(compress_manifest=compressed, bucket=bucket, name=model_name))
+
+    _run(action, as_json, lambda r: console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}"))
+
+
+@app.command()
 def score(
     model: Annotated[
         Optional[str], typer.Option(help="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production.")

@@ -23,7 +23,20 @@ def _maas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["pipeline"], ["score"], ["demo"], ["models"], ["models", "list"], ["models", "promote"]]
+    "command",
+    [
+        [],
+        ["pipeline"],
+        ["preprocess"],
+        ["train"],
+        ["compress"],
+        ["register"],
+        ["score"],
+        ["demo"],
+        ["models"],
+        ["models", "list"],
+        ["models", "promote"],
+    ],
 )
 def test_help(command: list[str], tmp_path: Path) -> None:
     result = _maas(*command, "--help", cwd=tmp_path)
@@ -80,3 +93,20 @@ def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:
 
     result = _maas("pipeline", "--data", raw.as_uri(), "--target", "label", "--sparsity", "1.5", cwd=tmp_path)
     assert result.returncode == 1 and "invalid parameter sparsity" in result.stderr
+
+
+def test_each_step_runs_on_its_own_and_they_chain_by_manifest_uri(tmp_path: Path) -> None:
+    raw = (tmp_path / "data.csv").as_uri()
+    formats.write_frame(formats.read_frame((Path(__file__).parent.parent / "data" / "tiny.csv").as_uri()), raw)
+
+    def step(*args: str) -> dict:
+        result = _maas(*args, "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.splitlines()[-1])
+
+    prepared = step("preprocess", "--data", raw, "--target", "label", "--exclude", "id")
+    trained = step("train", "--preprocessed", prepared["manifest_uri"], "--max-epochs", "3", "--scheduler", "cosine")
+    compressed = step("compress", "--trained", trained["manifest_uri"])
+    registered = step("register", "--compressed", compressed["manifest_uri"], "--model-name", "tiny")
+    assert registered["version"] == 1 and "latest" in registered["aliases"]
+    assert trained["scheduler"] == "cosine" and trained["epochs_run"] <= 3
