@@ -72,6 +72,17 @@ def _run(
         show(result)
 
 
+def _run_step(step: str, params: Callable[[], BaseModel], as_json: bool, show: Callable[[BaseModel], None]) -> None:
+    """Run one step's flow from `flows.steps` on params built inside the error handling (bad values: one line)."""
+
+    def action() -> BaseModel:
+        from flows import steps
+
+        return getattr(steps, step)(params())
+
+    _run(action, as_json, show)
+
+
 def _validation_line(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
@@ -136,13 +147,12 @@ def preprocess(
     Example: maas preprocess --data s3://my-bucket/raw/churn.csv --target churned --exclude customer_id
     """
 
-    def action() -> BaseModel:
-        from flows.steps import preprocess as step
-        from modules.preprocess import PreprocessParams
+    from modules.preprocess import PreprocessParams
 
-        return step(PreprocessParams(data_uri=data, target=target, task=task, exclude=exclude or [], output_uri=output))
-
-    _run(action, as_json, lambda r: console.print(f"{r.task}, splits {r.rows}\nmanifest: {r.manifest_uri}"))
+    params = lambda: PreprocessParams(data_uri=data, target=target, task=task, exclude=exclude or [], output_uri=output)  # noqa: E731
+    _run_step(
+        "preprocess", params, as_json, lambda r: console.print(f"{r.task}, splits {r.rows}\nmanifest: {r.manifest_uri}")
+    )
 
 
 @app.command()
@@ -157,19 +167,16 @@ def train(
 ) -> None:
     """Step 2 alone: train with Lightning; prints the manifest URI for `maas compress`."""
 
-    def action() -> BaseModel:
-        from flows.steps import train as step
-        from modules.model import OptimConfig
-        from modules.schedules import ScheduleConfig
-        from modules.train import Hardware, TrainParams
+    from modules.model import OptimConfig
+    from modules.schedules import ScheduleConfig
+    from modules.train import Hardware, TrainParams
 
+    def params() -> TrainParams:
         optim = OptimConfig(lr=lr, schedule=ScheduleConfig(name=scheduler))
         hardware = Hardware(accelerator=accelerator, precision=precision)
-        return step(
-            TrainParams(preprocess_manifest=preprocessed, optim=optim, max_epochs=max_epochs, hardware=hardware)
-        )
+        return TrainParams(preprocess_manifest=preprocessed, optim=optim, max_epochs=max_epochs, hardware=hardware)
 
-    _run(action, as_json, lambda r: console.print(
+    _run_step("train", params, as_json, lambda r: console.print(
         f"best epoch {r.best_epoch} of {r.epochs_run}: test {r.metric} {r.test_metric:.4f}\nmanifest: {r.manifest_uri}"
     ))  # fmt: skip
 
@@ -183,13 +190,10 @@ def compress(
 ) -> None:
     """Step 3 alone: prune, fine-tune, quantize to int8 and measure; prints the manifest URI for `maas register`."""
 
-    def action() -> BaseModel:
-        from flows.steps import compress as step
-        from modules.compress import CompressParams
+    from modules.compress import CompressParams
 
-        return step(CompressParams(train_manifest=trained, sparsity=sparsity, max_metric_drop=max_metric_drop))
-
-    _run(action, as_json, lambda r: console.print(f"gate {r.gate.reason}\nmanifest: {r.manifest_uri}"))
+    params = lambda: CompressParams(train_manifest=trained, sparsity=sparsity, max_metric_drop=max_metric_drop)  # noqa: E731
+    _run_step("compress", params, as_json, lambda r: console.print(f"gate {r.gate.reason}\nmanifest: {r.manifest_uri}"))
 
 
 @app.command()
@@ -201,13 +205,15 @@ def register(
 ) -> None:
     """Step 4 alone: publish the next version; move latest, and production if the gate passed."""
 
-    def action() -> BaseModel:
-        from flows.steps import register_model as step
-        from modules.registry import RegisterParams
+    from modules.registry import RegisterParams
 
-        return step(RegisterParams(compress_manifest=compressed, bucket=bucket, name=model_name))
-
-    _run(action, as_json, lambda r: console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}"))
+    params = lambda: RegisterParams(compress_manifest=compressed, bucket=bucket, name=model_name)  # noqa: E731
+    _run_step(
+        "register_model",
+        params,
+        as_json,
+        lambda r: console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}"),
+    )
 
 
 @app.command()
