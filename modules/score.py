@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from modules import formats, registry, storage
 from modules.claims import Claims, Lease
-from modules.config import Settings
+from modules.config import Settings, new_run_id
 from modules.engines import Engine
 from modules.errors import InputError, ObjectNotFound
 from modules.registry import ModelCard
@@ -115,6 +115,7 @@ class ScoreJob(BaseModel):
     quarantine_uri: str
     state_uri: str
     owner: str = Field(description="Who holds this run's claims: host, process and a random tag.")
+    summary_uri: str = Field(description="Where the run's summary is written: runs/<run id>/score/summary.json.")
     threads: int
     files: list[storage.ObjectInfo]
 
@@ -151,6 +152,7 @@ class FileOutcome(BaseModel):
 
 class ScoreResult(BaseModel):
     model_ref: str
+    summary_uri: str
     output_uri: str
     quarantine_uri: str
     counts: dict[str, int]
@@ -176,6 +178,7 @@ def plan(params: ScoreParams) -> ScoreJob:
         quarantine_uri=params.quarantine_uri or settings.uri("quarantine"),
         state_uri=params.state_uri or settings.uri("state"),
         owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        summary_uri=settings.uri("runs", new_run_id(), "score", "summary.json"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
         files=files,
     )
@@ -404,10 +407,12 @@ def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[
 
 
 def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> ScoreResult:
+    """The run's result, also written to `job.summary_uri` so the bucket keeps a record of every run."""
     counts = {status: sum(o.status == status for o in outcomes) for status in Status.__args__}
     rows = sum(o.rows_out for o in outcomes)
-    return ScoreResult(
+    result = ScoreResult(
         model_ref=job.model_ref,
+        summary_uri=job.summary_uri,
         output_uri=job.output_uri,
         quarantine_uri=job.quarantine_uri,
         counts=counts,
@@ -417,3 +422,5 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
         rows_per_s=rows / seconds if seconds > 0 else 0.0,
         files=outcomes,
     )
+    storage.write_json(job.summary_uri, result)
+    return result

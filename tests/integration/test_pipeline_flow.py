@@ -63,6 +63,10 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
 
     scored = score(ScoreParams(model="digits@production", bucket=bucket))
     assert scored.counts == {"scored": 3, "skipped": 0, "claimed": 0, "quarantined": 1, "failed": 0}
+    assert storage.read_model(scored.summary_uri, type(scored)) == scored
+    assert scored.summary_uri.startswith(storage.join(bucket, "runs")) and scored.summary_uri.endswith(
+        "score/summary.json"
+    )
     outputs = storage.list_objects(storage.join(bucket, "predictions"))
     assert len([o for o in outputs if o.uri.endswith(".predictions.parquet")]) == 3
     assert len([o for o in outputs if o.uri.endswith(".manifest.json")]) == 3
