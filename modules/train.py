@@ -8,6 +8,7 @@ uploaded next to the run: the best checkpoint (plain tensors and dicts, loadable
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 import warnings
@@ -62,6 +63,32 @@ class EpochTimer(Callback):
         pl_module.log("epoch_seconds", time.perf_counter() - self._start)
 
 
+class EpochProgress(Callback):
+    """A progress bar of epochs for a person at a terminal (Lightning's per-batch bar costs more than a
+    small tabular epoch takes), showing the latest validation loss."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=True)  # fmt: skip
+        self.task = self.bar.add_task("epochs", total=trainer.max_epochs)
+        self.bar.start()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val_loss")
+        description = f"epochs (val_loss {float(loss):.4f})" if loss is not None else "epochs"
+        self.bar.update(self.task, advance=1, description=description)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.bar.stop()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if hasattr(self, "bar"):
+            self.bar.stop()
+
+
 def resolve_precision(precision: Precision, accelerator: str) -> str:
     if precision != "auto":
         return precision
@@ -81,6 +108,8 @@ def build_trainer(hardware: Hardware, root: Path, max_epochs: int, callbacks: li
     # In-memory tensors need no loader workers; and Lightning's own pytree deprecation is not the user's to fix.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    if sys.stderr.isatty():
+        callbacks = [*callbacks, EpochProgress()]
     return pl.Trainer(
         max_epochs=max_epochs,
         accelerator=hardware.accelerator,

@@ -66,3 +66,10 @@ def test_checkpoint_loads_without_unpickling_objects(prepared: str) -> None:
     assert any(key.startswith("net.mlp.") for key in checkpoint["state_dict"])
     assert checkpoint["hyper_parameters"]["spec"]["target"] == "label"
     assert result.best_epoch < result.epochs_run and result.accelerator == "cpu" and result.precision == "32-true"
+
+
+def test_a_terminal_gets_an_epoch_progress_bar(prepared: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    result = run_training(TrainParams(preprocess_manifest=prepared, max_epochs=2))
+    assert result.epochs_run == 2
+    assert "epochs" in capsys.readouterr().err
