@@ -18,7 +18,7 @@ from modules import storage
 
 
 class Lease(BaseModel):
-    uri: str = ""
+    uri: str
     owner: str
     attempt: int
     input_uri: str
