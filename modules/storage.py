@@ -226,11 +226,12 @@ def list_objects(prefix: str) -> list[ObjectInfo]:
     fs, path = filesystem(prefix)
     with _translated(prefix):
         fs.invalidate_cache(path)
-        if fs.isfile(path):
-            return [_object_info(fs, path, fs.info(path))]
-        if not fs.exists(path):
-            return []
+        # One listing in the common case (a prefix): this runs for every file scored, to read its claims.
         found = fs.find(path, detail=True)
+        if not found and fs.isfile(path):
+            found = {path: fs.info(path)}
+        # fsspec's generic find returns a file path given alone with empty details.
+        found = {name: details or fs.info(name) for name, details in found.items()}
     objects = [
         _object_info(fs, name, details)
         for name, details in found.items()

@@ -46,6 +46,13 @@ def test_listing_has_size_and_etag_and_changes_with_content(any_bucket: str) -> 
     assert storage.info(storage.join(any_bucket, "in", "x.csv")).etag != before
 
 
+def test_listing_one_object_returns_it(any_bucket: str) -> None:
+    uri = storage.join(any_bucket, "in", "only.csv")
+    storage.write_bytes(uri, b"a\n1\n")
+    (listed,) = storage.list_objects(uri)
+    assert listed.uri.endswith("in/only.csv") and listed.size == 4 and listed.etag
+
+
 def test_listing_a_missing_prefix_is_empty(any_bucket: str) -> None:
     assert storage.list_objects(storage.join(any_bucket, "nothing-here")) == []
 
