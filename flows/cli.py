@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -317,6 +318,167 @@ def demo(bucket: BucketOption = None, as_json: JsonOption = False) -> None:
     _run(action, as_json, _show_demo)
 
 
+@app.command()
+def watch(
+    prefix: Annotated[Optional[str], typer.Option(help="Prefix to watch; default incoming/ in the bucket.")] = None,
+    bucket: BucketOption = None,
+    interval: Annotated[float, typer.Option(help="Seconds between two listings.")] = 10,
+    run_seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (0: one poll).")] = None,
+) -> None:
+    """Emit a Prefect event for every object dropped under a prefix; the score deployment reacts.
+
+    Needs PREFECT_API_URL (a server: `maas up` runs this for you). Example: maas watch --interval 5
+    """
+
+    def action() -> BaseModel:
+        from flows.watch import watch_loop
+        from modules.watch import WatchParams
+
+        params = WatchParams(prefix=prefix, bucket=bucket, interval_seconds=interval, run_seconds=run_seconds)
+        typer.echo(f"watching {params.watcher().prefix} every {interval:g} s", err=True)
+        return _Emitted(events=watch_loop(params, _print_events))
+
+    _run(action, False, lambda r: console.print(f"{r.events} event(s) emitted"), runs_flows=False)
+
+
+bridge_app = typer.Typer(
+    help="Push notifications from the store become maas.object.created events.", no_args_is_help=True
+)
+app.add_typer(bridge_app, name="bridge")
+
+
+@bridge_app.command("sqs")
+def bridge_sqs(
+    queue_url: Annotated[str, typer.Option(help="The SQS queue S3 sends its event notifications to.")],
+    prefix: Annotated[
+        Optional[str], typer.Option(help="Only objects under this s3:// prefix; default incoming/.")
+    ] = None,
+    bucket: BucketOption = None,
+) -> None:
+    """Relay S3 event notifications (direct or through SNS) from an SQS queue; runs until stopped.
+
+    Example: maas bridge sqs --queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/maas-drops
+    """
+
+    def action() -> BaseModel:
+        from flows.watch import emit
+        from modules.bridges import SqsBridge
+        from modules.config import Settings
+
+        watched = prefix or Settings(bucket=_bucket(bucket)).uri("incoming")
+        relay = SqsBridge(queue_url, watched, lambda events: (emit(events), _print_events(events)))
+        typer.echo(f"relaying {queue_url} for {watched}", err=True)
+        while True:
+            relay.poll_once()
+
+    _run(action, False, lambda r: None, runs_flows=False)
+
+
+@bridge_app.command("webhook")
+def bridge_webhook(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 to accept other machines.")] = "127.0.0.1",
+    prefix: Annotated[
+        Optional[str], typer.Option(help="Only objects under this s3:// prefix; default incoming/.")
+    ] = None,
+    bucket: BucketOption = None,
+) -> None:
+    """Receive S3-style notifications POSTed by MinIO (notify_webhook) or another store; runs until stopped.
+
+    Set MAAS_WEBHOOK_TOKEN to require `Authorization: Bearer <token>` (MinIO's auth_token).
+    Example: mc admin config set local notify_webhook:maas endpoint=http://maas-host:8765 auth_token=$MAAS_WEBHOOK_TOKEN
+    """
+
+    def action() -> BaseModel:
+        from flows.watch import emit
+        from modules.bridges import webhook_server
+        from modules.config import Settings
+
+        watched = prefix or Settings(bucket=_bucket(bucket)).uri("incoming")
+        token = os.environ.get("MAAS_WEBHOOK_TOKEN") or None
+        server = webhook_server(host, port, watched, lambda events: (emit(events), _print_events(events)), token)
+        typer.echo(
+            f"listening on http://{host}:{port} for {watched}" + (" (token required)" if token else ""), err=True
+        )
+        server.serve_forever()
+        return _Emitted(events=0)
+
+    _run(action, False, lambda r: None, runs_flows=False)
+
+
+def _print_events(events: list) -> None:
+    for event in events:
+        typer.echo(f"event {event.uri} (etag {event.etag})", err=True)
+
+
+class _Emitted(BaseModel):
+    events: int
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Port of the Prefect API and UI.")] = 4200,
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you set basic auth.")] = "127.0.0.1",
+    database_url: Annotated[
+        Optional[str], typer.Option(help="PostgreSQL URL (postgresql+asyncpg://user:pass@host/db); default SQLite.")
+    ] = None,
+    bucket: BucketOption = None,
+    watch_interval: Annotated[float, typer.Option(help="Seconds between two listings of incoming/.")] = 5,
+    home: Annotated[Path, typer.Option(help="Where the stack keeps its database, logs and process ids.")] = Path(
+        ".maas/stack"
+    ),
+    as_json: JsonOption = False,
+) -> None:
+    """Start the local stack: Prefect server and UI, a process worker, every deployment, the bucket watcher.
+
+    Example: maas up, then open http://127.0.0.1:4200 and drop a CSV into the bucket's incoming/.
+    """
+
+    def action() -> BaseModel:
+        from flows.stack import StackParams
+        from flows.stack import up as start
+
+        typer.echo("starting the Prefect server (about 30 s)...", err=True)
+        return start(
+            StackParams(
+                home=home, host=host, port=port, database_url=database_url, bucket=bucket, watch_interval=watch_interval
+            )
+        )
+
+    def show(info) -> None:
+        console.print(f"Prefect UI: {info.ui_url}  (API {info.api_url})")
+        console.print(f"deployments: {', '.join(info.deployments)}")
+        console.print(f"bucket: {info.bucket}; watching {info.incoming_uri}")
+        console.print(
+            "try: `maas demo` trains the production model; then copy a CSV into incoming/: it is scored within a "
+            "minute, predictions under predictions/, and the runs show in the UI.",
+            soft_wrap=True,
+        )
+        console.print(f"logs: {info.home / 'logs'}; stop: maas down")
+
+    _run(action, as_json, show, runs_flows=False)
+
+
+@app.command()
+def down(
+    home: Annotated[Path, typer.Option(help="The --home given to `maas up`.")] = Path(".maas/stack"),
+    as_json: JsonOption = False,
+) -> None:
+    """Stop the local stack started by `maas up` (its database and logs stay in --home)."""
+
+    def action() -> BaseModel:
+        from flows.stack import down as stop
+
+        return _Stopped(stopped=stop(home))
+
+    _run(action, as_json, lambda r: console.print(f"stopped: {', '.join(r.stopped) or 'nothing was running'}"),
+         runs_flows=False)  # fmt: skip
+
+
+class _Stopped(BaseModel):
+    stopped: list[str]
+
+
 models_app = typer.Typer(help="The model registry in the bucket: versions, aliases, promotion.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -376,7 +538,7 @@ def models_promote(
 ) -> None:
     """Point an alias (production by default) at a version, atomically.
 
-    Example: maas models promote digits/3
+    Example: maas models promote default/3
     """
     from modules import registry
 

@@ -7,7 +7,7 @@ Prefect's ephemeral API unless `PREFECT_API_URL` points at a server.
 from __future__ import annotations
 
 from prefect import flow, task
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flows.pipeline import pipeline
 from flows.retries import IO_RETRIES
@@ -19,9 +19,11 @@ from modules.score import ScoreParams, ScoreResult
 
 
 class DemoParams(BaseModel):
-    bucket: str | None = None
-    model_name: str = "digits"
-    sparsity: float = 0.5
+    bucket: str | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
+    model_name: str | None = Field(
+        None, description="Default MAAS_MODEL or 'default': the model the score deployment uses."
+    )
+    sparsity: float = Field(0.5, ge=0, lt=1)
 
 
 class DemoResult(BaseModel):

@@ -1,22 +1,54 @@
 """The training pipeline: preprocess -> train -> compress -> register, each a child flow run.
 
-Steps hand each other manifest URIs only, so each could run in its own process or container.
+Steps hand each other manifest URIs only, so each can run in its own process or container: with
+`isolation="deployment"` every step is a flow run of its own deployment (`<step>/<step>` from
+deployments/prefect.yaml), picked up by that deployment's work pool, e.g. training on a GPU pool
+and the rest on CPU. The parent then reads the step's manifest from storage, never its in-memory
+result, so no result storage has to be shared between machines.
 
-Run: `maas pipeline --data s3://bucket/raw/data.csv --target label`
+Run: `maas pipeline --data s3://bucket/raw/data.csv --target label [--isolation deployment]`
 """
 
 from __future__ import annotations
 
-from prefect import flow
+from typing import TypeVar
+
+from prefect import Flow, flow
+from prefect.deployments import run_deployment
+from pydantic import BaseModel
 
 from flows.steps import compress, preprocess, register_model, train
+from modules import storage
+from modules.errors import MaasError
+from modules.manifests import CompressResult, PreprocessResult, TrainResult
 from modules.pipeline import PipelineParams, PipelineResult
+from modules.registry import RegisterResult
+
+R = TypeVar("R", bound=BaseModel)
+POLL_SECONDS = 2
+
+
+class StepFailed(MaasError):
+    """A step's own flow run did not complete; its run page has the details."""
+
+
+def _step(step: Flow, params: BaseModel, result: type[R], isolation: str) -> R:
+    if isolation == "in-process":
+        return step(params)
+    run = run_deployment(
+        f"{step.name}/{step.name}", parameters={"params": params.model_dump(mode="json")}, poll_interval=POLL_SECONDS
+    )
+    if not run.state or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise StepFailed(f"step {step.name}: flow run {run.name!r} ended {state}: {run.state and run.state.message}")
+    return storage.read_model(storage.join(params.output_uri, "manifest.json"), result)
 
 
 @flow(name="pipeline")
 def pipeline(params: PipelineParams) -> PipelineResult:
-    prepared = preprocess(params.preprocess())
-    trained = train(params.train(prepared.manifest_uri))
-    compressed = compress(params.compress(trained.manifest_uri))
-    registered = register_model(params.register(compressed.manifest_uri))
+    run = params.isolation
+    prepared = _step(preprocess, params.preprocess(), PreprocessResult, run)
+    trained = _step(train, params.train(prepared.manifest_uri), TrainResult, run)
+    compressed = _step(compress, params.compress(trained.manifest_uri), CompressResult, run)
+    registered = _step(register_model, params.register(compressed.manifest_uri), RegisterResult, run)
     return PipelineResult.of(compressed, registered)

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from modules.compress import CompressParams
-from modules.config import Settings, new_run_id
+from modules.config import Settings, new_run_id, sibling_output
 from modules.manifests import CompressResult
 from modules.model import MLPConfig, OptimConfig
 from modules.preprocess import PreprocessParams
@@ -39,6 +39,12 @@ class PipelineParams(BaseModel):
     )
     hardware: Hardware = Hardware()
     run_id: str | None = Field(None, description="Default: a new sortable id.")
+    isolation: Literal["in-process", "deployment"] = Field(
+        "in-process",
+        description="in-process: the steps run as child flows in this run's process; deployment: each step is "
+        "its own flow run of its deployment (`<step>/<step>`), on that deployment's work pool and "
+        "infrastructure (a container on Docker/Kubernetes/ECS, a process on a process pool).",
+    )
 
     def settings(self) -> Settings:
         return Settings(bucket=self.bucket) if self.bucket else Settings()
@@ -58,6 +64,7 @@ class PipelineParams(BaseModel):
     def train(self, preprocess_manifest: str) -> TrainParams:
         return TrainParams(
             preprocess_manifest=preprocess_manifest,
+            output_uri=sibling_output(preprocess_manifest, "train"),
             model=MLPConfig(hidden_sizes=self.hidden_sizes),
             optim=OptimConfig(lr=self.lr, schedule=ScheduleConfig(name=self.scheduler)),
             max_epochs=self.max_epochs,
@@ -67,6 +74,7 @@ class PipelineParams(BaseModel):
     def compress(self, train_manifest: str) -> CompressParams:
         return CompressParams(
             train_manifest=train_manifest,
+            output_uri=sibling_output(train_manifest, "compress"),
             sparsity=self.sparsity,
             max_metric_drop=self.max_metric_drop,
             hardware=self.hardware,
@@ -75,7 +83,10 @@ class PipelineParams(BaseModel):
     def register(self, compress_manifest: str) -> RegisterParams:
         settings = self.settings()
         return RegisterParams(
-            compress_manifest=compress_manifest, bucket=settings.bucket, name=self.model_name or settings.model_name
+            compress_manifest=compress_manifest,
+            bucket=settings.bucket,
+            name=self.model_name or settings.model_name,
+            output_uri=sibling_output(compress_manifest, "register"),
         )
 
 

@@ -19,7 +19,7 @@ from importlib import metadata
 from pydantic import BaseModel, Field
 
 from modules import storage
-from modules.config import Settings
+from modules.config import Settings, sibling_output
 from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
 from modules.errors import ObjectNotFound, RegistryError
 from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
@@ -73,6 +73,7 @@ class RegisterParams(BaseModel):
         None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
     )
     name: str | None = Field(None, description="Model name; default MAAS_MODEL or 'default'.")
+    output_uri: str | None = Field(None, description="Where the result manifest goes; default beside compress's.")
 
 
 class RegisterResult(BaseModel):
@@ -81,6 +82,7 @@ class RegisterResult(BaseModel):
     version: int
     card_uri: str
     aliases: list[str]
+    manifest_uri: str = Field(description="This result, written beside the run's other manifests.")
 
 
 def _settings(bucket: str | None) -> Settings:
@@ -302,7 +304,18 @@ def register(params: RegisterParams) -> RegisterResult:
     moved = [alias for alias in ("latest", "production") if (alias == "latest" or compressed.gate.passed)
              and _advance_alias(bucket, name, alias, version)]  # fmt: skip
     ref = f"{name}@production" if "production" in moved else f"{name}/{version}"
-    return RegisterResult(model_ref=ref, name=name, version=version, card_uri=location, aliases=moved)
+    result = RegisterResult(
+        model_ref=ref,
+        name=name,
+        version=version,
+        card_uri=location,
+        aliases=moved,
+        manifest_uri=storage.join(
+            params.output_uri or sibling_output(params.compress_manifest, "register"), "manifest.json"
+        ),
+    )
+    storage.write_json(result.manifest_uri, result)
+    return result
 
 
 def _advance_alias(bucket: str, name: str, alias: str, version: int) -> bool:

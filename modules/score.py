@@ -60,6 +60,11 @@ class ScoreParams(BaseModel):
     bucket: str | None = Field(
         None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
     )
+    modified_after: datetime | None = Field(
+        None,
+        description="Only files modified at or after this time: bucket-drop runs look at the new files only "
+        "(the scheduled run still scans everything).",
+    )
     rescore: bool = Field(False, description="Score again files already scored by this model version (backfill).")
     output_format: OutputFormat = Field("parquet", description="Format of the predictions files.")
     output_name: str = Field(
@@ -168,6 +173,9 @@ def plan(params: ScoreParams) -> ScoreJob:
     name, version = registry.resolve(settings.bucket, params.model or f"{settings.model_name}@production")
     input_uri = params.input_uri or settings.uri("incoming")
     files = storage.list_objects(input_uri)
+    if params.modified_after:
+        since = params.modified_after.timestamp()
+        files = [o for o in files if o.mtime is None or o.mtime >= since]
     at_once = max(1, min(len(files), params.parallel_files))
     return ScoreJob(
         params=params,

@@ -46,6 +46,29 @@ def test_images_run_as_non_root(dockerfile: str) -> None:
     assert users and users[-1] not in ("root", "0")
 
 
+def test_image_entrypoint_runs_worker_commands_as_given_and_bare_subcommands_with_prefect() -> None:
+    """Workers start flow-run containers with `prefect flow-run execute`; people type `worker start ...`."""
+    entry = [str(ROOT / "docker" / "entrypoint.sh")]
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PREFECT_HOME": "/tmp/maas-entrypoint-test"}
+    as_given = subprocess.run([*entry, "echo", "flow-run", "execute"], capture_output=True, text=True, env=env)
+    assert as_given.stdout.strip() == "flow-run execute"
+    bare = subprocess.run([*entry, "--version"], capture_output=True, text=True, env=env)
+    assert bare.returncode == 0 and bare.stdout.strip().startswith("3."), bare.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_every_file_an_image_copies_is_in_the_build_context(dockerfile: str) -> None:
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()]
+    for line in (ROOT / "docker" / dockerfile).read_text().splitlines():
+        words = [w for w in line.split() if not w.startswith("--")]
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in line.split()):
+            for source in words[1:-1]:
+                assert (ROOT / source).exists(), source
+                excluded = any(Path(source).match(p.rstrip("/*")) or source.startswith(p.rstrip("*")) for p in ignored
+                               if not p.startswith("!"))  # fmt: skip
+                assert not excluded or f"!{source}" in ignored, f"{source} is excluded by .dockerignore"
+
+
 def test_code_is_lint_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     for args in (["check"], ["format", "--check"]):

@@ -36,6 +36,14 @@ def _maas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProc
         ["models"],
         ["models", "list"],
         ["models", "promote"],
+        ["models", "show"],
+        ["models", "rollback"],
+        ["watch"],
+        ["up"],
+        ["down"],
+        ["bridge"],
+        ["bridge", "sqs"],
+        ["bridge", "webhook"],
     ],
 )
 def test_help(command: list[str], tmp_path: Path) -> None:
@@ -50,32 +58,32 @@ def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
     bucket = (tmp_path / ".maas" / "bucket").as_uri()
     variants = {v["name"]: v for v in summary["pipeline"]["compressed"]["variants"]}
     assert variants["int8"]["metric"] >= variants["fp32"]["metric"] - 0.01
-    assert summary["pipeline"]["model_ref"] == "digits@production"
+    assert summary["pipeline"]["model_ref"] == "default@production"
     assert summary["scoring"]["counts"]["scored"] == 3 and summary["held_out_accuracy"] >= 0.95
-    assert registry.resolve(bucket, "digits@production") == ("digits", 1)
+    assert registry.resolve(bucket, "default@production") == ("default", 1)
     predictions = storage.list_objects(storage.join(bucket, "predictions"))
     assert len([p for p in predictions if p.uri.endswith(".predictions.parquet")]) == 3
     assert "Traceback" not in result.stderr
 
-    table = _maas("score", "--model", "digits@production", cwd=tmp_path)  # nothing new to score
+    table = _maas("score", "--model", "default@production", cwd=tmp_path)  # nothing new to score
     assert table.returncode == 0 and "3 skipped" in table.stdout, table.stderr[-2000:]
 
     # A second version (the same compressed model registered again) moves production; then the registry commands.
-    manifest = registry.load_card(registry.card_uri(bucket, "digits", 1)).lineage.compress_manifest
-    register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="digits"))
-    assert registry.resolve(bucket, "digits@production") == ("digits", 2)
-    rollback = _maas("models", "rollback", "digits", "--json", cwd=tmp_path)
-    assert json.loads(rollback.stdout.splitlines()[-1]) == {"model_ref": "digits@production", "version": 1}
-    assert registry.resolve(bucket, "digits@production") == ("digits", 1)
-    assert _maas("models", "promote", "digits/2", cwd=tmp_path).returncode == 0
+    manifest = registry.load_card(registry.card_uri(bucket, "default", 1)).lineage.compress_manifest
+    register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="default"))
+    assert registry.resolve(bucket, "default@production") == ("default", 2)
+    rollback = _maas("models", "rollback", "default", "--json", cwd=tmp_path)
+    assert json.loads(rollback.stdout.splitlines()[-1]) == {"model_ref": "default@production", "version": 1}
+    assert registry.resolve(bucket, "default@production") == ("default", 1)
+    assert _maas("models", "promote", "default/2", cwd=tmp_path).returncode == 0
     listing = json.loads(_maas("models", "list", "--json", cwd=tmp_path).stdout.splitlines()[-1])
     assert [(v["version"], v["aliases"], v["gate_passed"]) for v in listing["versions"]] == [
         (1, [], True),
         (2, ["latest", "production"], True),
     ]
-    card = json.loads(_maas("models", "show", "digits@latest", "--json", cwd=tmp_path).stdout.splitlines()[-1])
+    card = json.loads(_maas("models", "show", "default@latest", "--json", cwd=tmp_path).stdout.splitlines()[-1])
     assert card["version"] == 2 and len(card["features"]["numeric"]) == 64
-    refused = _maas("models", "promote", "digits/9", cwd=tmp_path)
+    refused = _maas("models", "promote", "default/9", cwd=tmp_path)
     assert refused.returncode == 1 and "no version 9" in refused.stderr
 
 

@@ -1,0 +1,102 @@
+"""Push notifications: S3 -> SQS on the moto endpoint, and MinIO-style webhook POSTs, become object events."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from modules.bridges import SqsBridge, webhook_server
+from modules.watch import ObjectEvent
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_s3_event_notifications_reach_the_bridge_through_sqs(s3_bucket: str, s3_endpoint: str) -> None:
+    name = s3_bucket.removeprefix("s3://")
+    sqs = boto3.client("sqs", endpoint_url=s3_endpoint)
+    queue_url = sqs.create_queue(QueueName=f"{name}-drops")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.put_bucket_notification_configuration(
+        Bucket=name,
+        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+    )
+    s3.put_object(Bucket=name, Key="incoming/day 1.csv", Body=b"a,b\n1,2\n")
+    s3.put_object(Bucket=name, Key="elsewhere/x.csv", Body=b"a\n1\n")
+    sqs.send_message(QueueUrl=queue_url, MessageBody="this is not a notification")
+
+    delivered: list[ObjectEvent] = []
+    bridge = SqsBridge(queue_url, f"{s3_bucket}/incoming", delivered.extend, wait_seconds=1)
+    for _ in range(5):
+        bridge.poll_once()
+    assert [(e.uri, e.size, e.source) for e in delivered] == [(f"{s3_bucket}/incoming/day 1.csv", 8, "sqs")]
+    assert delivered[0].etag == s3.head_object(Bucket=name, Key="incoming/day 1.csv")["ETag"].strip('"')
+    # The notifications were acknowledged; the message that is not one stays for the dead-letter queue.
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert (
+        int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 1
+    )
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[ObjectEvent]]]:
+    delivered: list[ObjectEvent] = []
+    port = free_port()
+    server = webhook_server("127.0.0.1", port, "s3://drops/incoming", delivered.extend, token="s3cret")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/", delivered
+    server.shutdown()
+    server.server_close()
+
+
+def _post(url: str, body: bytes, token: str | None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+MINIO_RECORD = {
+    "EventName": "s3:ObjectCreated:Put",
+    "Key": "drops/incoming/scores.parquet",
+    "Records": [
+        {
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "eventName": "s3:ObjectCreated:Put",
+            "eventTime": "2026-11-28T10:00:00.000Z",
+            "s3": {
+                "bucket": {"name": "drops"},
+                "object": {
+                    "key": "incoming%2Fscores.parquet",
+                    "size": 1234,
+                    "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                },
+            },
+        }
+    ],
+}
+
+
+def test_webhook_turns_minio_posts_into_events_and_requires_the_token(webhook) -> None:
+    url, delivered = webhook
+    body = json.dumps(MINIO_RECORD).encode()
+    assert _post(url, body, token=None)[0] == 401
+    assert _post(url, body, token="wrong")[0] == 401
+    assert delivered == []
+    assert _post(url, body, token="s3cret") == (200, {"events": 1})
+    assert [(e.uri, e.size, e.source) for e in delivered] == [("s3://drops/incoming/scores.parquet", 1234, "webhook")]
+    status, reply = _post(url, b"{not json", token="s3cret")
+    assert status == 400 and "not JSON" in reply["error"]
+    assert len(delivered) == 1

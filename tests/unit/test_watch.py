@@ -1,0 +1,137 @@
+"""The bucket watcher's cursor and the S3 notification translation, on every storage backend."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from modules import storage
+from modules.errors import InputError
+from modules.watch import Watcher, from_s3_notification
+
+
+def _drop(bucket: str, key: str, data: bytes = b"a,b\n1,2\n") -> str:
+    storage.write_bytes(storage.join(bucket, "incoming", key), data)
+    return key
+
+
+def _keys(events: list) -> list[str]:
+    """Keys below incoming/ (fsspec spells memory:// URIs in two ways)."""
+    return [e.uri.split("/incoming/", 1)[1] for e in events]
+
+
+def _report(watcher: Watcher) -> list[str]:
+    cursor = watcher.poll()
+    watcher.commit(cursor)
+    return _keys(cursor.pending)
+
+
+def test_each_object_version_is_reported_once_and_a_restart_resumes(any_bucket: str) -> None:
+    incoming, state = storage.join(any_bucket, "incoming"), storage.join(any_bucket, "state")
+    assert _report(Watcher(incoming, state)) == []
+    first = [_drop(any_bucket, "b.csv"), _drop(any_bucket, "a/c.csv")]
+    assert sorted(_report(Watcher(incoming, state))) == sorted(first)
+    # A new watcher (a restart) starts from the cursor in the bucket: nothing is reported again,
+    # and an object whose key sorts before the others is still noticed.
+    restarted = Watcher(incoming, state)
+    assert _report(restarted) == []
+    early = _drop(any_bucket, "0-early.csv")
+    assert _report(restarted) == [early]
+    assert _report(restarted) == []
+    if any_bucket.startswith("s3://"):  # same bytes again: the same etag, so the same version (files use mtime)
+        _drop(any_bucket, "b.csv", b"a,b\n1,2\n")
+        assert _report(restarted) == []
+    time.sleep(0.01)  # a new modification time on the local disk
+    changed = _drop(any_bucket, "b.csv", b"a,b\n3,4\n")
+    assert _report(restarted) == [changed]
+    assert _report(restarted) == []
+
+
+def test_a_crash_before_commit_reports_the_pending_objects_again(any_bucket: str) -> None:
+    incoming, state = storage.join(any_bucket, "incoming"), storage.join(any_bucket, "state")
+    key = _drop(any_bucket, "x.csv")
+    crashed = Watcher(incoming, state).poll()  # written as pending, then the process died before emitting
+    assert _keys(crashed.pending) == [key]
+    assert Watcher(incoming, state).poll().pending == []  # the writer may still be reporting them
+    resumed = Watcher(incoming, state, resume_after=0).poll()  # silent too long: taken over
+    assert _keys(resumed.pending) == [key]
+    assert [e.id for e in resumed.pending] == [e.id for e in crashed.pending]  # the same event, recognisably
+    Watcher(incoming, state).commit(resumed)
+    assert _report(Watcher(incoming, state)) == []
+
+
+def test_two_watchers_on_one_prefix_never_both_report_an_object(local_bucket: str) -> None:
+    incoming, state = storage.join(local_bucket, "incoming"), storage.join(local_bucket, "state")
+    one, two = Watcher(incoming, state), Watcher(incoming, state)
+    _drop(local_bucket, "x.csv")
+    first, second = one.poll(), two.poll()  # both listed, only one may write the next generation
+    assert len(first.pending) + len(second.pending) == 1
+
+
+def test_old_generations_are_pruned(local_bucket: str) -> None:
+    incoming, state = storage.join(local_bucket, "incoming"), storage.join(local_bucket, "state")
+    watcher = Watcher(incoming, state)
+    for n in range(6):
+        _drop(local_bucket, f"f{n}.csv")
+        _report(watcher)
+    assert len(storage.list_objects(watcher.folder)) == 3
+    assert watcher.load().generation == 6
+
+
+def _notification(key: str, event: str = "ObjectCreated:Put", bucket: str = "drops") -> dict:
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": event,
+                "eventTime": "2026-11-28T10:00:00.000Z",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 42, "eTag": "abc123"}},
+            }
+        ]
+    }
+
+
+def test_s3_notifications_translate_to_object_events() -> None:
+    events = from_s3_notification(_notification("incoming/my+file%C3%A9.csv"), "s3://drops/incoming/", "sqs")
+    assert [(e.uri, e.etag, e.size, e.source) for e in events] == [
+        ("s3://drops/incoming/my fileé.csv", "abc123", 42, "sqs")
+    ]
+    assert events[0].payload()["prefix"] == "s3://drops/incoming"
+    assert events[0].payload()["scan_from"] < events[0].payload()["last_modified"]
+    # SNS-wrapped (S3 -> SNS -> SQS), as a string body
+    wrapped = json.dumps({"Type": "Notification", "Message": json.dumps(_notification("incoming/a.csv"))})
+    assert [e.uri for e in from_s3_notification(wrapped, "s3://drops/incoming", "sqs")] == ["s3://drops/incoming/a.csv"]
+    # MinIO prefixes event names with "s3:"
+    assert (
+        len(
+            from_s3_notification(
+                _notification("incoming/a.csv", "s3:ObjectCreated:Put"), "s3://drops/incoming", "webhook"
+            )
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _notification("incoming/a.csv", "ObjectRemoved:Delete"),
+        _notification("elsewhere/a.csv"),
+        _notification("incoming/a.csv", bucket="other"),
+        {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "drops"},
+    ],
+    ids=["deletion", "other-prefix", "other-bucket", "test-event"],
+)
+def test_notifications_that_are_not_drops_under_the_prefix_are_skipped(body: dict) -> None:
+    assert from_s3_notification(body, "s3://drops/incoming", "sqs") == []
+
+
+@pytest.mark.parametrize(
+    "body", ["not json", json.dumps({"hello": 1}), json.dumps({"Records": [{"eventName": "ObjectCreated:Put"}]})]
+)
+def test_bodies_that_are_not_notifications_are_refused_clearly(body: str) -> None:
+    with pytest.raises(InputError, match="S3 event"):
+        from_s3_notification(body, "s3://drops/incoming", "webhook")
