@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test up down docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The local stack: Prefect UI on http://127.0.0.1:4200, a worker, every deployment, the bucket watcher.
+up: $(STAMP)
+	$(BIN)/maas up
+
+down: $(STAMP)
+	$(BIN)/maas down
+
+docs: $(STAMP)
+	$(BIN)/python -m modules.reference > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .maas

@@ -45,11 +45,11 @@ class CompressParams(BaseModel):
     output_uri: str | None = Field(None, description="Default: a compress folder beside the train output.")
     sparsity: float = Field(0.5, ge=0, lt=1, description="Fraction of Linear weights set to zero.")
     finetune_epochs: int = Field(5, ge=0, description="Epochs of fine-tuning with the pruning masks in place.")
-    finetune_lr: float = Field(1e-3, gt=0)
+    finetune_lr: float = Field(1e-3, gt=0, description="Learning rate of the fine-tune after pruning.")
     max_metric_drop: float = Field(
         0.01, ge=0, description="Gate: accuracy points (0.01 = 1 point) or relative RMSE increase allowed vs fp32."
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Rows per fine-tuning batch.")
     hardware: Hardware = Hardware()
 
 

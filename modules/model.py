@@ -22,12 +22,12 @@ from modules.preprocess import FeatureSpec
 
 class MLPConfig(BaseModel):
     hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
-    dropout: float = Field(0.3, ge=0, lt=1)
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout after each hidden layer while training.")
 
 
 class OptimConfig(BaseModel):
     lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(1e-3, ge=0)
+    weight_decay: float = Field(1e-3, ge=0, description="AdamW weight decay.")
     schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
 
 

@@ -23,7 +23,9 @@ from modules.train import Hardware, TrainParams
 class PipelineParams(BaseModel):
     data_uri: str = Field(title="Dataset URI", description="Labeled CSV, TSV, Parquet or JSONL (gzip allowed).")
     target: str = Field(title="Target column")
-    task: Literal["auto", "classification", "regression"] = "auto"
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto", description="auto: labels and up to 20 distinct integers are classes, other numbers regression."
+    )
     exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
     model_name: str | None = Field(None, description="Registry name; default MAAS_MODEL or 'default'.")
     bucket: str | None = Field(
@@ -31,8 +33,8 @@ class PipelineParams(BaseModel):
     )
     scheduler: ScheduleName = Field("onecycle", description="Learning-rate schedule.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
-    hidden_sizes: list[int] = Field([256, 128], min_length=1)
-    max_epochs: int = Field(40, ge=1)
+    hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
+    max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
     sparsity: float = Field(0.5, ge=0, lt=1, description="Fraction of weights pruned before int8 quantization.")
     max_metric_drop: float = Field(
         0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise)."

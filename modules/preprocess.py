@@ -257,12 +257,14 @@ class PreprocessParams(BaseModel):
     output_uri: str | None = Field(
         None, description="Where the splits go; default runs/<new run id>/preprocess in the bucket."
     )
-    val_fraction: float = Field(0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of rows for validation (early stopping).")
+    test_fraction: float = Field(
+        0.15, gt=0, lt=0.5, description="Share of rows held back for the test metrics and the gate."
+    )
     max_categories: int = Field(
         100, ge=1, description="Vocabulary size per categorical column; rarer values count as unknown."
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seed of the split: the same data splits the same way.")
 
 
 def run_preprocess(params: PreprocessParams) -> PreprocessResult:

@@ -34,10 +34,10 @@ Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 class Hardware(BaseModel):
     """Where and how training runs; shared by training and compression's fine-tune."""
 
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int | Literal["auto"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: a GPU when there is one.")
+    devices: int | Literal["auto"] = Field("auto", description="How many devices Lightning uses.")
     precision: Precision = Field("auto", description="auto: bf16-mixed on a GPU that supports it, else 32-true.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of weights and batches: CPU runs repeat exactly.")
 
 
 class TrainParams(BaseModel):
@@ -47,8 +47,8 @@ class TrainParams(BaseModel):
     output_uri: str | None = Field(None, description="Default: a train folder beside the preprocess output.")
     model: MLPConfig = MLPConfig()
     optim: OptimConfig = OptimConfig()
-    max_epochs: int = Field(40, ge=1)
-    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
+    batch_size: int = Field(64, ge=1, description="Rows per training batch.")
     patience: int = Field(15, ge=1, description="Early stopping: epochs without val_loss improvement.")
     hardware: Hardware = Hardware()
 
