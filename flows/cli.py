@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,7 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output (logs, CI, scripts without --json) gets 120 columns instead of rich's 80, so tables stay whole.
+console = Console() if sys.stdout.isatty() else Console(width=120)
 SHOWN_FILES = 20
 state = {"debug": False}
 
@@ -98,7 +100,7 @@ def pipeline(
     model_name: Annotated[Optional[str], typer.Option(help="Registry name; default MAAS_MODEL or 'default'.")] = None,
     bucket: BucketOption = None,
     scheduler: Annotated[str, typer.Option(help="onecycle, cosine, exponential, step, plateau or none.")] = "onecycle",
-    sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before int8.")] = 0.5,
+    sparsity: Annotated[float, typer.Option(help="Fraction of each hidden layer's units pruned before int8.")] = 0.5,
     max_epochs: Annotated[
         int, typer.Option(help="Upper bound on training epochs (early stopping may end sooner).")
     ] = 40,
@@ -185,15 +187,28 @@ def train(
 @app.command()
 def compress(
     trained: Annotated[str, typer.Option(help="manifest.json written by `maas train`.")],
-    sparsity: Annotated[float, typer.Option(help="Fraction of weights pruned before int8.")] = 0.5,
+    pruning: Annotated[str, typer.Option(help="structured (units), unstructured (weights) or none.")] = "structured",
+    sparsity: Annotated[
+        float, typer.Option(help="Fraction of each hidden layer's units (or of weights) pruned.")
+    ] = 0.5,
+    importance: Annotated[str, typer.Option(help="Unit ranking: l1, l2 or activation.")] = "l2",
+    quantization: Annotated[
+        str, typer.Option(help="auto, int8, pruned-int8-dynamic or pruned-int8-static (what is served).")
+    ] = "auto",
     max_metric_drop: Annotated[float, typer.Option(help="Gate: allowed accuracy drop or relative RMSE rise.")] = 0.01,
     as_json: JsonOption = False,
 ) -> None:
-    """Step 3 alone: prune, fine-tune, quantize to int8 and measure; prints the manifest URI for `maas register`."""
+    """Step 3 alone: prune, fine-tune, quantize to int8 and measure; prints the manifest URI for `maas register`.
+
+    Example: maas compress --trained .maas/bucket/runs/<id>/train/manifest.json --sparsity 0.6 --importance activation
+    """
 
     from modules.compress import CompressParams
 
-    params = lambda: CompressParams(train_manifest=trained, sparsity=sparsity, max_metric_drop=max_metric_drop)  # noqa: E731
+    params = lambda: CompressParams(  # noqa: E731
+        train_manifest=trained, pruning=pruning, sparsity=sparsity, importance=importance, quantization=quantization,
+        max_metric_drop=max_metric_drop,
+    )  # fmt: skip
     _run_step("compress", params, as_json, lambda r: console.print(f"gate {r.gate.reason}\nmanifest: {r.manifest_uri}"))
 
 
@@ -576,15 +591,14 @@ class _AliasMove(BaseModel):
 
 def _variants_table(result) -> Table:
     table = Table(title=f"{result.model_ref}: test {result.compressed.metric} by variant")
-    for column in ("variant", result.compressed.metric, "sparsity", "ONNX bytes", "gzipped", "rows/s", "engine"):
-        table.add_column(column, justify="left" if column in ("variant", "engine") else "right")
+    for column in ("variant", result.compressed.metric, "parameters", "bytes", "rows/s", "engine"):
+        table.add_column(column, justify="left" if column in ("variant", "engine") else "right", no_wrap=True)
     for v in result.compressed.variants:
         table.add_row(
-            v.name,
+            v.name + (" *" if v.name == result.compressed.served else ""),
             f"{v.metric:.4f}",
-            f"{v.sparsity:.0%}",
+            f"{v.parameters:,}",
             f"{v.size_bytes:,}",
-            f"{v.gzip_bytes:,}",
             f"{v.rows_per_s:,.0f}",
             v.engine,
         )
@@ -593,7 +607,7 @@ def _variants_table(result) -> Table:
 
 def _show_pipeline(result) -> None:
     console.print(_variants_table(result))
-    console.print(f"gate: {result.gate}")
+    console.print(f"* served (the int8 artifact); gate: {result.gate}")
     console.print(f"model card: {result.card_uri}\nrun outputs: {result.run_uri}")
 
 

@@ -61,20 +61,14 @@ def compress(params: CompressParams) -> CompressResult:
     result = run_compress(params)
     logger = get_run_logger()
     for v in result.variants:
-        logger.info(
-            "%-6s %s %.4f, sparsity %.2f, %d bytes, %.0f rows/s (%s)",
-            v.name,
-            result.metric,
-            v.metric,
-            v.sparsity,
-            v.size_bytes,
-            v.rows_per_s,
-            v.engine,
-        )
+        served = " <- served" if v.name == result.served else ""
+        logger.info("%-20s %s %.4f, %d parameters, %d bytes, %.0f rows/s (%s)%s", v.name, result.metric, v.metric,
+                    v.parameters, v.size_bytes, v.rows_per_s, v.engine, served)  # fmt: skip
     logger.info("gate %s", result.gate.reason)
     rows = [
-        {"variant": v.name, "engine": v.engine, result.metric: round(v.metric, 4), "sparsity": round(v.sparsity, 3),
-         "onnx_bytes": v.size_bytes, "gzip_bytes": v.gzip_bytes, "rows_per_s": round(v.rows_per_s)}
+        {"variant": v.name + (" (served)" if v.name == result.served else ""), "engine": v.engine,
+         result.metric: round(v.metric, 4), "parameters": v.parameters, "sparsity": round(v.sparsity, 3),
+         "bytes": v.size_bytes, "gzip_bytes": v.gzip_bytes, "rows_per_s": round(v.rows_per_s)}
         for v in result.variants
     ]  # fmt: skip
     create_table_artifact(key="compression", table=rows, description=f"Gate {result.gate.reason}")

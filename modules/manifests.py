@@ -45,14 +45,15 @@ class TrainResult(BaseModel):
 
 
 class VariantReport(BaseModel):
-    """One model variant measured on the test split."""
+    """One model variant measured on the test split, on the engine it would be served with."""
 
-    name: Literal["fp32", "pruned", "int8"]
+    name: str = Field(description="fp32, pruned, int8-dynamic, int8-static (ONNX Runtime) or torch-int8.")
     engine: str
     metric: float
-    sparsity: float = Field(description="Fraction of zero weights in the MLP's Linear layers.")
-    size_bytes: int = Field(description="ONNX file size.")
-    gzip_bytes: int = Field(description="Size after gzip: what sparsity saves in storage and transfer.")
+    sparsity: float = Field(description="Fraction of the fp32 model's weights removed or zero.")
+    parameters: int = Field(0, description="Non-zero weights and biases of the Linear layers.")
+    size_bytes: int = Field(description="Artifact size: the ONNX file, or the torch int8 state dict.")
+    gzip_bytes: int = Field(description="Size after gzip: what unstructured sparsity saves in storage and transfer.")
     rows_per_s: float
 
 
@@ -62,6 +63,7 @@ class GateDecision(BaseModel):
     reference: float = Field(description="fp32 test metric.")
     candidate: float = Field(description="Served variant's test metric.")
     max_metric_drop: float
+    speedup: float | None = Field(None, description="Served variant's rows/s over fp32 torch eager's.")
     reason: str
 
 
@@ -73,9 +75,12 @@ class ArtifactRef(BaseModel):
 
 class CompressResult(BaseModel):
     train_manifest: str
+    pruning: str = Field(description="structured, unstructured or none.")
     sparsity_target: float
     metric: Literal["accuracy", "rmse"]
     variants: list[VariantReport]
+    served: str = Field(description="The variant published as the int8 artifact (the fastest that keeps the metric).")
+    model: dict = Field(description="Layer sizes of the compressed network (MLPConfig), for the torch engine.")
     artifacts: dict[str, ArtifactRef] = Field(
         description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine)."
     )
@@ -85,3 +90,6 @@ class CompressResult(BaseModel):
 
     def variant(self, name: str) -> VariantReport:
         return next(v for v in self.variants if v.name == name)
+
+    def served_variant(self) -> VariantReport:
+        return self.variant(self.served)

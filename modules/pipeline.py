@@ -35,7 +35,12 @@ class PipelineParams(BaseModel):
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
-    sparsity: float = Field(0.5, ge=0, lt=1, description="Fraction of weights pruned before int8 quantization.")
+    pruning: Literal["structured", "unstructured", "none"] = Field(
+        "structured", description="structured: remove whole hidden units; unstructured: zero single weights."
+    )
+    sparsity: float = Field(
+        0.5, ge=0, lt=1, description="Fraction of each hidden layer's units (or of weights) pruned before int8."
+    )
     max_metric_drop: float = Field(
         0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise)."
     )
@@ -77,6 +82,7 @@ class PipelineParams(BaseModel):
         return CompressParams(
             train_manifest=train_manifest,
             output_uri=sibling_output(train_manifest, "compress"),
+            pruning=self.pruning,
             sparsity=self.sparsity,
             max_metric_drop=self.max_metric_drop,
             hardware=self.hardware,

@@ -47,12 +47,12 @@ def training_curves(epochs: pd.DataFrame, lr: pd.DataFrame, metric: str) -> byte
 def compression_tradeoff(variants: list[VariantReport], metric: str) -> bytes:
     """Test metric against artifact size and against rows/s, one point per variant."""
     plt, figure, (size, speed) = _figure(2)
-    markers = "osD^v"
+    markers = "osD^vP"
     for i, v in enumerate(variants):  # variants often coincide on one axis: markers and a legend, no labels
         style = {"s": 70, "marker": markers[i % len(markers)], "alpha": 0.8, "label": f"{v.name} ({v.engine})"}
         size.scatter(v.size_bytes / 1024, v.metric, **style)
         speed.scatter(v.rows_per_s, v.metric, **style)
     speed.legend(loc="best")
-    size.set(title=f"test {metric} vs ONNX size", xlabel="KiB", ylabel=metric)
+    size.set(title=f"test {metric} vs artifact size", xlabel="KiB", ylabel=metric)
     speed.set(title=f"test {metric} vs throughput", xlabel="rows/s", ylabel=metric)
     return _png(plt, figure)

@@ -57,6 +57,9 @@ class ModelCard(BaseModel):
     features: FeatureSpec = Field(description="Input schema and the preprocessing folded into the artifacts.")
     artifacts: dict[str, CardArtifact]
     metrics: list[VariantReport]
+    served: str = Field(description="The variant measured in `metrics` that the int8 artifact is.")
+    model: dict = Field(description="Layer sizes of the compressed network (the torch engine rebuilds it).")
+    report: str | None = Field(None, description="The compression trade-off plot (PNG) in the version folder.")
     gate: GateDecision
     training: dict
     lineage: Lineage
@@ -154,7 +157,7 @@ def summaries(bucket: str, name: str | None = None) -> list[VersionSummary]:
             found.append(
                 VersionSummary(
                     name=model, version=version, created_at=card.created_at, metric=card.gate.metric,
-                    fp32=metrics["fp32"], int8=metrics["int8"], gate_passed=card.gate.passed,
+                    fp32=metrics["fp32"], int8=metrics[card.served], gate_passed=card.gate.passed,
                     aliases=sorted(a for a, v in pointers.items() if v == version),
                 )
             )  # fmt: skip
@@ -240,7 +243,7 @@ def load_engine(card_location: str, engine: str = "auto", threads: int | None = 
         return card, OnnxEngine(card.features, read_artifact(card_location, card, "int8"), threads=threads)
     if engine == "torch":
         weights = read_artifact(card_location, card, "torch")
-        return card, TorchEngine(card.features, card.training["model"], weights, threads=threads)
+        return card, TorchEngine(card.features, card.model, weights, threads=threads)
     raise RegistryError(f"unknown engine {engine!r}: use auto, onnxruntime or torch")
 
 
@@ -263,6 +266,8 @@ def register(params: RegisterParams) -> RegisterResult:
         file = ref.uri.rsplit("/", 1)[-1]
         storage.write_bytes(model_uri(bucket, name, str(version), file), data)
         artifacts[variant] = CardArtifact(file=file, sha256=ref.sha256, size_bytes=len(data))
+    report = compressed.report_uri.rsplit("/", 1)[-1]
+    storage.write_bytes(model_uri(bucket, name, str(version), report), storage.read_bytes(compressed.report_uri))
 
     card = ModelCard(
         name=name,
@@ -274,6 +279,9 @@ def register(params: RegisterParams) -> RegisterResult:
         features=spec,
         artifacts=artifacts,
         metrics=compressed.variants,
+        served=compressed.served,
+        model=compressed.model,
+        report=report,
         gate=compressed.gate,
         training=trained.model_dump(
             include={

@@ -12,7 +12,7 @@ from modules.train import TrainParams, run_training
 from tests.conftest import synthetic_classification
 
 
-def train_and_compress(bucket: str, run: str, sparsity: float = 0.5, finetune_epochs: int = 1) -> str:
+def train_and_compress(bucket: str, run: str, **compress: object) -> str:
     """Run preprocess, train and compress on the synthetic data; return the compress manifest URI."""
     raw = storage.join(bucket, "raw", "data.csv")
     if not storage.exists(raw):
@@ -23,9 +23,8 @@ def train_and_compress(bucket: str, run: str, sparsity: float = 0.5, finetune_ep
         )
     )
     trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4))
-    return run_compress(
-        CompressParams(train_manifest=trained.manifest_uri, sparsity=sparsity, finetune_epochs=finetune_epochs)
-    ).manifest_uri
+    options = {"finetune_epochs": 2} | compress
+    return run_compress(CompressParams(train_manifest=trained.manifest_uri, **options)).manifest_uri
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,17 @@ def test_first_registration_is_version_1_latest_and_production(registered) -> No
     assert registry.aliases(bucket, "toy") == {"latest": 1, "production": 1}
     card = registry.load_card(result.card_uri)
     assert card.features.feature_names == ["x1", "x2", "color"] and card.classes == ["a", "b", "c"]
-    assert {v.name for v in card.metrics} == {"fp32", "pruned", "int8"}
+    names = {v.name for v in card.metrics}
+    assert names == {"fp32", "int8", "pruned", "pruned-int8-dynamic", "pruned-int8-static", "pruned-torch-int8"}
+    assert card.served in names
     assert card.gate.passed and card.lineage.data_uri.endswith("raw/data.csv")
     assert card.lineage.data_etag == storage.info(card.lineage.data_uri).etag
     assert {"torch", "onnxruntime", "pytorch-lightning"} <= set(card.packages)
     served = card.artifacts["int8"]
     data = storage.read_bytes(registry.model_uri(bucket, "toy", "1", served.file))
     assert storage.sha256_hex(data) == served.sha256 and len(data) == served.size_bytes
+    report = storage.read_bytes(registry.model_uri(bucket, "toy", "1", card.report))
+    assert report.startswith(b"\x89PNG")  # the trade-off plot travels with the version
 
 
 @pytest.mark.parametrize(("ref", "version"), [("toy", 1), ("toy@production", 1), ("toy@latest", 1), ("toy/1", 1)])
@@ -67,7 +71,8 @@ def test_tampered_artifact_is_refused(registered, tmp_path) -> None:
 def test_gate_refusal_keeps_production_and_moves_latest(tmp_path) -> None:
     bucket = (tmp_path / "bucket").as_uri()
     good = register(RegisterParams(compress_manifest=train_and_compress(bucket, "good"), bucket=bucket, name="m"))
-    ruined = train_and_compress(bucket, "ruined", sparsity=0.99, finetune_epochs=0)
+    # 99% of the units removed, no fine-tune, and that variant served: the gate must say no
+    ruined = train_and_compress(bucket, "ruined", sparsity=0.99, finetune_epochs=0, quantization="pruned-int8-dynamic")
     refused = register(RegisterParams(compress_manifest=ruined, bucket=bucket, name="m"))
     assert good.aliases == ["latest", "production"] and refused.aliases == ["latest"]
     assert refused.model_ref == "m/2"

@@ -1,0 +1,108 @@
+"""Pruning that pays: whole hidden units removed, smaller Linear layers rebuilt.
+
+Unstructured magnitude pruning zeroes weights but leaves dense matrices of the same shape: the
+model is no smaller and no faster until something exploits the zeros, which ONNX Runtime's dense
+CPU kernels do not. Structured pruning removes hidden units: a unit's row goes from its layer and
+its column from the next layer, so every matrix shrinks and the multiply-adds fall with it.
+
+Units are ranked per hidden layer by an importance score:
+- `l1` / `l2`: norm of the unit's incoming weights (cheap, data-free);
+- `activation`: mean absolute activation on a sample of training rows (data-aware: a unit that
+  rarely fires matters little whatever its weights).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from modules.model import MLPConfig, TabularNet
+from modules.preprocess import FeatureSpec
+
+Importance = Literal["l1", "l2", "activation"]
+
+
+def widths(net: TabularNet) -> list[int]:
+    """Hidden layer widths."""
+    return [layer.out_features for layer in net.linear_layers()[:-1]]
+
+
+def parameter_count(net: TabularNet, nonzero: bool = False) -> int:
+    """Weights and biases of the MLP's Linear layers (the preprocessing has no trainable parameters)."""
+    tensors = [t for layer in net.linear_layers() for t in (layer.weight, layer.bias)]
+    return sum(int((t != 0).sum()) if nonzero else t.numel() for t in tensors)
+
+
+def unit_scores(net: TabularNet, importance: Importance, sample: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """One score per unit of each hidden layer; higher is more important."""
+    hidden = net.linear_layers()[:-1]
+    if importance in ("l1", "l2"):
+        p = 1 if importance == "l1" else 2
+        return [layer.weight.detach().norm(p=p, dim=1) for layer in hidden]
+    if sample is None:
+        raise ValueError("activation importance needs a sample of feature rows")
+    activations: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: activations.append(out.relu().abs().mean(0)))
+             for layer in hidden]  # fmt: skip
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    return activations
+
+
+def keep_top_units(scores: list[torch.Tensor], keep_widths: list[int]) -> list[torch.Tensor]:
+    """Indices (ascending, so units keep their order) of the highest-scoring units per layer."""
+    return [torch.sort(torch.topk(s, k).indices).values for s, k in zip(scores, keep_widths)]
+
+
+def remove_units(net: TabularNet, spec: FeatureSpec, keep: list[torch.Tensor], dropout: float) -> TabularNet:
+    """A new, smaller network with only the kept units: rows of their layer, columns of the next."""
+    smaller = TabularNet(spec, MLPConfig(hidden_sizes=[len(k) for k in keep], dropout=dropout))
+    smaller.transform.load_state_dict(net.transform.state_dict())
+    old_layers, new_layers = net.linear_layers(), smaller.linear_layers()
+    with torch.no_grad():
+        for i, (old, new) in enumerate(zip(old_layers, new_layers)):
+            rows = keep[i] if i < len(keep) else torch.arange(old.out_features)
+            columns = keep[i - 1] if i > 0 else torch.arange(old.in_features)
+            new.weight.copy_(old.weight[rows][:, columns])
+            new.bias.copy_(old.bias[rows])
+    return smaller
+
+
+def structured_step(
+    net: TabularNet,
+    spec: FeatureSpec,
+    target_widths: list[int],
+    importance: Importance,
+    dropout: float,
+    sample: torch.Tensor | None = None,
+) -> TabularNet:
+    """Shrink each hidden layer to its target width, keeping its most important units."""
+    keep = keep_top_units(unit_scores(net, importance, sample), target_widths)
+    return remove_units(net, spec, keep, dropout)
+
+
+def schedule_widths(original: list[int], fraction: float, steps: int) -> list[list[int]]:
+    """Widths after each of `steps` equal pruning steps towards removing `fraction` of every layer's units."""
+    return [[max(1, round(w * (1 - fraction * step / steps))) for w in original] for step in range(1, steps + 1)]
+
+
+def mask_unstructured(net: TabularNet, amount: float) -> None:
+    """Global L1 magnitude masks on every Linear weight (fine-tune through them, then `make_permanent`)."""
+    layers = net.linear_layers()
+    prune.global_unstructured([(layer, "weight") for layer in layers], prune.L1Unstructured, amount=amount)
+
+
+def make_permanent(net: nn.Module) -> None:
+    for layer in net.modules():
+        if isinstance(layer, nn.Linear) and prune.is_pruned(layer):
+            prune.remove(layer, "weight")
