@@ -100,7 +100,7 @@ def pipeline(
     model_name: Annotated[Optional[str], typer.Option(help="Registry name; default MAAS_MODEL or 'default'.")] = None,
     bucket: BucketOption = None,
     scheduler: Annotated[str, typer.Option(help="onecycle, cosine, exponential, step, plateau or none.")] = "onecycle",
-    sparsity: Annotated[float, typer.Option(help="Fraction of each hidden layer's units pruned before int8.")] = 0.5,
+    sparsity: Annotated[float, typer.Option(help="Fraction of each hidden layer's units pruned before int8.")] = 0.6,
     max_epochs: Annotated[
         int, typer.Option(help="Upper bound on training epochs (early stopping may end sooner).")
     ] = 40,
@@ -190,7 +190,7 @@ def compress(
     pruning: Annotated[str, typer.Option(help="structured (units), unstructured (weights) or none.")] = "structured",
     sparsity: Annotated[
         float, typer.Option(help="Fraction of each hidden layer's units (or of weights) pruned.")
-    ] = 0.5,
+    ] = 0.6,
     importance: Annotated[str, typer.Option(help="Unit ranking: l1, l2 or activation.")] = "l2",
     quantization: Annotated[
         str, typer.Option(help="auto, int8, pruned-int8-dynamic or pruned-int8-static (what is served).")
@@ -200,7 +200,7 @@ def compress(
 ) -> None:
     """Step 3 alone: prune, fine-tune, quantize to int8 and measure; prints the manifest URI for `maas register`.
 
-    Example: maas compress --trained .maas/bucket/runs/<id>/train/manifest.json --sparsity 0.6 --importance activation
+    Example: maas compress --trained .maas/bucket/runs/<id>/train/manifest.json --sparsity 0.75 --importance activation
     """
 
     from modules.compress import CompressParams
@@ -376,12 +376,10 @@ def bridge_sqs(
     """
 
     def action() -> BaseModel:
-        from flows.watch import emit
         from modules.bridges import SqsBridge
-        from modules.config import Settings
 
-        watched = prefix or Settings(bucket=_bucket(bucket)).uri("incoming")
-        relay = SqsBridge(queue_url, watched, lambda events: (emit(events), _print_events(events)))
+        watched, deliver = _relay(prefix, bucket)
+        relay = SqsBridge(queue_url, watched, deliver)
         typer.echo(f"relaying {queue_url} for {watched}", err=True)
         while True:
             relay.poll_once()
@@ -405,13 +403,11 @@ def bridge_webhook(
     """
 
     def action() -> BaseModel:
-        from flows.watch import emit
         from modules.bridges import webhook_server
-        from modules.config import Settings
 
-        watched = prefix or Settings(bucket=_bucket(bucket)).uri("incoming")
+        watched, deliver = _relay(prefix, bucket)
         token = os.environ.get("MAAS_WEBHOOK_TOKEN") or None
-        server = webhook_server(host, port, watched, lambda events: (emit(events), _print_events(events)), token)
+        server = webhook_server(host, port, watched, deliver, token)
         typer.echo(
             f"listening on http://{host}:{port} for {watched}" + (" (token required)" if token else ""), err=True
         )
@@ -424,6 +420,18 @@ def bridge_webhook(
 def _print_events(events: list) -> None:
     for event in events:
         typer.echo(f"event {event.uri} (etag {event.etag})", err=True)
+
+
+def _relay(prefix: str | None, bucket: str | None) -> tuple[str, Callable[[list], None]]:
+    """The prefix a bridge serves (default incoming/) and how it delivers: emitted to Prefect, echoed here."""
+    from flows.watch import emit
+    from modules.config import Settings
+
+    def deliver(events: list) -> None:
+        emit(events)
+        _print_events(events)
+
+    return prefix or Settings(bucket=_bucket(bucket)).uri("incoming"), deliver
 
 
 class _Emitted(BaseModel):

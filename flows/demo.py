@@ -23,7 +23,7 @@ class DemoParams(BaseModel):
     model_name: str | None = Field(
         None, description="Default MAAS_MODEL or 'default': the model the score deployment uses."
     )
-    sparsity: float = Field(0.5, ge=0, lt=1)
+    sparsity: float = Field(0.6, ge=0, lt=1, description="Fraction of each hidden layer's units pruned.")
 
 
 class DemoResult(BaseModel):

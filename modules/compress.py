@@ -48,6 +48,7 @@ from modules.train import Hardware, build_trainer, load_inputs, seed_everything
 
 THROUGHPUT_ROWS = 32_768
 THROUGHPUT_BATCH = 8_192
+SPEED_TIE = 0.05
 SERVABLE = ("int8", "pruned-int8-dynamic", "pruned-int8-static")  # ONNX Runtime variants the int8 artifact can be
 
 
@@ -60,7 +61,7 @@ class CompressParams(BaseModel):
         "weights (smaller only once compressed); none: quantize the trained network as it is.",
     )
     sparsity: float = Field(
-        0.5,
+        0.6,
         ge=0,
         lt=1,
         description="structured: fraction of each hidden layer's units removed; unstructured: "
@@ -217,14 +218,19 @@ def within(metric: str, fp32: float, candidate: float, max_drop: float) -> bool:
 
 
 def choose_served(metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams) -> str:
-    """The asked-for variant, or the fastest that keeps the metric (else the most accurate: the gate will say no)."""
+    """The asked-for variant; or, among those that keep the metric, the most accurate of those within
+    SPEED_TIE of the fastest (timing noise is a few percent: it should not buy a worse model); with
+    none keeping it, the most accurate (and the gate will say no)."""
     if params.quantization != "auto":
         return params.quantization
+    better = max if metric == "accuracy" else min
     keeping = [v for v in candidates if within(metric, fp32.metric, v.metric, params.max_metric_drop)]
-    if keeping:
-        return max(keeping, key=lambda v: v.rows_per_s).name
-    best = max if metric == "accuracy" else min
-    return best(candidates, key=lambda v: v.metric).name
+    if not keeping:
+        return better(candidates, key=lambda v: v.metric).name
+    fastest = max(v.rows_per_s for v in keeping)
+    close = [v for v in keeping if v.rows_per_s >= fastest * (1 - SPEED_TIE)]
+    sign = 1 if metric == "accuracy" else -1
+    return max(close, key=lambda v: (sign * v.metric, v.rows_per_s)).name
 
 
 def run_compress(params: CompressParams) -> CompressResult:

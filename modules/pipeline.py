@@ -39,7 +39,7 @@ class PipelineParams(BaseModel):
         "structured", description="structured: remove whole hidden units; unstructured: zero single weights."
     )
     sparsity: float = Field(
-        0.5, ge=0, lt=1, description="Fraction of each hidden layer's units (or of weights) pruned before int8."
+        0.6, ge=0, lt=1, description="Fraction of each hidden layer's units (or of weights) pruned before int8."
     )
     max_metric_drop: float = Field(
         0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise)."

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modules import formats, pruning, storage
-from modules.compress import decide
+from modules.compress import CompressParams, choose_served, decide
 from modules.engines import OnnxEngine
 from modules.manifests import CompressResult, VariantReport
 from modules.model import MLPConfig, ScoringHead, TabularNet
@@ -109,6 +109,22 @@ def test_gate_needs_the_metric_kept_and_a_real_speedup(
     assert gate.speedup == pytest.approx(rows_per_s / 1e6)
 
 
+def test_served_variant_is_the_fastest_that_keeps_the_metric_unless_a_near_tie_is_more_accurate() -> None:
+    fp32 = _report("fp32", 0.98, 1e6)
+    params = CompressParams(train_manifest="unused")
+    dense, dynamic, static = (
+        _report("int8", 0.98, 2e6),
+        _report("pruned-int8-dynamic", 0.975, 4e6),
+        _report("pruned-int8-static", 0.972, 4.1e6),
+    )
+    assert choose_served("accuracy", fp32, [dense, dynamic, static], params) == "pruned-int8-dynamic"  # 2.4% slower
+    ruined = [dense, _report("pruned-int8-dynamic", 0.90, 5e6)]
+    assert choose_served("accuracy", fp32, ruined, params) == "int8"  # pruning cost too much: unpruned int8
+    assert choose_served("accuracy", fp32, [_report("int8", 0.9, 2e6)], params) == "int8"
+    forced = params.model_copy(update={"quantization": "pruned-int8-static"})
+    assert choose_served("accuracy", fp32, [dense, dynamic, static], forced) == "pruned-int8-static"
+
+
 def test_gate_on_rmse_is_relative() -> None:
     assert decide("rmse", _report("fp32", 2.0, 1e6), _report("int8", 2.019, 2e6), 0.01).passed
     assert not decide("rmse", _report("fp32", 2.0, 1e6), _report("int8", 2.03, 2e6), 0.01).passed
@@ -116,7 +132,7 @@ def test_gate_on_rmse_is_relative() -> None:
 
 def test_unstructured_pruning_reports_honestly_that_dense_size_is_unchanged(tmp_path) -> None:
     manifest = train_and_compress(
-        (tmp_path / "b").as_uri(), "u", pruning="unstructured", quantization="pruned-int8-dynamic"
+        (tmp_path / "b").as_uri(), "u", pruning="unstructured", sparsity=0.5, quantization="pruned-int8-dynamic"
     )
     variants = {v.name: v for v in storage.read_model(manifest, CompressResult).variants}
     assert variants["pruned"].sparsity == pytest.approx(0.5, abs=0.01)
