@@ -10,6 +10,7 @@ watcher, so flow runs see the same bucket.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -115,6 +116,8 @@ def _environment(params: StackParams, home: Path, bucket: str, api_url: str) -> 
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", str(WORKER_POLL_SECONDS))
     if params.database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = params.database_url
+    if env.get("PREFECT_SERVER_API_AUTH_STRING"):  # basic auth on the server: its own clients must log in too
+        env.setdefault("PREFECT_API_AUTH_STRING", env["PREFECT_SERVER_API_AUTH_STRING"])
     return env
 
 
@@ -137,11 +140,20 @@ def _check(home: Path, name: str, command: list[str], env: dict[str, str]) -> No
         raise StackError(f"`{' '.join(command[1:3])}` failed (exit {done.returncode}); see {log}")
 
 
+def _request(url: str, body: bytes | None = None) -> urllib.request.Request:
+    """A request to the API, with basic auth when the stack runs with PREFECT_SERVER_API_AUTH_STRING."""
+    headers = {"Content-Type": "application/json"}
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    return urllib.request.Request(url, data=body, headers=headers)
+
+
 def _wait_healthy(api_url: str, timeout: float, log: Path, pid: int) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:
+            with urllib.request.urlopen(_request(f"{api_url}/health"), timeout=2) as reply:
                 if json.loads(reply.read()) is True:
                     return
         except OSError:
@@ -153,8 +165,7 @@ def _wait_healthy(api_url: str, timeout: float, log: Path, pid: int) -> None:
 
 
 def _api(api_url: str, path: str) -> list[dict]:
-    request = urllib.request.Request(f"{api_url}/{path}", data=b"{}", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as reply:
+    with urllib.request.urlopen(_request(f"{api_url}/{path}", b"{}"), timeout=10) as reply:
         return json.loads(reply.read())
 
 

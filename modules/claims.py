@@ -43,13 +43,17 @@ class Claims:
         self.lease = timedelta(seconds=lease_seconds)
 
     def acquire(self, input_uri: str, etag: str, model_ref: str) -> Lease | None:
-        """The lease on this unit, or None while another run holds an unexpired one."""
+        """The lease on this unit, or None while another run holds an unexpired one.
+
+        A lease of this same owner is taken over at once: it is this run's own earlier attempt, left
+        unreleased when an outage also stopped the release (the task's retry must not wait it out).
+        """
         folder = storage.join(self.prefix, unit_key(input_uri, etag, model_ref))
         attempts = storage.list_objects(folder)
         attempt = 1
         if attempts:
             latest = storage.read_model(attempts[-1].uri, Lease)
-            if latest.expires_at > _now():
+            if latest.expires_at > _now() and latest.owner != self.owner:
                 return None
             attempt = latest.attempt + 1
         now = _now()

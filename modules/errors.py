@@ -32,3 +32,14 @@ class StorageUnavailable(StorageError):
 def is_transient(exc: BaseException) -> bool:
     """Whether trying again may help: outages yes, problems the user must fix no."""
     return isinstance(exc, StorageUnavailable) or not isinstance(exc, MaasError)
+
+
+MAX_REASON_CHARS = 400
+
+
+def one_line(text: str) -> str:
+    """A reason fit for a report or a log line: first line only, printable, bounded (a reader's message
+    may quote the file's own bytes)."""
+    first = (text.strip().splitlines() or [""])[0]
+    clean = "".join(ch if ch.isprintable() else "\ufffd" for ch in first)
+    return clean if len(clean) <= MAX_REASON_CHARS else clean[: MAX_REASON_CHARS - 1] + "…"

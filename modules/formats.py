@@ -6,6 +6,7 @@ bad upload is quarantined with a readable report instead of failing the run.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 from collections.abc import Collection, Iterator
@@ -19,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from modules import storage
-from modules.errors import InputError, StorageError
+from modules.errors import InputError, StorageError, one_line
 
 Kind = Literal["csv", "tsv", "parquet", "jsonl"]
 
@@ -34,6 +35,12 @@ _SUFFIXES: dict[str, Kind] = {
 }
 _COMPRESSIONS = {".gz": "gzip"}
 CSV_BLOCK_BYTES = 1 << 20
+
+# pandas writes JSON numbers with 10 decimal places by default: a probability of 1e-07 would lose
+# most of its digits. 15 is the most it allows.
+JSON_DIGITS = 15
+# Every text field quoted: pandas leaves a lone "\r" unquoted, which a reader takes for a line break.
+CSV_QUOTING = csv.QUOTE_NONNUMERIC
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,8 @@ def _parquet_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Colle
 
 def _jsonl_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
     with storage.open_read(uri, compression=fmt.compression) as stream:
-        yield from pd.read_json(stream, lines=True, chunksize=batch_rows)
+        # dtype=False: JSON says what is a string; "01234" must not become the number 1234
+        yield from pd.read_json(stream, lines=True, chunksize=batch_rows, dtype=False)
 
 
 def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
@@ -145,8 +153,7 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    return one_line(str(exc)) or type(exc).__name__
 
 
 def frame_to_bytes(frame: pd.DataFrame, kind: Kind = "parquet") -> bytes:
@@ -154,9 +161,9 @@ def frame_to_bytes(frame: pd.DataFrame, kind: Kind = "parquet") -> bytes:
     if kind == "parquet":
         frame.to_parquet(buffer, index=False)
     elif kind == "jsonl":
-        frame.to_json(buffer, orient="records", lines=True)
+        frame.to_json(buffer, orient="records", lines=True, double_precision=JSON_DIGITS)
     else:
-        frame.to_csv(buffer, index=False, sep="\t" if kind == "tsv" else ",")
+        frame.to_csv(buffer, index=False, sep="\t" if kind == "tsv" else ",", quoting=CSV_QUOTING)
     return buffer.getvalue()
 
 
@@ -186,11 +193,17 @@ class BatchWriter:
         if self.kind == "parquet":
             self._write_parquet(frame)
         elif self.kind == "jsonl":
-            frame.to_json(self._handle, orient="records", lines=True)
+            frame.to_json(self._handle, orient="records", lines=True, double_precision=JSON_DIGITS)
             if len(frame):
                 self._handle.write("\n")
         else:
-            frame.to_csv(self._handle, index=False, header=self.rows == 0, sep="\t" if self.kind == "tsv" else ",")
+            frame.to_csv(
+                self._handle,
+                index=False,
+                header=self.rows == 0,
+                sep="\t" if self.kind == "tsv" else ",",
+                quoting=CSV_QUOTING,
+            )
         self.rows += len(frame)
 
     def _write_parquet(self, frame: pd.DataFrame) -> None:

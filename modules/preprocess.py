@@ -99,17 +99,21 @@ class FeatureSpec(BaseModel):
         absent = [name for name in self.feature_names if name not in frame.columns]
         if absent:
             shown = ", ".join(repr(m) for m in absent[:10]) + (" …" if len(absent) > 10 else "")
-            raise InputError(f"{source}: missing feature column(s) {shown} ({len(absent)} of {self.width})")
+            raise InputError(
+                f"{source}: missing feature column(s) {shown} ({len(absent)} of {self.width}){_delimiter_hint(frame)}"
+            )
         names = [f.name for f in self.numeric]
         typed = [i for i, name in enumerate(names) if _is_number_dtype(frame[name])]
         if len(typed) == self.width:  # all features are typed numbers: one conversion, no extra copy
-            out = frame[names].to_numpy(dtype=np.float32, na_value=np.nan)
+            with np.errstate(over="ignore"):  # beyond float32's range becomes inf, and is rejected below
+                out = frame[names].to_numpy(dtype=np.float32, na_value=np.nan)
             unusable = np.isinf(out)
         else:
             out = np.empty((len(frame), self.width), dtype=np.float32)
             unusable = np.zeros(out.shape, dtype=bool)
             if typed:
-                block = frame[[names[i] for i in typed]].to_numpy(dtype=np.float32, na_value=np.nan)
+                with np.errstate(over="ignore"):
+                    block = frame[[names[i] for i in typed]].to_numpy(dtype=np.float32, na_value=np.nan)
                 out[:, typed], unusable[:, typed] = block, np.isinf(block)
             for i in sorted(set(range(len(names))) - set(typed)):
                 out[:, i], unusable[:, i] = _numeric_column(frame[names[i]])
@@ -127,9 +131,12 @@ class FeatureSpec(BaseModel):
     def _reason(self, frame: pd.DataFrame, row: int, cells: np.ndarray) -> str:
         name = self.feature_names[int(np.flatnonzero(cells)[0])]
         value = frame[name].iloc[row]
-        return (
-            f"column {name!r} is missing" if pd.isna(value) else f"column {name!r} holds {value!r}, not a finite number"
-        )
+        if pd.isna(value):
+            return f"column {name!r} is missing"
+        number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+        if pd.notna(number) and np.isfinite(number):
+            return f"column {name!r} holds {value!r}, beyond the 32-bit float range (±3.4e38) the model computes in"
+        return f"column {name!r} holds {value!r}, not a finite number"
 
     def encode_target(self, series: pd.Series) -> np.ndarray:
         """Class indices (int64) for classification, standardized values (float32) for regression."""
@@ -147,14 +154,27 @@ class FeatureSpec(BaseModel):
 def _numeric_column(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """float32 values (NaN where missing) and the mask of values present but not finite numbers."""
     if _is_number_dtype(column):
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = np.isinf(values)
+        wide = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.zeros(len(wide), dtype=bool)
     else:
-        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = (np.isnan(values) & column.notna().to_numpy()) | np.isinf(values)
-    values = values.astype(np.float32)  # a copy: pandas may hand out read-only views
+        wide = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.isnan(wide) & column.notna().to_numpy()
+    with np.errstate(over="ignore"):
+        values = wide.astype(np.float32)  # a copy (pandas may hand out read-only views), and the model's type
+    bad |= np.isinf(values)  # infinite, or beyond float32's range: either way not a number the model can use
     values[bad] = np.nan
     return values, bad
+
+
+def _delimiter_hint(frame: pd.DataFrame) -> str:
+    """A header read as one column that holds another delimiter: say so, it is the likely cause."""
+    if len(frame.columns) != 1:
+        return ""
+    header = str(frame.columns[0])
+    for name, sep in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|")):
+        if sep in header:
+            return f"; the header is one column {header[:60]!r}: the file looks {name}-delimited (CSV needs ',')"
+    return ""
 
 
 def _is_number_dtype(column: pd.Series) -> bool:

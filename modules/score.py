@@ -41,9 +41,10 @@ from modules import formats, registry, storage
 from modules.claims import Claims, Lease
 from modules.config import Settings, new_run_id
 from modules.engines import Engine
-from modules.errors import InputError, ObjectNotFound
+from modules.errors import InputError, ObjectNotFound, one_line
 from modules.registry import ModelCard
 
+UNSAFE_KEYS = "_unsafe-keys"  # quarantine folder for inputs whose keys cannot name an output safely
 Status = Literal["scored", "skipped", "claimed", "quarantined", "failed"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 Progress = Callable[[int], None]
@@ -226,8 +227,21 @@ def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None
     """Score one object version once; quarantine it with a report if it cannot be scored."""
     try:
         where = _locations(job, obj)
-    except InputError as exc:
-        return FileOutcome(input_uri=obj.uri, status="quarantined", error=str(exc))
+    except InputError as exc:  # a key that would lead outside the output prefix: reported under a safe name
+        report = storage.join(
+            job.quarantine_uri, UNSAFE_KEYS, f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
+        )
+        storage.write_json(
+            report,
+            {
+                "input_uri": obj.uri,
+                "input_etag": obj.etag,
+                "model_ref": job.model_ref,
+                "error": one_line(str(exc)),
+                "quarantined_at": datetime.now(timezone.utc).isoformat(),
+            },
+        )
+        return FileOutcome(input_uri=obj.uri, status="quarantined", report_uri=report, error=one_line(str(exc)))
     if not job.params.rescore and _handled(where, obj, job.model_ref):
         return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=where.output)
     claims = Claims(job.state_uri, job.owner, job.params.lease_seconds)
@@ -372,6 +386,7 @@ def _quarantine(
     """Publish the error report (and the rejected rows, if that is the reason); never touch the input."""
     if rejected_rows is not None:
         storage.upload(rejected_rows, where.quarantined_rows)
+    error = one_line(error)
     report = {
         "input_uri": obj.uri,
         "input_etag": obj.etag,

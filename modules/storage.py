@@ -17,6 +17,7 @@ endpoint run the same code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,6 +34,9 @@ from pydantic import BaseModel
 from modules.errors import ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
+# Local failures a person must fix (a file where a folder should be, a full or read-only disk): not outages.
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_LOCAL_FAILURES = _FULL | {errno.ENOTDIR, errno.EISDIR, errno.EROFS}
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -82,6 +86,9 @@ def _translated(uri: str) -> Iterator[None]:
             "and the bucket policy, or the folder's permissions"
         ) from exc
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in _LOCAL_FAILURES:
+            hint = "; free some space or write elsewhere" if exc.errno in _FULL else ""
+            raise StorageError(f"cannot use {uri}: {_reason(exc)}{hint}") from exc
         name = type(exc).__name__
         if name in {"EndpointConnectionError", "ConnectTimeoutError", "NoCredentialsError", "ClientConnectorError"}:
             hint = "no credentials found" if name == "NoCredentialsError" else "endpoint unreachable"

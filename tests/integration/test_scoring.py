@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,29 +65,6 @@ def test_two_concurrent_runs_score_each_file_exactly_once(s3_model: str) -> None
     assert {o["status"] for o in outcomes} <= {"scored", "skipped", "claimed"}
     assert len(_listed(s3_model, "predictions", ".predictions.parquet")) == 20
     assert len(_listed(s3_model, "predictions", ".manifest.json")) == 20
-
-
-def test_a_run_killed_mid_file_is_completed_exactly_once_after_its_lease(s3_model: str) -> None:
-    rows = 4000
-    formats.write_frame(_unlabeled(rows), storage.join(s3_model, "incoming", "big.csv"))
-    params = _params(s3_model, batch_rows=100, lease_seconds=3)
-    victim = _start(params, pause=0.05)
-    claims = storage.join(s3_model, "state", "claims")
-    deadline = time.monotonic() + 60
-    while not storage.list_objects(claims) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # a few batches in
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert _listed(s3_model, "predictions", ".predictions.parquet") == []  # nothing partial was published
-
-    job = plan(params)
-    assert score_file(job, job.files[0]).status == "claimed"  # the dead run's lease still holds
-    time.sleep(3.5)
-    outcome = score_file(plan(params), job.files[0])
-    assert outcome.status == "scored" and outcome.rows_out == rows
-    assert len(formats.read_frame(_listed(s3_model, "predictions", ".predictions.parquet")[0])) == rows
-    assert len(_listed(s3_model, "predictions", ".manifest.json")) == 1
 
 
 def test_a_changed_object_is_rescored_and_an_unchanged_one_is_not(s3_model: str) -> None:
