@@ -351,7 +351,8 @@ def watch(
 
         params = WatchParams(prefix=prefix, bucket=bucket, interval_seconds=interval, run_seconds=run_seconds)
         typer.echo(f"watching {params.watcher().prefix} every {interval:g} s", err=True)
-        return _Emitted(events=watch_loop(params, _print_events))
+        warn = lambda message: typer.echo(f"warning: {message}", err=True)  # noqa: E731
+        return _Emitted(events=watch_loop(params, _print_events, warn))
 
     _run(action, False, lambda r: console.print(f"{r.events} event(s) emitted"), runs_flows=False)
 

@@ -14,41 +14,76 @@ Run: `maas watch --interval 10`, or the `watch` deployment (polls for a minute, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
 from prefect import flow, get_run_logger
-from prefect.events import emit_event
+from prefect.events import Event
+from prefect.events.clients import get_events_client
+from prefect.settings import PREFECT_API_URL
 
+from modules.errors import MaasError, StorageError, is_transient
 from modules.watch import EVENT_NAME, ObjectEvent, WatchParams
+
+RECONNECT_ATTEMPTS = 2
 
 
 def emit(events: list[ObjectEvent]) -> None:
-    for event in events:
-        emit_event(
-            event=EVENT_NAME,
-            resource={
-                "prefect.resource.id": event.uri,
-                "prefect.resource.name": event.uri.rsplit("/", 1)[-1],
-                "maas.prefix": event.prefix,
-            },
-            payload=event.payload(),
-            id=event.id,
-        )
+    """Send the events and wait until the server has confirmed them; raise if it cannot be reached.
+
+    Prefect's `emit_event` queues events in the background and may drop them when the server is
+    away; the cursor must only move once they are delivered, so this sends them itself.
+    """
+    if not PREFECT_API_URL.value():
+        raise MaasError("bucket events need a Prefect server: set PREFECT_API_URL (`maas up` starts one)")
+    asyncio.run(_send(events))
 
 
-def watch_loop(params: WatchParams, report: Callable[[list[ObjectEvent]], None] = lambda events: None) -> int:
-    """Poll, emit, commit, sleep; until `run_seconds` have passed (forever when None). Events emitted."""
+async def _send(events: list[ObjectEvent]) -> None:
+    async with get_events_client(reconnection_attempts=RECONNECT_ATTEMPTS, checkpoint_every=1) as client:
+        for event in events:
+            await client.emit(
+                Event(
+                    event=EVENT_NAME,
+                    resource={
+                        "prefect.resource.id": event.uri,
+                        "prefect.resource.name": event.uri.rsplit("/", 1)[-1],
+                        "maas.prefix": event.prefix,
+                    },
+                    payload=event.payload(),
+                    id=event.id,
+                )
+            )
+
+
+def watch_loop(
+    params: WatchParams,
+    report: Callable[[list[ObjectEvent]], None] = lambda events: None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> int:
+    """Poll, emit, commit, sleep; until `run_seconds` have passed (forever when None). Events emitted.
+
+    An outage (the store or the Prefect server away) is reported through `warn` and outlived: the
+    cursor keeps undelivered objects pending, and the next round sends them again.
+    """
     watcher = params.watcher()
     started = time.monotonic()
     emitted = 0
     while True:
-        cursor = watcher.poll()
-        if cursor.pending:
-            emit(cursor.pending)
-            watcher.commit(cursor)
-            report(cursor.pending)
-            emitted += len(cursor.pending)
+        try:
+            cursor = watcher.poll()
+            if cursor.pending:
+                emit(cursor.pending)
+                watcher.commit(cursor)
+                report(cursor.pending)
+                emitted += len(cursor.pending)
+        except MaasError as exc:
+            if not is_transient(exc) and not isinstance(exc, StorageError):
+                raise
+            warn(f"will try again: {exc}")
+        except Exception as exc:  # noqa: BLE001 (connection errors of websockets, httpx, botocore...)
+            warn(f"will try again: {type(exc).__name__}: {exc}")
         if params.run_seconds is not None and time.monotonic() - started + params.interval_seconds > params.run_seconds:
             return emitted
         time.sleep(params.interval_seconds)
@@ -62,4 +97,4 @@ def watch(params: WatchParams) -> int:
         for event in events:
             logger.info("new object %s (etag %s, %d bytes)", event.uri, event.etag, event.size)
 
-    return watch_loop(params, report)
+    return watch_loop(params, report, logger.warning)

@@ -77,8 +77,12 @@ def webhook_server(
                 events = from_s3_notification(self.rfile.read(length), prefix, "webhook")
             except InputError as exc:
                 return self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            if events:
-                deliver(events)
+            try:
+                if events:
+                    deliver(events)
+            except Exception as exc:  # noqa: BLE001 (the sender retries on 5xx: nothing is lost)
+                log.warning("could not forward %d event(s): %s", len(events), exc)
+                return self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"could not forward the events: {exc}"})
             self._reply(HTTPStatus.OK, {"events": len(events)})
 
         def _reply(self, status: HTTPStatus, body: dict) -> None:

@@ -100,3 +100,18 @@ def test_webhook_turns_minio_posts_into_events_and_requires_the_token(webhook) -
     status, reply = _post(url, b"{not json", token="s3cret")
     assert status == 400 and "not JSON" in reply["error"]
     assert len(delivered) == 1
+
+
+def test_webhook_answers_503_when_the_events_cannot_be_forwarded_so_the_store_retries() -> None:
+    def unreachable(events: list[ObjectEvent]) -> None:
+        raise ConnectionRefusedError("Prefect API down")
+
+    port = free_port()
+    server = webhook_server("127.0.0.1", port, "s3://drops/incoming", unreachable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        status, reply = _post(f"http://127.0.0.1:{port}/", json.dumps(MINIO_RECORD).encode(), token=None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 503 and "Prefect API down" in reply["error"]
