@@ -22,7 +22,7 @@ from modules.errors import InputError
 from modules.preprocess import fit_spec
 from modules.score import ScoreParams
 from tests.conftest import synthetic_classification
-from tests.reliability.conftest import account, record
+from tests.reliability.tally import account, record
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from modules import formats, storage
 from modules.errors import StorageError
 from modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_classification
-from tests.reliability.conftest import account, record
 from tests.reliability.proxy import Proxy
+from tests.reliability.tally import account, record
 
 pytestmark = pytest.mark.integration
 MAAS = str(Path(sys.executable).parent / "maas")
@@ -48,13 +48,16 @@ def _manifests(root: str) -> list[dict]:
             if o.uri.endswith(".manifest.json")]  # fmt: skip
 
 
-def _exactly_once(root: str, dropped: dict[str, bytes]) -> None:
+def _survived(root: str, dropped: dict[str, bytes]) -> None:
+    """Every input scored exactly once, published whole, and left as it was: the fault was survived."""
     manifests = _manifests(root)
     assert sorted(m["input_uri"] for m in manifests) == sorted(storage.info(u).uri for u in dropped)
     for m in manifests:
         assert storage.read_bytes(m["output_uri"])  # published whole, readable
     for uri, data in dropped.items():
         assert storage.read_bytes(uri) == data
+    record(faults=1, survived=1)
+    assert account(root, len(dropped)) == (len(dropped), 0)
 
 
 def test_s3_endpoint_down_mid_run_is_retried_and_every_file_scored_once(model_bucket: str, s3_endpoint: str) -> None:
@@ -84,9 +87,7 @@ def test_s3_endpoint_down_mid_run_is_retried_and_every_file_scored_once(model_bu
             assert rerun.returncode == 0, rerun.stderr[-3000:]
     finally:
         proxy.stop()
-    _exactly_once(root, dropped)
-    record(faults=1, survived=1)
-    assert account(root, len(dropped)) == (len(dropped), 0)
+    _survived(root, dropped)
     print(f"S3 outage of 4 s mid-run: {len(dropped)} files scored once in {runs} run(s)")
 
 
@@ -117,9 +118,7 @@ def test_a_worker_killed_mid_file_leaves_nothing_partial_and_the_next_run_scores
     assert score_file(job, job.files[0]).status == "claimed"  # the dead run's lease still holds
     time.sleep(3.5)
     assert score_file(plan(params), job.files[0]).status == "scored"
-    _exactly_once(root, dropped)
-    record(faults=1, survived=1)
-    assert account(root, 1) == (1, 0)
+    _survived(root, dropped)
 
 
 def test_a_full_disk_fails_the_file_cleanly_and_the_next_run_scores_it_once(model_bucket: str) -> None:
@@ -135,9 +134,7 @@ def test_a_full_disk_fails_the_file_cleanly_and_the_next_run_scores_it_once(mode
     out, err = roomy.communicate(timeout=300)
     assert roomy.returncode == 0, err[-2000:]
     assert [json.loads(line)["status"] for line in out.splitlines()] == ["scored"]  # its claim was released
-    _exactly_once(root, dropped)
-    record(faults=1, survived=1)
-    assert account(root, 1) == (1, 0)
+    _survived(root, dropped)
 
 
 def test_an_unwritable_output_is_a_clear_error_and_the_input_is_kept(model_bucket: str) -> None:
@@ -150,5 +147,4 @@ def test_an_unwritable_output_is_a_clear_error_and_the_input_is_kept(model_bucke
     for uri, data in dropped.items():
         assert storage.read_bytes(uri) == data
     assert score_file(plan(_params(model_bucket, root)), job.files[0]).status == "scored"  # nothing left locked
-    record(faults=1, survived=1)
-    assert account(root, 1) == (1, 0)
+    _survived(root, dropped)

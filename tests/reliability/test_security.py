@@ -17,7 +17,7 @@ import pytest
 from modules import formats, storage
 from modules.score import ScoreParams, plan, score_file
 from tests.conftest import free_port, synthetic_classification
-from tests.reliability.conftest import account, record
+from tests.reliability.tally import account, record
 
 pytestmark = pytest.mark.integration
 MAAS = str(Path(sys.executable).parent / "maas")

@@ -17,7 +17,7 @@ import pytest
 
 from modules import storage
 from tests.conftest import free_port
-from tests.reliability.conftest import record
+from tests.reliability.tally import record
 
 pytestmark = pytest.mark.integration
 MAAS = str(Path(sys.executable).parent / "maas")
