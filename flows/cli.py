@@ -50,6 +50,13 @@ class _UserErrorsInOneLine(logging.Filter):
         return True
 
 
+class _NoTemporaryServerNotice(logging.Filter):
+    """Prefect announces starting and stopping its ephemeral API on every command; that is not the user's news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Starting temporary server", "Stopping temporary server"))
+
+
 def _run(
     action: Callable[[], BaseModel], as_json: bool, show: Callable[[BaseModel], None], runs_flows: bool = True
 ) -> None:
@@ -61,6 +68,7 @@ def _run(
 
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_UserErrorsInOneLine())
+        logging.getLogger("prefect").addFilter(_NoTemporaryServerNotice())
     try:
         result = action()
     except (MaasError, ValidationError) as exc:

@@ -65,6 +65,7 @@ def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
     predictions = storage.list_objects(storage.join(bucket, "predictions"))
     assert len([p for p in predictions if p.uri.endswith(".predictions.parquet")]) == 3
     assert "Traceback" not in result.stderr
+    assert "temporary server" not in result.stderr + result.stdout  # Prefect's ephemeral-API notices stay quiet
 
     table = _maas("score", "--model", "default@production", cwd=tmp_path)  # nothing new to score
     assert table.returncode == 0 and "3 skipped" in table.stdout, table.stderr[-2000:]
