@@ -41,7 +41,7 @@ from modules import formats, registry, storage
 from modules.claims import Claims, Lease
 from modules.config import Settings, new_run_id
 from modules.engines import Engine
-from modules.errors import InputError, ObjectNotFound, one_line
+from modules.errors import InputError, ObjectNotFound, RegistryError, one_line
 from modules.registry import ModelCard
 
 UNSAFE_KEYS = "_unsafe-keys"  # quarantine folder for inputs whose keys cannot name an output safely
@@ -170,18 +170,27 @@ class ScoreResult(BaseModel):
 
 
 def plan(params: ScoreParams) -> ScoreJob:
+    """Resolve the model and list the inputs. With nothing to score, a model that does not exist yet is
+    not an error: a scheduled run on a fresh bucket has simply nothing to do."""
     settings = Settings(bucket=params.bucket) if params.bucket else Settings()
-    name, version = registry.resolve(settings.bucket, params.model or f"{settings.model_name}@production")
     input_uri = params.input_uri or settings.uri("incoming")
     files = storage.list_objects(input_uri)
     if params.modified_after:
         since = params.modified_after.timestamp()
         files = [o for o in files if o.mtime is None or o.mtime >= since]
+    requested = params.model or f"{settings.model_name}@production"
+    try:
+        name, version = registry.resolve(settings.bucket, requested)
+        model_ref, card = f"{name}/{version}", registry.card_uri(settings.bucket, name, version)
+    except RegistryError:
+        if files:
+            raise
+        model_ref, card = f"{requested} (not registered yet)", ""
     at_once = max(1, min(len(files), params.parallel_files))
     return ScoreJob(
         params=params,
-        model_ref=f"{name}/{version}",
-        card_uri=registry.card_uri(settings.bucket, name, version),
+        model_ref=model_ref,
+        card_uri=card,
         input_uri=input_uri,
         output_uri=params.output_uri or settings.uri("predictions"),
         quarantine_uri=params.quarantine_uri or settings.uri("quarantine"),

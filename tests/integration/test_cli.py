@@ -90,6 +90,7 @@ def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
 
 
 def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:
+    storage.write_bytes((tmp_path / ".maas" / "bucket" / "incoming" / "x.csv").as_uri(), b"a\n1\n")  # to score
     result = _maas("score", "--model", "nope@production", "--json", cwd=tmp_path)
     assert result.returncode == 1
     assert "error: model nope has no alias 'production'" in result.stderr

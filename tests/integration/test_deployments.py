@@ -196,7 +196,7 @@ def test_a_dropped_file_is_scored_once_without_anyone_asking(stack: Stack, pipel
     else:
         raise AssertionError("the duplicated events started no scoring run\n" + stack.logs())
     assert len(triggered) == 1  # the two events were debounced into one run
-    # (a cron run that fired before the pipeline registered a model failed, rightly: nothing to score with)
+    # (only the runs of this drop: earlier cron runs had nothing to score)
     failed = stack.deployment_runs("score", "FAILED", "CRASHED")
     assert not [r for r in failed if datetime.fromisoformat(r["start_time"]) >= dropped_at], stack.logs()
     outputs = sorted(o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(storage.join(stack.bucket, "predictions")))

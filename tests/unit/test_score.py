@@ -85,7 +85,12 @@ def test_input_column_named_like_an_output_is_kept_with_a_prefix(registered, tmp
     assert "input_prediction" in out.columns and pd.Series(frame["prediction"]).equals(out["input_prediction"])
 
 
-def test_unknown_model_is_a_clear_error(registered, tmp_path) -> None:
+def test_unknown_model_is_a_clear_error_when_there_is_something_to_score(registered, tmp_path) -> None:
     bucket, _ = registered
+    empty = plan(ScoreParams(model="nope", input_uri=(tmp_path / "in").as_uri(), bucket=bucket))
+    assert empty.files == [] and empty.model_ref == "nope (not registered yet)"  # a fresh bucket's cron run: no-op
+    summary = summarize(empty, [], 0.1)
+    assert summary.counts["scored"] == 0 and summary.model_ref == "nope (not registered yet)"
+    storage.write_bytes((tmp_path / "in" / "a.csv").as_uri(), b"x1,x2,color\n1,2,red\n")
     with pytest.raises(RegistryError, match="model nope has no alias 'production'"):
         plan(ScoreParams(model="nope", input_uri=(tmp_path / "in").as_uri(), bucket=bucket))
