@@ -440,7 +440,7 @@ def _relay(prefix: str | None, bucket: str | None) -> tuple[str, Callable[[list]
         emit(events)
         _print_events(events)
 
-    return prefix or Settings(bucket=_bucket(bucket)).uri("incoming"), deliver
+    return prefix or Settings.of(bucket).uri("incoming"), deliver
 
 
 class _Emitted(BaseModel):
@@ -518,7 +518,7 @@ app.add_typer(models_app, name="models")
 def _bucket(bucket: str | None) -> str:
     from modules.config import Settings
 
-    return Settings(bucket=bucket).bucket if bucket else Settings().bucket
+    return Settings.of(bucket).bucket
 
 
 @models_app.command("list")

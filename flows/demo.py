@@ -40,7 +40,7 @@ def write_demo_data(settings: Settings) -> demo.DemoData:
 
 @flow(name="demo")
 def run_demo(params: DemoParams) -> DemoResult:
-    settings = Settings(bucket=params.bucket) if params.bucket else Settings()
+    settings = Settings.of(params.bucket)
     data = write_demo_data(settings)
     trained = pipeline(
         PipelineParams(

@@ -61,7 +61,7 @@ def up(params: StackParams) -> StackInfo:
     if _running(home):
         raise StackError(f"a stack is already running from {home} (maas down first)")
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    bucket = Settings(bucket=params.bucket).bucket if params.bucket else Settings().bucket
+    bucket = Settings.of(params.bucket).bucket
     api_url = f"http://{'127.0.0.1' if params.host == '0.0.0.0' else params.host}:{params.port}/api"
     env = _environment(params, home, bucket, api_url)
     pids: dict[str, int] = {}

@@ -23,7 +23,7 @@ from prefect.events import Event
 from prefect.events.clients import get_events_client
 from prefect.settings import PREFECT_API_URL
 
-from modules.errors import MaasError, StorageError, is_transient
+from modules.errors import MaasError, StorageError
 from modules.watch import EVENT_NAME, ObjectEvent, WatchParams
 
 RECONNECT_ATTEMPTS = 2
@@ -78,10 +78,10 @@ def watch_loop(
                 watcher.commit(cursor)
                 report(cursor.pending)
                 emitted += len(cursor.pending)
-        except MaasError as exc:
-            if not is_transient(exc) and not isinstance(exc, StorageError):
-                raise
+        except StorageError as exc:  # the store away or refusing: the next round tries again
             warn(f"will try again: {exc}")
+        except MaasError:  # a setting to fix (no Prefect server): trying again will not help
+            raise
         except Exception as exc:  # noqa: BLE001 (connection errors of websockets, httpx, botocore...)
             warn(f"will try again: {type(exc).__name__}: {exc}")
         if params.run_seconds is not None and time.monotonic() - started + params.interval_seconds > params.run_seconds:

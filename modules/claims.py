@@ -10,6 +10,9 @@ The holder renews its lease while it works and releases it (expires it at once) 
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import socket
 from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel
@@ -30,6 +33,11 @@ class Lease(BaseModel):
 
 def unit_key(input_uri: str, etag: str, model_ref: str) -> str:
     return hashlib.sha256(f"{input_uri}\n{etag}\n{model_ref}".encode()).hexdigest()[:40]
+
+
+def new_owner() -> str:
+    """Who holds claims (or writes a watcher's cursor): host, process and a random tag."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _now() -> datetime:

@@ -24,6 +24,7 @@ import copy
 import gzip
 import io
 import logging
+import math
 import tempfile
 import time
 import warnings
@@ -183,23 +184,33 @@ def _gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=6))
 
 
+def metric_drop(metric: str, reference: float, candidate: float) -> float:
+    """How much worse `candidate` is: accuracy points lost (absolute), or the RMSE's rise (relative)."""
+    if metric == "accuracy":
+        return reference - candidate
+    return (candidate - reference) / reference if reference else candidate - reference
+
+
+def keeps_metric(metric: str, reference: float, candidate: float, max_drop: float) -> bool:
+    return metric_drop(metric, reference, candidate) <= max_drop + 1e-12
+
+
 def decide(metric: str, fp32: VariantReport, served: VariantReport, max_drop: float) -> GateDecision:
     """Pass when the served variant keeps the metric (accuracy may drop by `max_drop` absolute, RMSE
     rise by `max_drop` relative) and is faster than fp32 on its engine; the reason says which failed."""
     reference, candidate = fp32.metric, served.metric
+    drop = metric_drop(metric, reference, candidate)
     if metric == "accuracy":
-        drop = reference - candidate
         detail = (
             f"accuracy {candidate:.4f} vs fp32 {reference:.4f} "
             f"(drop {drop * 100:.2f} points, allowed {max_drop * 100:.2f})"
         )
     else:
-        drop = (candidate - reference) / reference if reference else candidate - reference
         detail = f"RMSE {candidate:.4g} vs fp32 {reference:.4g} ({drop * 100:+.2f}%, allowed +{max_drop * 100:.2f}%)"
     speedup = served.rows_per_s / fp32.rows_per_s if fp32.rows_per_s else 0.0
-    keeps_metric, faster = drop <= max_drop + 1e-12, speedup > 1
+    faster = speedup > 1
     detail += f"; {served.name} {speedup:.2f}x fp32 rows/s" + ("" if faster else " (not faster)")
-    passed = keeps_metric and faster
+    passed = keeps_metric(metric, reference, candidate, max_drop) and faster
     return GateDecision(
         passed=passed,
         metric=metric,
@@ -211,25 +222,18 @@ def decide(metric: str, fp32: VariantReport, served: VariantReport, max_drop: fl
     )
 
 
-def within(metric: str, fp32: float, candidate: float, max_drop: float) -> bool:
-    if metric == "accuracy":
-        return fp32 - candidate <= max_drop + 1e-12
-    return (candidate - fp32) <= max_drop * abs(fp32) + 1e-12
-
-
 def choose_served(metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams) -> str:
     """The asked-for variant; or, among those that keep the metric, the most accurate of those within
     SPEED_TIE of the fastest (timing noise is a few percent: it should not buy a worse model); with
     none keeping it, the most accurate (and the gate will say no)."""
     if params.quantization != "auto":
         return params.quantization
-    better = max if metric == "accuracy" else min
-    keeping = [v for v in candidates if within(metric, fp32.metric, v.metric, params.max_metric_drop)]
+    sign = 1 if metric == "accuracy" else -1  # higher accuracy, lower RMSE
+    keeping = [v for v in candidates if keeps_metric(metric, fp32.metric, v.metric, params.max_metric_drop)]
     if not keeping:
-        return better(candidates, key=lambda v: v.metric).name
+        return max(candidates, key=lambda v: sign * v.metric).name
     fastest = max(v.rows_per_s for v in keeping)
     close = [v for v in keeping if v.rows_per_s >= fastest * (1 - SPEED_TIE)]
-    sign = 1 if metric == "accuracy" else -1
     return max(close, key=lambda v: (sign * v.metric, v.rows_per_s)).name
 
 
@@ -251,12 +255,13 @@ def run_compress(params: CompressParams) -> CompressResult:
     dense_parameters = pruning.parameter_count(module.net)
 
     def measure(name: str, engine: str, net: TabularNet, run: Callable, artifact: Path) -> VariantReport:
+        parameters = pruning.parameter_count(net, nonzero=True)
         return VariantReport(
             name=name,
             engine=engine,
             metric=metric_of(spec, run(test_x), test_y),
-            sparsity=1 - pruning.parameter_count(net, nonzero=True) / dense_parameters,
-            parameters=pruning.parameter_count(net, nonzero=True),
+            sparsity=1 - parameters / dense_parameters,
+            parameters=parameters,
             size_bytes=artifact.stat().st_size,
             gzip_bytes=_gzip_size(artifact),
             rows_per_s=rows_per_second(run, test_x),
@@ -303,7 +308,6 @@ def run_compress(params: CompressParams) -> CompressResult:
     variants = [fp32, int8, pruned, *pruned_int8, torch_variant]
     report_uri = storage.join(output, "tradeoff.png")
     storage.write_bytes(report_uri, plots.compression_tradeoff(variants, trained.metric))
-    served_report = next(v for v in variants if v.name == served)
     result = CompressResult(
         train_manifest=params.train_manifest,
         pruning=params.pruning,
@@ -313,7 +317,7 @@ def run_compress(params: CompressParams) -> CompressResult:
         served=served,
         model=served_model,
         artifacts=artifacts,
-        gate=decide(trained.metric, fp32, served_report, params.max_metric_drop),
+        gate=decide(trained.metric, fp32, {v.name: v for v in variants}[served], params.max_metric_drop),
         report_uri=report_uri,
         manifest_uri=storage.join(output, "manifest.json"),
     )
@@ -368,7 +372,7 @@ def _prune_and_finetune(
         pruning.make_permanent(module.net)
         return module.net
     steps = pruning.schedule_widths(pruning.widths(module.net), params.sparsity, params.prune_steps)
-    epochs_per_step = -(-params.finetune_epochs // params.prune_steps) if params.finetune_epochs else 0
+    epochs_per_step = math.ceil(params.finetune_epochs / params.prune_steps)
     net = module.net.cpu()
     for step, target in enumerate(steps):
         net = pruning.structured_step(net, spec, target, params.importance, config.dropout, calibration)

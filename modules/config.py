@@ -35,6 +35,11 @@ class Settings(BaseModel):
     bucket: str = Field(default_factory=default_bucket, description="Bucket URI (file://, s3://, memory://).")
     model_name: str = Field(default_factory=default_model_name, description="Registry name of the model.")
 
+    @classmethod
+    def of(cls, bucket: str | None) -> Settings:
+        """The settings for an optional bucket parameter: that bucket, else MAAS_BUCKET or the local one."""
+        return cls(bucket=bucket) if bucket else cls()
+
     def uri(self, *parts: str) -> str:
         """A location under the bucket, e.g. `settings.uri("incoming")`."""
         return "/".join([self.bucket.rstrip("/"), *(p.strip("/") for p in parts if p)])

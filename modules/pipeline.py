@@ -54,7 +54,7 @@ class PipelineParams(BaseModel):
     )
 
     def settings(self) -> Settings:
-        return Settings(bucket=self.bucket) if self.bucket else Settings()
+        return Settings.of(self.bucket)
 
     def preprocess(self) -> PreprocessParams:
         run_id = self.run_id or new_run_id()

@@ -88,10 +88,6 @@ class RegisterResult(BaseModel):
     manifest_uri: str = Field(description="This result, written beside the run's other manifests.")
 
 
-def _settings(bucket: str | None) -> Settings:
-    return Settings(bucket=bucket) if bucket else Settings()
-
-
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
         raise RegistryError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (up to 128)")
@@ -249,7 +245,7 @@ def load_engine(card_location: str, engine: str = "auto", threads: int | None = 
 
 def register(params: RegisterParams) -> RegisterResult:
     """Publish a compressed model as the next version; move `latest`, and `production` if the gate passed."""
-    settings = _settings(params.bucket)
+    settings = Settings.of(params.bucket)
     name = _check_name(params.name or settings.model_name)
     bucket = settings.bucket
     compressed = storage.read_model(params.compress_manifest, CompressResult)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import socket
 import tempfile
 import time
@@ -38,7 +37,7 @@ import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
 from modules import formats, registry, storage
-from modules.claims import Claims, Lease
+from modules.claims import Claims, Lease, new_owner
 from modules.config import Settings, new_run_id
 from modules.engines import Engine
 from modules.errors import InputError, ObjectNotFound, RegistryError, one_line
@@ -172,7 +171,7 @@ class ScoreResult(BaseModel):
 def plan(params: ScoreParams) -> ScoreJob:
     """Resolve the model and list the inputs. With nothing to score, a model that does not exist yet is
     not an error: a scheduled run on a fresh bucket has simply nothing to do."""
-    settings = Settings(bucket=params.bucket) if params.bucket else Settings()
+    settings = Settings.of(params.bucket)
     input_uri = params.input_uri or settings.uri("incoming")
     files = storage.list_objects(input_uri)
     if params.modified_after:
@@ -195,7 +194,7 @@ def plan(params: ScoreParams) -> ScoreJob:
         output_uri=params.output_uri or settings.uri("predictions"),
         quarantine_uri=params.quarantine_uri or settings.uri("quarantine"),
         state_uri=params.state_uri or settings.uri("state"),
-        owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        owner=new_owner(),
         summary_uri=settings.uri("runs", new_run_id(), "score", "summary.json"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
         files=files,
@@ -236,21 +235,9 @@ def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None
     """Score one object version once; quarantine it with a report if it cannot be scored."""
     try:
         where = _locations(job, obj)
-    except InputError as exc:  # a key that would lead outside the output prefix: reported under a safe name
-        report = storage.join(
-            job.quarantine_uri, UNSAFE_KEYS, f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
-        )
-        storage.write_json(
-            report,
-            {
-                "input_uri": obj.uri,
-                "input_etag": obj.etag,
-                "model_ref": job.model_ref,
-                "error": one_line(str(exc)),
-                "quarantined_at": datetime.now(timezone.utc).isoformat(),
-            },
-        )
-        return FileOutcome(input_uri=obj.uri, status="quarantined", report_uri=report, error=one_line(str(exc)))
+    except InputError as exc:  # a key that would lead outside the output prefixes: reported under a safe name
+        safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
+        return _quarantine(job, obj, storage.join(job.quarantine_uri, UNSAFE_KEYS, safe), str(exc))
     if not job.params.rescore and _handled(where, obj, job.model_ref):
         return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=where.output)
     claims = Claims(job.state_uri, job.owner, job.params.lease_seconds)
@@ -322,19 +309,21 @@ def _score(
                 if progress:
                     progress(len(frame))
     except InputError as exc:
-        return _quarantine(job, obj, where, str(exc), rows_in, rows_rejected, None)
+        return _quarantine(job, obj, where.report, str(exc), rows_in, rows_rejected)
     finally:
         if rejected_writer is not None:
             rejected_writer.close()
 
     if rows_in == 0:
-        return _quarantine(job, obj, where, f"{obj.uri}: the file has no data rows", 0, 0, None)
+        return _quarantine(job, obj, where.report, f"{obj.uri}: the file has no data rows")
     if rows_rejected / rows_in > job.params.max_error_rate:
         reason = (
             f"{obj.uri}: {rows_rejected} of {rows_in} rows rejected ({rows_rejected / rows_in:.1%}), "
             f"over max_error_rate {job.params.max_error_rate:.1%}"
         )
-        return _quarantine(job, obj, where, reason, rows_in, rows_rejected, rejected_path)
+        return _quarantine(
+            job, obj, where.report, reason, rows_in, rows_rejected, (rejected_path, where.quarantined_rows)
+        )
 
     storage.upload(scratch / f"output.{fmt}", where.output)
     if rows_rejected:
@@ -386,15 +375,16 @@ def _joined(passthrough: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
 def _quarantine(
     job: ScoreJob,
     obj: storage.ObjectInfo,
-    where: _Locations,
+    report_uri: str,
     error: str,
-    rows_in: int,
-    rows_rejected: int,
-    rejected_rows: Path | None,
+    rows_in: int = 0,
+    rows_rejected: int = 0,
+    rejected_rows: tuple[Path, str] | None = None,
 ) -> FileOutcome:
-    """Publish the error report (and the rejected rows, if that is the reason); never touch the input."""
+    """Publish the error report (and the rejected rows: local file, target URI, if that is the reason);
+    never touch the input."""
     if rejected_rows is not None:
-        storage.upload(rejected_rows, where.quarantined_rows)
+        storage.upload(*rejected_rows)
     error = one_line(error)
     report = {
         "input_uri": obj.uri,
@@ -403,16 +393,16 @@ def _quarantine(
         "error": error,
         "rows_read": rows_in,
         "rows_rejected": rows_rejected,
-        "rejected_rows_uri": where.quarantined_rows if rejected_rows is not None else None,
+        "rejected_rows_uri": rejected_rows[1] if rejected_rows is not None else None,
         "quarantined_at": datetime.now(timezone.utc).isoformat(),
     }
-    storage.write_json(where.report, report)
+    storage.write_json(report_uri, report)
     return FileOutcome(
         input_uri=obj.uri,
         status="quarantined",
         rows_in=rows_in,
         rows_rejected=rows_rejected,
-        report_uri=where.report,
+        report_uri=report_uri,
         error=error,
     )
 

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
-import socket
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 from urllib.parse import unquote_plus
@@ -32,6 +29,7 @@ from uuid import UUID, uuid5
 from pydantic import BaseModel, Field
 
 from modules import storage
+from modules.claims import new_owner
 from modules.config import Settings
 from modules.errors import InputError
 
@@ -96,7 +94,7 @@ class Watcher:
     def __init__(self, prefix: str, state_uri: str, resume_after: float = RESUME_AFTER_SECONDS) -> None:
         self.prefix = prefix.rstrip("/")
         self.resume_after = resume_after
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.owner = new_owner()
         self.folder = storage.join(state_uri, "watch", hashlib.sha256(self.prefix.encode()).hexdigest()[:24])
 
     def load(self) -> Cursor:
@@ -211,5 +209,5 @@ class WatchParams(BaseModel):
     )
 
     def watcher(self) -> Watcher:
-        settings = Settings(bucket=self.bucket) if self.bucket else Settings()
+        settings = Settings.of(self.bucket)
         return Watcher(self.prefix or settings.uri("incoming"), self.state_uri or settings.uri("state"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 import torch
 
@@ -138,4 +137,4 @@ def test_unstructured_pruning_reports_honestly_that_dense_size_is_unchanged(tmp_
     assert variants["pruned"].sparsity == pytest.approx(0.5, abs=0.01)
     assert variants["pruned"].size_bytes == variants["fp32"].size_bytes  # the zeros are still stored
     assert variants["pruned"].gzip_bytes < variants["fp32"].gzip_bytes  # ...and pay only once compressed
-    assert np.isfinite(variants["pruned-int8-dynamic"].rows_per_s)
+    assert variants["pruned-int8-dynamic"].size_bytes == variants["int8"].size_bytes  # int8 stores the zeros too
