@@ -3,9 +3,12 @@
 At most `parallel_files` tasks are in flight at once, on the flow's task runner: threads by
 default, or a Dask cluster (`score.with_options(task_runner=DaskTaskRunner(...))`, which the CLI's
 `--dask-workers`/`--dask-address` set up) to spread files over processes and machines. Small files are
-packed several to a task (`group_bytes`) so that per-task overhead does not dominate. One
-file's failure never stops the others: it is reported, and the run ends Failed so that someone
-looks. Both tasks only touch storage, so they retry outages with backoff.
+packed several to a task (`group_bytes`) so that per-task overhead does not dominate; each task is
+given its own files, not the run's list. One file's failure never stops the others: passing
+storage failures are retried inside `modules.score` (a file still failing is left unclaimed for
+the next run), and any other error is reported for that file alone. The run ends Failed when its
+error budget is spent (`max_failed_files`, `max_quarantined_files`), after which it starts no more
+files, so that someone looks.
 
 Run: `maas score --model default@production --input s3://bucket/incoming/ --output s3://bucket/predictions/`
 """
@@ -25,6 +28,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows import progress
 from flows.retries import IO_RETRIES
 from modules import score as scoring
+from modules.errors import MaasError, one_line
 from modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
 from modules.storage import ObjectInfo
 
@@ -41,9 +45,9 @@ def _group_name() -> str:
     return f"score {files[0].uri}" + (f" (+{len(files) - 1} files)" if len(files) > 1 else "")
 
 
-@task(**IO_RETRIES, cache_policy=NO_CACHE, task_run_name=_group_name)
+@task(cache_policy=NO_CACHE, task_run_name=_group_name)
 def score_files(job: ScoreJob, objs: list[ObjectInfo]) -> list[FileOutcome]:
-    """One file, or several small ones: a retry skips those already done (their manifests say so)."""
+    """One file, or several small ones, each with its own outcome: a file that raises is `failed` alone."""
     logger = get_run_logger()
     outcomes = []
     for obj in objs:
@@ -56,7 +60,11 @@ def score_files(job: ScoreJob, objs: list[ObjectInfo]) -> list[FileOutcome]:
                 logger.info("%s: %d rows so far", obj.uri, seen["rows"])
                 seen["logged"] = time.monotonic()
 
-        outcome = scoring.score_file(job, obj, progress=report)
+        try:
+            outcome = scoring.score_file(job, obj, progress=report)
+        except Exception as exc:  # noqa: BLE001 (reported for this file; the others go on)
+            logger.error("%s: %s", obj.uri, exc, exc_info=not isinstance(exc, MaasError))
+            outcome = FileOutcome(input_uri=obj.uri, status="failed", error=one_line(str(exc) or type(exc).__name__))
         detail = f": {outcome.error}" if outcome.error else ""
         logger.info("%s: %s, %d rows out, %d rejected%s", obj.uri, outcome.status, outcome.rows_out,
                     outcome.rows_rejected, detail)  # fmt: skip
@@ -73,7 +81,7 @@ def score(params: ScoreParams) -> ScoreResult:
     outcomes: dict[str, FileOutcome] = {}
     in_flight: dict[PrefectFuture, list[ObjectInfo]] = {}
 
-    def collect(future: PrefectFuture) -> None:
+    def collect(future: PrefectFuture) -> None:  # a task that crashed outright fails only its own files
         objs = in_flight.pop(future)
         future.wait()  # as_completed can yield before the future's final state is recorded
         if future.state.is_completed():
@@ -84,30 +92,38 @@ def score(params: ScoreParams) -> ScoreResult:
                 outcomes[obj.uri] = FileOutcome(input_uri=obj.uri, status="failed", error=str(future.state.message))
                 progress.file_done("failed")
 
+    task_job = job.without_files()
     for group in scoring.group_files(job.files, params.group_bytes):
         if len(in_flight) >= params.parallel_files:
             collect(next(as_completed(list(in_flight))))
-        in_flight[score_files.submit(job, group)] = group
+        if scoring.over_budget(params, list(outcomes.values())):
+            break
+        in_flight[score_files.submit(task_job, group)] = group
     for future in as_completed(list(in_flight)):
         collect(future)
 
-    result = scoring.summarize(job, [outcomes[obj.uri] for obj in job.files], time.perf_counter() - started)
+    deferred = FileOutcome(input_uri="", status="deferred", error="not started: the run's error budget was spent")
+    files = [outcomes.get(obj.uri) or deferred.model_copy(update={"input_uri": obj.uri}) for obj in job.files]
+    result = scoring.summarize(job, files, time.perf_counter() - started)
     get_run_logger().info(
-        "model %s: %s, %d rows at %.0f rows/s", result.model_ref, result.counts, result.rows, result.rows_per_s
-    )
+        "model %s: %s, %d rows at %.0f rows/s, %d passing storage failure(s) retried",
+        result.model_ref, result.counts, result.rows, result.rows_per_s, result.retries,
+    )  # fmt: skip
     counts = " · ".join(f"{n} {status}" for status, n in result.counts.items() if n) or "nothing to score"
     create_markdown_artifact(
         key="scoring",
         description="Scoring run summary",
         markdown=(
             f"**{result.model_ref}**: {counts}; {result.rows:,} rows out, {result.rows_rejected:,} rejected, "
-            f"{result.rows_per_s:,.0f} rows/s over {result.seconds:.1f} s\n\n"
+            f"{result.rows_per_s:,.0f} rows/s over {result.seconds:.1f} s; {result.retries} storage retries\n\n"
             f"Predictions under `{result.output_uri}`, error reports under `{result.quarantine_uri}`"
         ),
     )
-    if result.counts["failed"]:
-        failed = [o.input_uri for o in result.files if o.status == "failed"]
-        raise RuntimeError(f"{len(failed)} of {len(result.files)} file(s) failed (the others were scored): {failed}")
+    spent = scoring.over_budget(params, result.files)
+    if spent:
+        counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
+        failed = [o.input_uri for o in result.files if o.status in ("failed", "quarantined")][:10]
+        raise RuntimeError(f"error budget spent: {spent} ({counts}; see {result.summary_uri}): {failed}")
     return result
 
 

@@ -1,10 +1,19 @@
-"""Exactly-once work on object versions: a claim with a lease, taken by conditional create.
+"""Exactly-once work on object versions: fenced claims with leases, and completion records.
 
-The unit of work is (object URI, its etag, model version). Its claims live under
-`state/claims/<sha256 of the unit>/<attempt>.json`. Taking attempt n+1 is a conditional create,
-so of two runs racing for the same unit exactly one wins; a new attempt may be taken only when
-the latest one's lease has expired, which is how a crashed run's file is picked up again.
-The holder renews its lease while it works and releases it (expires it at once) when it gives up.
+The unit of work is (object URI, its etag, model version), named by `unit_key`.
+
+- **Claims** live under `state/claims/<unit key>/<attempt>.json`. Taking attempt n+1 is a
+  conditional create, so of two runs racing for a unit exactly one wins, and the attempt number is
+  a fencing token that only ever grows. A new attempt may be taken only once the latest one's lease
+  has expired, which is how a crashed run's file is picked up again.
+- **Fencing**: the holder renews its lease while it works and checks, before it publishes anything,
+  that its attempt is still the newest and its lease has not run out (`check`). A holder that
+  stalled past its lease (a GC pause, a SIGSTOP, a Dask worker declared dead but alive) finds a newer
+  attempt, or its own lease expired, and gives up with `LeaseLost` instead of publishing beside the
+  run that took over. Each attempt has its own owner: two tasks of one flow run are strangers.
+- **Completion records** (`state/done/<unit key>.json`, conditional create) say that a unit is
+  finished (scored or quarantined) and where its outputs are, whatever prefix or single file the
+  run was pointed at: scoring `incoming/` and later `incoming/day1/` never scores an object twice.
 """
 
 from __future__ import annotations
@@ -14,10 +23,17 @@ import os
 import secrets
 import socket
 from datetime import datetime, timedelta, timezone
+from typing import Literal
 
 from pydantic import BaseModel
 
 from modules import storage
+from modules.errors import LeaseLost, ObjectNotFound, StorageError
+
+# A holder stops publishing this long before its lease runs out: a taker's clock may run a little ahead.
+SAFETY_SECONDS = 2.0
+# Leases this process could not release (the store was down): this process may take them over at once.
+_unreleased: set[str] = set()
 
 
 class Lease(BaseModel):
@@ -31,13 +47,27 @@ class Lease(BaseModel):
     expires_at: datetime
 
 
+class Done(BaseModel):
+    """A finished unit of work: what happened and where its record and outputs are."""
+
+    input_uri: str
+    input_etag: str
+    model_ref: str
+    status: Literal["scored", "quarantined"]
+    record_uri: str
+    output_uri: str | None
+    attempt: int
+    owner: str
+    finished_at: datetime
+
+
 def unit_key(input_uri: str, etag: str, model_ref: str) -> str:
     return hashlib.sha256(f"{input_uri}\n{etag}\n{model_ref}".encode()).hexdigest()[:40]
 
 
 def new_owner() -> str:
-    """Who holds claims (or writes a watcher's cursor): host, process and a random tag."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    """A unique name for one claim attempt (or one watcher): host, process and a random tag."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _now() -> datetime:
@@ -45,29 +75,33 @@ def _now() -> datetime:
 
 
 class Claims:
-    def __init__(self, state_uri: str, owner: str, lease_seconds: float) -> None:
-        self.prefix = storage.join(state_uri, "claims")
-        self.owner = owner
+    def __init__(self, state_uri: str, lease_seconds: float) -> None:
+        self.claims = storage.join(state_uri, "claims")
+        self.done = storage.join(state_uri, "done")
         self.lease = timedelta(seconds=lease_seconds)
+        self.safety = timedelta(seconds=min(SAFETY_SECONDS, lease_seconds / 4))
+
+    def finished(self, input_uri: str, etag: str, model_ref: str) -> Done | None:
+        """The completion record of this unit, if it was finished by any run."""
+        try:
+            return storage.read_model(self._done_uri(input_uri, etag, model_ref), Done)
+        except ObjectNotFound:
+            return None
 
     def acquire(self, input_uri: str, etag: str, model_ref: str) -> Lease | None:
-        """The lease on this unit, or None while another run holds an unexpired one.
-
-        A lease of this same owner is taken over at once: it is this run's own earlier attempt, left
-        unreleased when an outage also stopped the release (the task's retry must not wait it out).
-        """
-        folder = storage.join(self.prefix, unit_key(input_uri, etag, model_ref))
+        """A new attempt on this unit, or None while another attempt's lease is unexpired."""
+        folder = storage.join(self.claims, unit_key(input_uri, etag, model_ref))
         attempts = storage.list_objects(folder)
         attempt = 1
         if attempts:
             latest = storage.read_model(attempts[-1].uri, Lease)
-            if latest.expires_at > _now() and latest.owner != self.owner:
+            if latest.expires_at > _now() and latest.uri not in _unreleased:
                 return None
             attempt = latest.attempt + 1
         now = _now()
         lease = Lease(
             uri=storage.join(folder, f"{attempt:08d}.json"),
-            owner=self.owner,
+            owner=new_owner(),
             attempt=attempt,
             input_uri=input_uri,
             input_etag=etag,
@@ -77,15 +111,60 @@ class Claims:
         )
         return lease if storage.create_json(lease.uri, lease) else None
 
+    def check(self, lease: Lease) -> None:
+        """Raise `LeaseLost` unless this attempt is still the newest and its lease holds a while yet."""
+        if lease.expires_at - self.safety <= _now():
+            raise LeaseLost(f"{lease.input_uri}: the claim's lease ran out (attempt {lease.attempt}); not publishing")
+        newest = storage.list_objects(lease.uri.rsplit("/", 1)[0])[-1].uri
+        if newest != lease.uri:
+            raise LeaseLost(f"{lease.input_uri}: another run took the claim over (attempt {lease.attempt} is stale)")
+
     def renew_if_due(self, lease: Lease) -> Lease:
-        """Extend the lease once half of it has passed (cheap to call after every batch)."""
-        now = _now()
-        if lease.expires_at - now > self.lease / 2:
+        """Extend the lease once half of it has passed (cheap to call after every batch); fenced by `check`."""
+        if lease.expires_at - _now() > self.lease / 2:
             return lease
-        renewed = lease.model_copy(update={"expires_at": now + self.lease})
+        self.check(lease)
+        renewed = lease.model_copy(update={"expires_at": _now() + self.lease})
         storage.write_json(lease.uri, renewed)
         return renewed
 
+    def complete(
+        self, lease: Lease, status: Literal["scored", "quarantined"], record_uri: str, output_uri: str | None,
+        replace: bool = False,
+    ) -> bool:  # fmt: skip
+        """Record the unit as finished; False if another attempt recorded it first. `replace` (a rescore)
+        overwrites an earlier record."""
+        done = Done(
+            input_uri=lease.input_uri,
+            input_etag=lease.input_etag,
+            model_ref=lease.model_ref,
+            status=status,
+            record_uri=record_uri,
+            output_uri=output_uri,
+            attempt=lease.attempt,
+            owner=lease.owner,
+            finished_at=_now(),
+        )
+        uri = self._done_uri(lease.input_uri, lease.input_etag, lease.model_ref)
+        if replace:
+            storage.write_json(uri, done)
+            return True
+        return storage.create_json(uri, done)
+
     def release(self, lease: Lease) -> None:
-        """Let another run take the unit at once (after a failure, rather than after the lease)."""
-        storage.write_json(lease.uri, lease.model_copy(update={"expires_at": _now()}))
+        """Let another run take the unit at once (after a failure, rather than after the lease).
+
+        Only a lease still ours is expired; one that cannot be released now is remembered, so that this
+        process's retry takes it over without waiting the lease out.
+        """
+        try:
+            newest = storage.list_objects(lease.uri.rsplit("/", 1)[0])[-1].uri
+            if newest == lease.uri:
+                storage.write_json(lease.uri, lease.model_copy(update={"expires_at": _now()}))
+            _unreleased.discard(lease.uri)
+        except StorageError:
+            _unreleased.add(lease.uri)
+            raise
+
+    def _done_uri(self, input_uri: str, etag: str, model_ref: str) -> str:
+        return storage.join(self.done, f"{unit_key(input_uri, etag, model_ref)}.json")

@@ -26,7 +26,12 @@ class RegistryError(MaasError, LookupError):
 
 
 class StorageUnavailable(StorageError):
-    """The store did not answer (endpoint down, connection refused): worth retrying, unlike a missing key."""
+    """The store failed in passing (unreachable, throttled, 5xx, a racing conditional write, a timeout):
+    worth retrying, unlike a missing key; never a reason to quarantine a file."""
+
+
+class LeaseLost(MaasError):
+    """A claim's lease ran out or another run took the claim over: this attempt must not publish."""
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -1,9 +1,17 @@
 """The model registry, kept in the bucket itself.
 
-Layout: `models/<name>/<version>/` holds the ONNX artifacts and `card.json`; `models/<name>/aliases/
-<alias>.json` are pointer objects (`latest`, `production`) replaced atomically. A version number is
+Layout: `models/<name>/<version>/` holds the ONNX artifacts and `card.json`. A version number is
 taken by a conditional create of `models/<name>/<version>/claim.json`, so two registrations never
 share one; the card is written after the artifacts, so a version with a card is complete.
+
+Aliases (`latest`, `production`, …) move by compare-and-swap on a generation log:
+`models/<name>/aliases/<alias>/<generation>.json`, each generation naming a version and the one
+before it. The newest generation is the alias. A move reads the newest generation g, decides the
+target from what it read, and creates g+1 by conditional create: of two racing moves one wins and
+the other reads again and decides anew, so `register` never moves `production` back past a newer
+version, whatever `promote` and `rollback` do at the same time. No lock, nothing to break when a
+process dies, and the log says who moved the alias, when and from where. (A bucket written before
+the log existed keeps its `aliases/<alias>.json` pointer as generation 0.)
 
 References: `name@alias` or `name/version`; a bare `name` means `name@production`.
 Loading verifies each artifact's sha256 against the card and never unpickles: artifacts are ONNX.
@@ -12,7 +20,8 @@ Loading verifies each artifact's sha256 against the card and never unpickles: ar
 from __future__ import annotations
 
 import re
-import time
+import secrets
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -25,9 +34,9 @@ from modules.errors import ObjectNotFound, RegistryError
 from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
 from modules.preprocess import FeatureSpec
 
-ALIAS_LOCK_SECONDS = 30
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
+Target = Callable[[int | None], int | None]  # an alias move: the current version -> the wanted one (None: stay)
 PACKAGES = ("maas", "torch", "pytorch-lightning", "onnx", "onnxruntime", "pandas", "numpy", "pyarrow", "prefect")
 
 
@@ -112,14 +121,63 @@ def versions(bucket: str, name: str) -> list[int]:
     return sorted(found)
 
 
+class AliasMove(BaseModel):
+    """One generation of an alias: where it points, where it pointed before, and why it moved."""
+
+    generation: int
+    version: int
+    previous: int | None
+    reason: str
+    moved_at: datetime
+    nonce: str = Field(default_factory=lambda: secrets.token_hex(8), description="Makes every move's bytes unique.")
+
+
 def aliases(bucket: str, name: str) -> dict[str, int]:
-    found = {}
-    for obj in storage.list_objects(model_uri(bucket, name, "aliases")):
-        if not obj.uri.endswith(".json"):
-            continue
-        alias = obj.uri.rsplit("/", 1)[-1].removesuffix(".json")
-        found[alias] = int(storage.read_json(obj.uri)["version"])
-    return found
+    """Every alias of the model and the version it points at (one listing, one read per alias)."""
+    root = model_uri(bucket, name, "aliases")
+    newest: dict[str, str] = {}
+    for obj in storage.list_objects(root):  # sorted: a generation file sorts after the legacy pointer
+        parts = storage.relative_key(root, obj.uri).split("/")
+        if len(parts) == 1 and parts[0].endswith(".json"):
+            newest[parts[0].removesuffix(".json")] = obj.uri
+        elif len(parts) == 2 and parts[1].removesuffix(".json").isdigit():
+            newest[parts[0]] = obj.uri
+    return {alias: int(storage.read_json(uri)["version"]) for alias, uri in newest.items()}
+
+
+def _alias_head(bucket: str, name: str, alias: str) -> AliasMove | None:
+    """The newest generation of `alias`, or None if it was never set."""
+    moves = [o for o in storage.list_objects(model_uri(bucket, name, "aliases", alias)) if o.uri.endswith(".json")]
+    if moves:
+        return storage.read_model(moves[-1].uri, AliasMove)
+    try:
+        legacy = storage.read_json(model_uri(bucket, name, "aliases", f"{alias}.json"))
+    except ObjectNotFound:
+        return None
+    return AliasMove(generation=0, version=int(legacy["version"]), previous=None, reason="legacy pointer",
+                     moved_at=legacy.get("updated_at") or datetime.now(timezone.utc))  # fmt: skip
+
+
+def move_alias(bucket: str, name: str, alias: str, target: Target, reason: str) -> int | None:
+    """Compare-and-swap `alias`: `target(current)` names the version to point at (None: leave it).
+
+    `target` is called again with the new current version whenever another move won the race, so
+    it always decides on what the alias really is. Returns the version the alias points at after.
+    """
+    _check_name(alias)
+    while True:
+        head = _alias_head(bucket, name, alias)
+        current = head.version if head else None
+        wanted = target(current)
+        if wanted is None or wanted == current:
+            return current
+        if not storage.exists(card_uri(bucket, name, wanted)):
+            raise RegistryError(f"cannot point {name}@{alias} at version {wanted}: it has no card in {bucket}")
+        generation = (head.generation if head else 0) + 1
+        move = AliasMove(generation=generation, version=wanted, previous=current, reason=reason,
+                         moved_at=datetime.now(timezone.utc))  # fmt: skip
+        if storage.create_json(model_uri(bucket, name, "aliases", alias, f"{generation:08d}.json"), move):
+            return wanted
 
 
 class VersionSummary(BaseModel):
@@ -161,29 +219,36 @@ def summaries(bucket: str, name: str | None = None) -> list[VersionSummary]:
 
 
 def promote(bucket: str, ref: str, alias: str = "production") -> tuple[str, int]:
-    """Point `alias` at the version `ref` names (any reference form), whatever its gate said."""
-    name, version = resolve(bucket, ref)
-    set_alias(bucket, name, alias, version)
+    """Point `alias` at the version `ref` names (any reference form), whatever its gate said.
+
+    An alias reference (`name@latest`) is resolved anew on every try of the move, so a promotion racing
+    a registration points at what `latest` is when the move lands.
+    """
+    name, _ = resolve(bucket, ref)
+    version = move_alias(bucket, name, alias, lambda current: resolve(bucket, ref)[1], f"promote {ref}")
+    assert version is not None
     return name, version
 
 
 def rollback(bucket: str, name: str, alias: str = "production") -> int:
     """Move `alias` back to the newest version below its current one that passed the gate."""
-    current = resolve(bucket, f"{name}@{alias}")[1]
-    earlier = [s.version for s in summaries(bucket, name) if s.version < current and s.gate_passed]
-    if not earlier:
-        raise RegistryError(f"{name}@{alias} is version {current}; no earlier version passed the gate")
-    set_alias(bucket, name, alias, earlier[-1])
-    return earlier[-1]
+
+    def earlier_passed(current: int | None) -> int:
+        if current is None:
+            raise RegistryError(f"model {name} has no alias {alias!r} in {bucket}")
+        earlier = [s.version for s in summaries(bucket, name) if s.version < current and s.gate_passed]
+        if not earlier:
+            raise RegistryError(f"{name}@{alias} is version {current}; no earlier version passed the gate")
+        return earlier[-1]
+
+    version = move_alias(bucket, name, alias, earlier_passed, "rollback")
+    assert version is not None
+    return version
 
 
 def set_alias(bucket: str, name: str, alias: str, version: int) -> None:
-    """Point `alias` at `version` in one atomic write; readers see the old or the new target."""
-    _check_name(alias)
-    if not storage.exists(card_uri(bucket, name, version)):
-        raise RegistryError(f"cannot point {name}@{alias} at version {version}: it has no card in {bucket}")
-    pointer = {"version": version, "updated_at": datetime.now(timezone.utc).isoformat()}
-    storage.write_json(model_uri(bucket, name, "aliases", f"{alias}.json"), pointer)
+    """Point `alias` at `version` (a compare-and-swap that always wants `version`)."""
+    move_alias(bucket, name, alias, lambda current: version, f"set to {version}")
 
 
 def resolve(bucket: str, ref: str) -> tuple[str, int]:
@@ -199,13 +264,13 @@ def resolve(bucket: str, ref: str) -> tuple[str, int]:
             raise RegistryError(f"model {name} has no version {version} in {bucket} (versions: {known})")
         return name, version
     alias = _check_name(match["alias"] or "production")
-    pointer = model_uri(bucket, name, "aliases", f"{alias}.json")
-    if not storage.exists(pointer):
+    head = _alias_head(bucket, name, alias)
+    if head is None:
         known = ", ".join(sorted(aliases(bucket, name))) or "none"
         raise RegistryError(
             f"model {name} has no alias {alias!r} in {bucket} (aliases: {known}); train one with `maas pipeline`"
         )
-    return name, int(storage.read_json(pointer)["version"])
+    return name, head.version
 
 
 def load_card(uri: str) -> ModelCard:
@@ -323,36 +388,14 @@ def register(params: RegisterParams) -> RegisterResult:
 
 
 def _advance_alias(bucket: str, name: str, alias: str, version: int) -> bool:
-    """Move `alias` to `version` unless it already points higher: concurrent registrations never move it back.
-
-    The read-compare-write runs under a lock object taken by conditional create; a lock older than
-    ALIAS_LOCK_SECONDS is taken to be left by a crashed process and broken.
-    """
-    lock = model_uri(bucket, name, "aliases", f"{alias}.lock")
-    deadline = time.monotonic() + 4 * ALIAS_LOCK_SECONDS
-    while not storage.create_json(lock, {"version": version, "at": time.time()}):
-        try:
-            stale = time.time() - storage.read_json(lock)["at"] > ALIAS_LOCK_SECONDS
-        except ObjectNotFound:
-            continue
-        if stale:
-            storage.delete(lock)
-        elif time.monotonic() > deadline:
-            raise RegistryError(f"{lock} is held by another registration; try again")
-        time.sleep(0.05)
-    try:
-        current = aliases(bucket, name).get(alias)
-        if current is not None and current >= version:
-            return False
-        set_alias(bucket, name, alias, version)
-        return True
-    finally:
-        storage.delete(lock)
+    """Move `alias` to `version` unless it already points at it or higher: registrations never move it back."""
+    advance = lambda current: version if current is None or current < version else None  # noqa: E731
+    return move_alias(bucket, name, alias, advance, f"register {name}/{version}") == version
 
 
 def _claim_version(bucket: str, name: str, source: str) -> int:
     version = (versions(bucket, name) or [0])[-1] + 1
-    claim = {"source": source, "claimed_at": datetime.now(timezone.utc).isoformat()}
+    claim = {"source": source, "claimed_at": datetime.now(timezone.utc).isoformat(), "nonce": secrets.token_hex(8)}
     while not storage.create_json(model_uri(bucket, name, str(version), "claim.json"), claim):
         version += 1
     return version

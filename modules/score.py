@@ -4,10 +4,13 @@ A job is planned once (`plan`): the model reference is resolved to one version, 
 the run is scored by the same model even if an alias moves meanwhile, and the inputs are listed.
 Then each file is scored on its own (`score_file`), which is what the flow maps in parallel:
 
-- the unit of work is (object URI, etag, model version): a file whose manifest shows this unit
-  done is skipped (unless `rescore`), and a run claims a unit before working on it
-  (`modules.claims`), so concurrent runs never score a file twice and a crashed run's file is
-  taken up again when its lease expires;
+- the unit of work is (object URI, etag, model version), whatever prefix or single file the run was
+  pointed at: a unit with a completion record is skipped (unless `rescore`), and a run claims a
+  unit before working on it (`modules.claims`), so concurrent runs never score a file twice, a
+  crashed run's file is taken up again when its lease expires, and a run that stalled past its
+  lease cannot publish (fencing);
+- passing storage failures (throttling, 5xx, timeouts, resets) are retried, then the file is left
+  unclaimed for the next run: they never quarantine a file. Only unusable content does;
 - a file is read in record batches and its predictions are written batch by batch to a local
   temp file, so memory stays bounded whatever the file's size; the result is published with one
   atomic upload, then the manifest (the done marker): no reader ever sees a partial output;
@@ -15,12 +18,14 @@ Then each file is scored on its own (`score_file`), which is what the flow maps 
   `missing_values="reject"`) go to a rejected-rows file with the reason; past `max_error_rate`
   the whole file is quarantined with a report and nothing is published to the output prefix;
 - outputs are named after the input (`incoming/a/b.csv` -> `predictions/a/b.csv.predictions.parquet`
-  plus `predictions/a/b.csv.manifest.json`), so a retry overwrites its own output;
+  plus `predictions/a/b.csv.manifest.json`), so a retry overwrites its own output; two inputs that
+  would share an output name are refused when the run is planned;
 - the input object is never modified or deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -37,14 +42,27 @@ import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
 from modules import formats, registry, storage
-from modules.claims import Claims, Lease, new_owner
+from modules.claims import Claims, Lease
 from modules.config import Settings, new_run_id
 from modules.engines import Engine
-from modules.errors import InputError, ObjectNotFound, RegistryError, one_line
+from modules.errors import (
+    InputError,
+    LeaseLost,
+    ObjectNotFound,
+    RegistryError,
+    StorageError,
+    StorageUnavailable,
+    one_line,
+)
 from modules.registry import ModelCard
 
 UNSAFE_KEYS = "_unsafe-keys"  # quarantine folder for inputs whose keys cannot name an output safely
-Status = Literal["scored", "skipped", "claimed", "quarantined", "failed"]
+# Whole-file attempts on passing storage failures (each request inside is retried on its own too).
+FILE_ATTEMPTS = 3
+# scored, skipped (done before), claimed (another run works on it), quarantined (bad content), failed
+# (passing failures outlasted the retries; left for the next run), vanished (deleted before it was
+# read), deferred (not started: the run's error budget was spent).
+Status = Literal["scored", "skipped", "claimed", "quarantined", "failed", "vanished", "deferred"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 Progress = Callable[[int], None]
 
@@ -96,6 +114,18 @@ class ScoreParams(BaseModel):
         ge=0,
         description="Small files are scored several to a task, up to this many bytes, to spare per-task overhead.",
     )
+    max_failed_files: int = Field(
+        0,
+        ge=0,
+        description="Run-wide error budget: files that may fail (storage still failing after retries; they are "
+        "left for the next run) before the run stops starting files and ends Failed.",
+    )
+    max_quarantined_files: int | None = Field(
+        None,
+        ge=0,
+        description="Files that may be quarantined (unusable content) before the run stops starting files and "
+        "ends Failed; default no limit (a bad upload is reported, not an outage).",
+    )
 
     @field_validator("output_name")
     @classmethod
@@ -119,10 +149,13 @@ class ScoreJob(BaseModel):
     output_uri: str
     quarantine_uri: str
     state_uri: str
-    owner: str = Field(description="Who holds this run's claims: host, process and a random tag.")
     summary_uri: str = Field(description="Where the run's summary is written: runs/<run id>/score/summary.json.")
     threads: int
     files: list[storage.ObjectInfo]
+
+    def without_files(self) -> ScoreJob:
+        """What a task needs: everything but the run's file list (each task is given its own files)."""
+        return self.model_copy(update={"files": []})
 
 
 class FileManifest(BaseModel):
@@ -140,6 +173,7 @@ class FileManifest(BaseModel):
     rejected_uri: str | None
     passthrough: list[str]
     scored_by: str = Field(description="host-pid of the process that scored the file.")
+    attempt: int = Field(description="The claim attempt (fencing token) that published this output.")
     started_at: datetime
     seconds: float
 
@@ -153,6 +187,7 @@ class FileOutcome(BaseModel):
     output_uri: str | None = None
     report_uri: str | None = None
     error: str | None = None
+    retries: int = Field(0, description="Passing storage failures retried while scoring this file.")
 
 
 class ScoreResult(BaseModel):
@@ -165,6 +200,7 @@ class ScoreResult(BaseModel):
     rows_rejected: int
     seconds: float
     rows_per_s: float
+    retries: int = Field(description="Passing storage failures retried over the run.")
     files: list[FileOutcome]
 
 
@@ -186,7 +222,7 @@ def plan(params: ScoreParams) -> ScoreJob:
             raise
         model_ref, card = f"{requested} (not registered yet)", ""
     at_once = max(1, min(len(files), params.parallel_files))
-    return ScoreJob(
+    job = ScoreJob(
         params=params,
         model_ref=model_ref,
         card_uri=card,
@@ -194,11 +230,28 @@ def plan(params: ScoreParams) -> ScoreJob:
         output_uri=params.output_uri or settings.uri("predictions"),
         quarantine_uri=params.quarantine_uri or settings.uri("quarantine"),
         state_uri=params.state_uri or settings.uri("state"),
-        owner=new_owner(),
         summary_uri=settings.uri("runs", new_run_id(), "score", "summary.json"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
         files=files,
     )
+    _refuse_shared_outputs(job)
+    return job
+
+
+def _refuse_shared_outputs(job: ScoreJob) -> None:
+    """Two inputs must never write one output (`{stem}` maps `a.csv` and `a.parquet` to one name)."""
+    writers: dict[str, str] = {}
+    for obj in job.files:
+        try:
+            output = _locations(job, obj).output
+        except InputError:  # an unsafe key: quarantined when its turn comes
+            continue
+        if output in writers:
+            raise InputError(
+                f"{writers[output]} and {obj.uri} would both be written to {output}: choose an output_name "
+                "that tells them apart ({key} keeps the extensions)"
+            )
+        writers[output] = obj.uri
 
 
 @lru_cache(maxsize=4)
@@ -232,50 +285,54 @@ def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
 
 
 def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None = None) -> FileOutcome:
-    """Score one object version once; quarantine it with a report if it cannot be scored."""
+    """Score one object version once; quarantine it with a report if its content cannot be scored.
+
+    Passing storage failures are retried (requests one by one in `storage`, then the whole file from
+    its start); if they outlast the retries the file is `failed`, its claim released for the next run.
+    Other errors (an unwritable output, a full disk) raise: the caller reports them.
+    """
+    with storage.counting_retries() as retries:
+        for attempt in range(FILE_ATTEMPTS):
+            try:
+                outcome = _score_once(job, obj, progress)
+                break
+            except StorageUnavailable as exc:
+                if attempt + 1 == FILE_ATTEMPTS:
+                    outcome = FileOutcome(input_uri=obj.uri, status="failed", error=one_line(str(exc)))
+                    break
+                storage.note_retry()
+                time.sleep(storage.backoff_seconds(attempt + 2))
+    return outcome.model_copy(update={"retries": retries[0]})
+
+
+def _score_once(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None) -> FileOutcome:
+    claims = Claims(job.state_uri, job.params.lease_seconds)
+    if not job.params.rescore and (done := claims.finished(obj.uri, obj.etag, job.model_ref)):
+        return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=done.output_uri)
+    lease = claims.acquire(obj.uri, obj.etag, job.model_ref)
+    if lease is None:
+        return FileOutcome(input_uri=obj.uri, status="claimed", error="another run holds this file's claim")
+    try:
+        # Another run may have finished between our look and our claim; a first attempt proves nobody started.
+        if lease.attempt > 1 and not job.params.rescore and (done := claims.finished(obj.uri, obj.etag, job.model_ref)):
+            return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=done.output_uri)
+        with tempfile.TemporaryDirectory(prefix="maas-score-") as scratch:
+            return _score(job, obj, claims, lease, Path(scratch), progress)
+    except LeaseLost as exc:
+        return FileOutcome(input_uri=obj.uri, status="claimed", error=str(exc))
+    finally:  # done (the completion record says so) or failed: either way the next run may look
+        with contextlib.suppress(StorageError):  # remembered by `claims`; the lease expires anyway
+            claims.release(lease)
+
+
+def _score(
+    job: ScoreJob, obj: storage.ObjectInfo, claims: Claims, lease: Lease, scratch: Path, progress: Progress | None
+) -> FileOutcome:
     try:
         where = _locations(job, obj)
     except InputError as exc:  # a key that would lead outside the output prefixes: reported under a safe name
         safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
-        return _quarantine(job, obj, storage.join(job.quarantine_uri, UNSAFE_KEYS, safe), str(exc))
-    if not job.params.rescore and _handled(where, obj, job.model_ref):
-        return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=where.output)
-    claims = Claims(job.state_uri, job.owner, job.params.lease_seconds)
-    lease = claims.acquire(obj.uri, obj.etag, job.model_ref)
-    if lease is None:
-        return FileOutcome(input_uri=obj.uri, status="claimed", error="another run holds this file's claim")
-    # Another run may have finished between our look and our claim; a first attempt proves nobody started.
-    if lease.attempt > 1 and not job.params.rescore and _handled(where, obj, job.model_ref):
-        claims.release(lease)
-        return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=where.output)
-    try:
-        with tempfile.TemporaryDirectory(prefix="maas-score-") as scratch:
-            return _score(job, obj, where, claims, lease, Path(scratch), progress)
-    finally:  # done (the manifest or report now says so) or failed: either way the next run may look
-        claims.release(lease)
-
-
-def _handled(where: _Locations, obj: storage.ObjectInfo, model_ref: str) -> bool:
-    """Whether a manifest or a quarantine report shows this object version done by this model."""
-    for record_uri in (where.manifest, where.report):
-        try:
-            record = storage.read_json(record_uri)
-        except ObjectNotFound:
-            continue
-        if record.get("input_etag") == obj.etag and record.get("model_ref") == model_ref:
-            return True
-    return False
-
-
-def _score(
-    job: ScoreJob,
-    obj: storage.ObjectInfo,
-    where: _Locations,
-    claims: Claims,
-    lease: Lease,
-    scratch: Path,
-    progress: Progress | None,
-) -> FileOutcome:
+        return _quarantine(job, obj, claims, lease, storage.join(job.quarantine_uri, UNSAFE_KEYS, safe), str(exc))
     card, engine = _model(job.card_uri, job.params.engine, job.threads)
     spec = card.features
     fmt = job.params.output_format
@@ -309,22 +366,28 @@ def _score(
                 if progress:
                     progress(len(frame))
     except InputError as exc:
-        return _quarantine(job, obj, where.report, str(exc), rows_in, rows_rejected)
+        return _quarantine(job, obj, claims, lease, where.report, str(exc), rows_in, rows_rejected)
+    except ObjectNotFound:
+        if storage.exists(obj.uri):
+            raise
+        return FileOutcome(input_uri=obj.uri, status="vanished", error="the object was deleted before it was scored")
     finally:
         if rejected_writer is not None:
             rejected_writer.close()
 
     if rows_in == 0:
-        return _quarantine(job, obj, where.report, f"{obj.uri}: the file has no data rows")
+        return _quarantine(job, obj, claims, lease, where.report, f"{obj.uri}: the file has no data rows")
     if rows_rejected / rows_in > job.params.max_error_rate:
         reason = (
             f"{obj.uri}: {rows_rejected} of {rows_in} rows rejected ({rows_rejected / rows_in:.1%}), "
             f"over max_error_rate {job.params.max_error_rate:.1%}"
         )
         return _quarantine(
-            job, obj, where.report, reason, rows_in, rows_rejected, (rejected_path, where.quarantined_rows)
-        )
+            job, obj, claims, lease, where.report, reason, rows_in, rows_rejected,
+            (rejected_path, where.quarantined_rows),
+        )  # fmt: skip
 
+    claims.check(lease)  # fenced: a run that stalled past its lease publishes nothing
     storage.upload(scratch / f"output.{fmt}", where.output)
     if rows_rejected:
         storage.upload(rejected_path, where.rejected)
@@ -343,10 +406,12 @@ def _score(
         rejected_uri=where.rejected if rows_rejected else None,
         passthrough=passthrough,
         scored_by=f"{socket.gethostname()}-{os.getpid()}",
+        attempt=lease.attempt,
         started_at=started_at,
         seconds=time.perf_counter() - started,
     )
     storage.write_json(where.manifest, manifest)
+    claims.complete(lease, "scored", where.manifest, where.output, replace=job.params.rescore)
     return FileOutcome(
         input_uri=obj.uri,
         status="scored",
@@ -375,6 +440,8 @@ def _joined(passthrough: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
 def _quarantine(
     job: ScoreJob,
     obj: storage.ObjectInfo,
+    claims: Claims,
+    lease: Lease,
     report_uri: str,
     error: str,
     rows_in: int = 0,
@@ -383,6 +450,7 @@ def _quarantine(
 ) -> FileOutcome:
     """Publish the error report (and the rejected rows: local file, target URI, if that is the reason);
     never touch the input."""
+    claims.check(lease)
     if rejected_rows is not None:
         storage.upload(*rejected_rows)
     error = one_line(error)
@@ -397,6 +465,7 @@ def _quarantine(
         "quarantined_at": datetime.now(timezone.utc).isoformat(),
     }
     storage.write_json(report_uri, report)
+    claims.complete(lease, "quarantined", report_uri, None, replace=job.params.rescore)
     return FileOutcome(
         input_uri=obj.uri,
         status="quarantined",
@@ -428,6 +497,17 @@ def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[
     return groups
 
 
+def over_budget(params: ScoreParams, outcomes: list[FileOutcome]) -> str | None:
+    """Why the run's error budget is spent, or None while it is not."""
+    failed = sum(o.status == "failed" for o in outcomes)
+    quarantined = sum(o.status == "quarantined" for o in outcomes)
+    if failed > params.max_failed_files:
+        return f"{failed} file(s) failed, over max_failed_files {params.max_failed_files}"
+    if params.max_quarantined_files is not None and quarantined > params.max_quarantined_files:
+        return f"{quarantined} file(s) quarantined, over max_quarantined_files {params.max_quarantined_files}"
+    return None
+
+
 def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> ScoreResult:
     """The run's result, also written to `job.summary_uri` so the bucket keeps a record of every run."""
     counts = {status: sum(o.status == status for o in outcomes) for status in Status.__args__}
@@ -442,6 +522,7 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
         rows_rejected=sum(o.rows_rejected for o in outcomes),
         seconds=seconds,
         rows_per_s=rows / seconds if seconds > 0 else 0.0,
+        retries=sum(o.retries for o in outcomes),
         files=outcomes,
     )
     storage.write_json(job.summary_uri, result)

@@ -5,9 +5,16 @@ Contract:
   disk that is a temp file in the same folder plus `os.replace`; object stores make a PUT (or a
   completed multipart upload) visible at once.
 - `create_*` is a conditional create (exclusive on disk, `If-None-Match: *` on S3): it returns False
-  when the object already exists, which is what claims and registry versions are built on.
+  when the object already exists, which is what claims, registry versions, alias moves and watcher
+  cursors are built on. The first conditional create on a remote store checks once per process that
+  the store really refuses a second one (a store or an s3fs that drops the condition would turn every
+  claim into an overwrite), and fails with a clear error where it does not.
 - Errors from the provider become `StorageError` with a one-line message naming the URI and what
-  to check; the original exception stays as `__cause__`.
+  to check; the original exception stays as `__cause__`. Passing failures (throttling, 5xx, 409
+  conflicts of racing conditional writes, timeouts, reset connections) are told apart by exception
+  type and become `StorageUnavailable`; every single-request operation here retries them with
+  exponential backoff and full jitter before giving up. A stream (`open_read`) cannot be resumed
+  mid-way, so its passing failures reach the caller, who retries the whole unit of work.
 
 S3 needs no code path of its own: s3fs (through botocore) reads `AWS_ENDPOINT_URL` (or
 `AWS_ENDPOINT_URL_S3`), the keys and the region from the environment, so AWS, MinIO and a test
@@ -16,24 +23,62 @@ endpoint run the same code.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import errno
 import hashlib
 import json
 import os
+import random
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
+import aiohttp
+import botocore.exceptions as boto
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
 from modules.errors import ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
+# Failures that pass: the same request may well succeed a moment later.
+_PASSING_TYPES: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    FSTimeoutError,
+    boto.HTTPClientError,  # connection closed or reset, read and connect timeouts
+    boto.ConnectionError,  # endpoint unreachable
+    boto.IncompleteReadError,
+    boto.ResponseStreamingError,
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+)
+# S3 answers that mean "not now": throttling, server errors, and 409 when conditional writes race.
+_PASSING_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+}
+_PASSING_STATUS = {408, 429, 500, 502, 503, 504}
+RETRY_ATTEMPTS = 5
+RETRY_BASE_SECONDS = 0.5
+RETRY_CAP_SECONDS = 8.0
+T = TypeVar("T")
 # Local failures a person must fix (a file where a folder should be, a full or read-only disk): not outages.
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _LOCAL_FAILURES = _FULL | {errno.ENOTDIR, errno.EISDIR, errno.EROFS}
@@ -71,6 +116,42 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(uri)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it was raised from: s3fs raises OSError from botocore's ClientError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _client_error(exc: BaseException) -> boto.ClientError | None:
+    return next((e for e in _causes(exc) if isinstance(e, boto.ClientError)), None)
+
+
+def is_passing(exc: BaseException) -> bool:
+    """Whether the store failed in passing (throttled, 5xx, racing conditional write, timeout, reset)."""
+    for cause in _causes(exc):
+        if isinstance(cause, boto.ClientError):
+            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return cause.response.get("Error", {}).get("Code") in _PASSING_CODES or status in _PASSING_STATUS
+        if isinstance(cause, _PASSING_TYPES):
+            return True
+    return False
+
+
+def _already_exists(exc: BaseException) -> bool:
+    """A conditional create refused because the object exists (412 Precondition Failed)."""
+    if isinstance(exc, FileExistsError):
+        return True
+    error = _client_error(exc)
+    return error is not None and (
+        error.response.get("Error", {}).get("Code") == "PreconditionFailed"
+        or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412
+    )
+
+
 @contextlib.contextmanager
 def _translated(uri: str) -> Iterator[None]:
     """Turn provider errors into StorageError with a message a user can act on."""
@@ -78,40 +159,76 @@ def _translated(uri: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except FileNotFoundError as exc:
-        raise ObjectNotFound(f"not found: {uri} ({_reason(exc)})") from exc
-    except PermissionError as exc:
-        raise StorageError(
-            f"access denied to {uri} ({_reason(exc)}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-            "and the bucket policy, or the folder's permissions"
-        ) from exc
     except Exception as exc:
+        if is_passing(exc):
+            raise StorageUnavailable(f"cannot reach {uri} for now: {_reason(exc)}; check AWS_ENDPOINT_URL") from exc
+        if isinstance(exc, FileNotFoundError):
+            raise ObjectNotFound(f"not found: {uri} ({_reason(exc)})") from exc
+        if isinstance(exc, PermissionError):
+            raise StorageError(
+                f"access denied to {uri} ({_reason(exc)}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                "and the bucket policy, or the folder's permissions"
+            ) from exc
+        if isinstance(exc, boto.NoCredentialsError):
+            raise StorageError(f"cannot use {uri}: no credentials found; set AWS_ACCESS_KEY_ID and friends") from exc
         if isinstance(exc, OSError) and exc.errno in _LOCAL_FAILURES:
             hint = "; free some space or write elsewhere" if exc.errno in _FULL else ""
             raise StorageError(f"cannot use {uri}: {_reason(exc)}{hint}") from exc
-        name = type(exc).__name__
-        if name in {"EndpointConnectionError", "ConnectTimeoutError", "NoCredentialsError", "ClientConnectorError"}:
-            hint = "no credentials found" if name == "NoCredentialsError" else "endpoint unreachable"
-            raise StorageUnavailable(
-                f"cannot reach {uri}: {hint} ({exc}); check AWS_ENDPOINT_URL and credentials"
-            ) from exc
         raise
 
 
 def _reason(exc: BaseException) -> str:
-    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+    reason = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+    return reason or type(exc).__name__
+
+
+_retries: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("maas_storage_retries", default=None)
+
+
+@contextlib.contextmanager
+def counting_retries() -> Iterator[list[int]]:
+    """Count the passing failures retried in this context (this thread): `with counting_retries() as n: ...; n[0]`."""
+    counter = [0]
+    token = _retries.set(counter)
+    try:
+        yield counter
+    finally:
+        _retries.reset(token)
+
+
+def note_retry() -> None:
+    counter = _retries.get()
+    if counter is not None:
+        counter[0] += 1
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter (AWS's advice): concurrent clients do not retry in step."""
+    return random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt))
+
+
+def _with_retries(uri: str, operation: Callable[[int], T]) -> T:
+    """Run `operation(attempt)` translating errors, retrying passing failures with backoff."""
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            with _translated(uri):
+                return operation(attempt)
+        except StorageUnavailable:
+            if attempt + 1 == RETRY_ATTEMPTS:
+                raise
+            note_retry()
+            time.sleep(backoff_seconds(attempt))
+    raise AssertionError("unreachable")
 
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    with _translated(uri):
-        return fs.exists(path)
+    return _with_retries(uri, lambda _: fs.exists(path))
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    with _translated(uri):
-        return fs.cat_file(path)
+    return _with_retries(uri, lambda _: fs.cat_file(path))
 
 
 @contextlib.contextmanager
@@ -128,25 +245,63 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def create_bytes(uri: str, data: bytes) -> bool:
-    """Create the object only if it does not exist yet; False if it does (no change then)."""
+    """Create the object only if it does not exist yet; False if it does (no change then).
+
+    Callers put a unique token (owner, nonce) in `data`: when a create is retried after an answer
+    that never came, finding exactly these bytes means the earlier attempt landed, and it counts.
+    """
+    fs, _ = filesystem(uri)
+    if not isinstance(fs, LocalFileSystem):
+        _check_conditional_create(fs, uri)
     return _write(uri, data, exclusive=True)
 
 
 def _write(uri: str, data: bytes, *, exclusive: bool) -> bool:
     fs, path = filesystem(uri)
-    with _translated(uri):
-        if isinstance(fs, LocalFileSystem):
+    if isinstance(fs, LocalFileSystem):
+        with _translated(uri):
             return _write_local(path, lambda tmp: tmp.write(data), exclusive=exclusive)
+
+    def put(attempt: int) -> bool:
         try:
             fs.pipe_file(path, data, mode="create" if exclusive else "overwrite")
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exclusive and "PreconditionFailed" in repr(exc.__cause__):
-                return False
-            raise
-        fs.invalidate_cache(path)
+        except Exception as exc:
+            if not (exclusive and _already_exists(exc)):
+                raise
+            # s3fs and this loop both retry: an earlier attempt of ours may be what exists now.
+            return fs.cat_file(path) == data
+        finally:
+            fs.invalidate_cache(path)
         return True
+
+    return _with_retries(uri, put)
+
+
+_checked_stores: set[tuple[str, str]] = set()
+_check_lock = threading.Lock()
+
+
+def _check_conditional_create(fs: fsspec.AbstractFileSystem, uri: str) -> None:
+    """Refuse a store that accepts a second conditional create of one key, once per bucket and process."""
+    _, path = filesystem(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    store = (protocol, path.strip("/").split("/", 1)[0])
+    with _check_lock:
+        if store in _checked_stores:
+            return
+        probe = uri.rsplit("/", 1)[0] + f"/{_TMP_PREFIX}probe-{secrets.token_hex(8)}"
+        try:
+            first = _write(probe, b"first", exclusive=True)
+            second = _write(probe, b"second", exclusive=True)
+        finally:
+            delete(probe)
+        if not first or second:
+            raise StorageError(
+                f"{protocol}://{store[1]} does not refuse a second conditional create (If-None-Match: *): maas "
+                "needs that for exactly-once scoring, registry versions and aliases; use AWS S3, MinIO or another "
+                "store that enforces conditional writes, with s3fs>=2025.7"
+            )
+        _checked_stores.add(store)
 
 
 def _write_local(path: str, fill, *, exclusive: bool) -> bool:
@@ -175,24 +330,32 @@ def _write_local(path: str, fill, *, exclusive: bool) -> bool:
 def delete(uri: str) -> None:
     """Remove an object; a missing one is fine (the goal is that it is gone)."""
     fs, path = filesystem(uri)
-    with _translated(uri):
+
+    def remove(_: int) -> None:
         try:
             fs.rm_file(path)
         except FileNotFoundError:
             pass
         fs.invalidate_cache(path)
 
+    _with_retries(uri, remove)
+
 
 def upload(local_path: str | os.PathLike[str], uri: str) -> None:
     """Copy a local file to `uri` atomically (multipart uploads appear only when complete)."""
     fs, path = filesystem(uri)
-    with _translated(uri):
-        if isinstance(fs, LocalFileSystem):
-            with open(local_path, "rb") as source:
-                _write_local(path, lambda tmp: shutil.copyfileobj(source, tmp, 1 << 20), exclusive=False)
-            return
-        fs.put_file(os.fspath(local_path), path)
-        fs.invalidate_cache(path)
+    if isinstance(fs, LocalFileSystem):
+        with _translated(uri), open(local_path, "rb") as source:
+            _write_local(path, lambda tmp: shutil.copyfileobj(source, tmp, 1 << 20), exclusive=False)
+        return
+
+    def put(_: int) -> None:
+        try:
+            fs.put_file(os.fspath(local_path), path)
+        finally:
+            fs.invalidate_cache(path)
+
+    _with_retries(uri, put)
 
 
 def read_json(uri: str) -> Any:
@@ -220,9 +383,12 @@ def read_model(uri: str, model: type[M]) -> M:
 
 def info(uri: str) -> ObjectInfo:
     fs, path = filesystem(uri)
-    with _translated(uri):
+
+    def look(_: int) -> ObjectInfo:
         fs.invalidate_cache(path)
         return _object_info(fs, path, fs.info(path))
+
+    return _with_retries(uri, look)
 
 
 def list_objects(prefix: str) -> list[ObjectInfo]:
@@ -231,14 +397,17 @@ def list_objects(prefix: str) -> list[ObjectInfo]:
     A missing prefix lists as empty: an empty `incoming/` is normal, not an error.
     """
     fs, path = filesystem(prefix)
-    with _translated(prefix):
+
+    def find(_: int) -> dict[str, dict[str, Any]]:
         fs.invalidate_cache(path)
         # One listing in the common case (a prefix): this runs for every file scored, to read its claims.
         found = fs.find(path, detail=True)
         if not found and fs.isfile(path):
             found = {path: fs.info(path)}
         # fsspec's generic find returns a file path given alone with empty details.
-        found = {name: details or fs.info(name) for name, details in found.items()}
+        return {name: details or fs.info(name) for name, details in found.items()}
+
+    found = _with_retries(prefix, find)
     objects = [
         _object_info(fs, name, details)
         for name, details in found.items()
@@ -254,8 +423,12 @@ def _object_info(fs: fsspec.AbstractFileSystem, path: str, details: dict[str, An
     etag = details.get("ETag") or details.get("etag")
     if etag:
         etag = str(etag).strip('"')
+    elif isinstance(fs, LocalFileSystem):
+        # No etag on a disk. The kernel sets ctime on every write and nobody can set it back, so a
+        # same-size rewrite that keeps the mtime (`cp -p`, `rsync -t`) is still a new version.
+        stat = os.stat(path)
+        etag = f"{stat.st_mtime_ns:x}-{stat.st_ctime_ns:x}-{stat.st_size:x}"
     else:
-        # No etag on a plain filesystem: size and modification time identify a version, as make does.
         etag = f"{int((mtime or 0) * 1e9):x}-{int(details.get('size') or 0):x}"
     return ObjectInfo(uri=fs.unstrip_protocol(path), size=int(details.get("size") or 0), etag=etag, mtime=mtime)
 
