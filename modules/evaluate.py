@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Literal
 
@@ -117,29 +118,12 @@ def evaluate(params: EvaluateParams) -> EvaluateResult:
     task: Task = "regression" if card.task == "regression" else "classification"
 
     labels, incomplete = _read_labels(labels_uri, params.on, params.target or card.target, task)
-    matched = np.zeros(len(labels), dtype=bool)
-    truth: dict[date, list[np.ndarray]] = defaultdict(list)
-    predicted: dict[date, list[np.ndarray]] = defaultdict(list)
-    unlabeled: dict[date, int] = defaultdict(int)
-    files: dict[date, list[str]] = defaultdict(list)
     manifests = _manifests(predictions_uri, model_ref)
-    for manifest in manifests:
-        day = manifest.started_at.astimezone(timezone.utc).date()
-        files[day].append(manifest.output_uri)
-        for batch in _prediction_batches(manifest.output_uri, params.on):
-            found = labels.index.get_indexer(_text(batch[params.on]))
-            hit = found >= 0
-            matched[found[hit]] = True
-            unlabeled[day] += int((~hit).sum())
-            truth[day].append(labels.to_numpy()[found[hit]])
-            values = batch[PREDICTION].to_numpy()[hit]
-            predicted[day].append(values.astype(float) if task == "regression" else _text(pd.Series(values)).to_numpy())
-
+    days, matched = _join(manifests, labels, params.on, task)
     evaluated_at = datetime.now(timezone.utc)
     written = []
-    for day in sorted(files):
-        day_truth, day_predicted = _concat(truth[day]), _concat(predicted[day])
-        if not len(day_truth):
+    for day, joined in sorted(days.items()):
+        if not joined.rows:  # no label yet: an earlier record of that day, if any, stays
             continue
         record = MetricsRecord(
             model_ref=model_ref,
@@ -147,22 +131,24 @@ def evaluate(params: EvaluateParams) -> EvaluateResult:
             version=version,
             day=day,
             task=task,
-            rows=len(day_truth),
-            unlabeled_predictions=unlabeled[day],
-            metrics=_metrics(task, day_truth, day_predicted),
-            prediction_files=files[day],
+            rows=joined.rows,
+            unlabeled_predictions=joined.unlabeled,
+            metrics=_metrics(task, *joined.pairs()),
+            prediction_files=joined.files,
             labels_uri=labels_uri,
             evaluated_at=evaluated_at,
         )
         written.append(storage.join(output_uri, "metrics", str(version), f"{day.isoformat()}.json"))
         storage.write_json(written[-1], record)
 
-    all_truth = _concat([a for day in truth.values() for a in day])
-    all_predicted = _concat([a for day in predicted.values() for a in day])
     records = history(settings.bucket, name, output_uri)
     plot_uri = storage.join(output_uri, "metrics.png") if records else None
     if plot_uri:
         storage.write_bytes(plot_uri, metrics_png(records))
+    everything = _Joined()
+    for joined in days.values():
+        everything.add(joined)
+    all_truth, all_predicted = everything.pairs()
     classes = _text(pd.Series(card.classes or [])).to_numpy()
     result = EvaluateResult(
         model_ref=model_ref,
@@ -173,11 +159,11 @@ def evaluate(params: EvaluateParams) -> EvaluateResult:
         prediction_files=len(manifests),
         label_rows=len(labels),
         labels_incomplete=incomplete,
-        rows=len(all_truth),
+        rows=everything.rows,
         unmatched_labels=int((~matched).sum()),
-        unlabeled_predictions=sum(unlabeled.values()),
+        unlabeled_predictions=everything.unlabeled,
         unknown_labels=0 if task == "regression" else int((~np.isin(all_truth, classes)).sum()),
-        metrics=_metrics(task, all_truth, all_predicted) if len(all_truth) else {},
+        metrics=_metrics(task, all_truth, all_predicted) if everything.rows else {},
         records=written,
         plot_uri=plot_uri,
         manifest_uri=storage.join(output_uri, "evaluations", f"{version}.json"),
@@ -197,11 +183,15 @@ def history(bucket: str | None, name: str, output_uri: str | None = None) -> lis
 
 def metrics_png(records: list[MetricsRecord]) -> bytes:
     """One panel per metric with a line per version (x: day), and the joined rows per day as bars."""
+    if not records:
+        raise ValueError("no metrics records to plot")
     names = list(dict.fromkeys(m for r in records for m in r.metrics))
     plt, figure, axes = plots._figure(len(names) + 1)
+    from matplotlib import dates  # after plots._figure has chosen the Agg backend
+
     axes = np.atleast_1d(axes)
     versions = sorted({r.version for r in records})
-    width = 0.8 / max(1, len(versions))
+    width = 0.8 / len(versions)
     for i, version in enumerate(versions):
         mine = [r for r in records if r.version == version]
         days = [pd.Timestamp(r.day) for r in mine]
@@ -210,11 +200,60 @@ def metrics_png(records: list[MetricsRecord]) -> bytes:
             axis.plot(days, values, marker="o", label=f"v{version}")
         offset = pd.Timedelta(days=(i - (len(versions) - 1) / 2) * width)
         axes[-1].bar([d + offset for d in days], [r.rows for r in mine], width=width, label=f"v{version}")
+    first, last = pd.Timestamp(min(r.day for r in records)), pd.Timestamp(max(r.day for r in records))
+    every = max(1, ((last - first).days + 6) // 7)  # at most about 8 ticks, on whole days
     for axis, metric in zip(axes, [*names, "labelled predictions"]):
-        axis.set(title=metric, xlabel="day (UTC)")
+        axis.set(title=metric, xlabel="day (UTC)", xlim=(first - pd.Timedelta(days=1), last + pd.Timedelta(days=1)))
+        axis.xaxis.set_major_locator(dates.DayLocator(interval=every))
+        axis.xaxis.set_major_formatter(dates.DateFormatter("%Y-%m-%d"))
         axis.tick_params(axis="x", labelrotation=30)
     axes[0].legend(loc="best")
     return plots._png(plt, figure)
+
+
+@dataclass
+class _Joined:
+    """Predictions of one day (or of all) with their labels, and how many had none."""
+
+    truth: list[np.ndarray] = field(default_factory=list)
+    predicted: list[np.ndarray] = field(default_factory=list)
+    unlabeled: int = 0
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(t) for t in self.truth)
+
+    def add(self, other: _Joined) -> None:
+        self.truth += other.truth
+        self.predicted += other.predicted
+        self.unlabeled += other.unlabeled
+        self.files += other.files
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        return _concat(self.truth), _concat(self.predicted)
+
+
+def _join(
+    manifests: list[FileManifest], labels: pd.Series, on: str, task: Task
+) -> tuple[dict[date, _Joined], np.ndarray]:
+    """Stream each predictions file and keep only the joined (truth, prediction) pairs, by day of scoring:
+    memory grows with the labels, not with the predictions. Also returns which labels found a prediction."""
+    days: dict[date, _Joined] = defaultdict(_Joined)
+    matched = np.zeros(len(labels), dtype=bool)
+    truth = labels.to_numpy()
+    for manifest in manifests:
+        day = days[manifest.started_at.astimezone(timezone.utc).date()]
+        day.files.append(manifest.output_uri)
+        for batch in _prediction_batches(manifest.output_uri, on):
+            found = labels.index.get_indexer(_text(batch[on]))
+            hit = found >= 0
+            matched[found[hit]] = True
+            day.unlabeled += int((~hit).sum())
+            day.truth.append(truth[found[hit]])
+            values = batch[PREDICTION].to_numpy()[hit]
+            day.predicted.append(values.astype(float) if task == "regression" else _text(pd.Series(values)).to_numpy())
+    return days, matched
 
 
 def _read_labels(uri: str, on: str, target: str, task: Task) -> tuple[pd.Series, int]:

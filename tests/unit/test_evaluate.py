@@ -121,6 +121,8 @@ def test_predictions_of_another_version_are_not_mixed_in(local_bucket: str, regi
     assert (second.model_ref, second.rows, second.unmatched_labels, second.prediction_files) == ("toy/2", 25, 15, 1)
     assert [(r.version, r.rows) for r in history(local_bucket, "toy")] == [(1, 15), (2, 25)]
 
+    manifest = storage.join(local_bucket, "predictions", "a.csv.manifest.json")
+    assert evaluate(EvaluateParams(model="toy/1", bucket=local_bucket, predictions_uri=manifest)).rows == 15
     one_file = storage.join(local_bucket, "predictions", "b.csv.predictions.parquet")
     assert evaluate(EvaluateParams(model="toy/2", bucket=local_bucket, predictions_uri=one_file)).rows == 25
     assert evaluate(EvaluateParams(model="toy/1", bucket=local_bucket, predictions_uri=one_file)).rows == 0
@@ -139,7 +141,8 @@ def test_regression_metrics_match_sklearn(s3_bucket: str, regression_manifest: s
     formats.write_frame(frame.drop(columns=["price"]), storage.join(s3_bucket, "incoming", "new.csv"))
     _score(s3_bucket, "price@latest", storage.join(s3_bucket, "incoming"))
     labels = frame[["id", "price"]].iloc[:40].astype({"id": float})  # 17.0 still matches 17
-    formats.write_frame(labels, storage.join(s3_bucket, "truth", "prices.jsonl"))
+    no_target = pd.DataFrame({"id": [45.0], "price": [np.nan]})  # not a label: id 45 stays unlabelled
+    formats.write_frame(pd.concat([labels, no_target]), storage.join(s3_bucket, "truth", "prices.jsonl"))
 
     result = evaluate(
         EvaluateParams(model="price@latest", bucket=s3_bucket, labels_uri=storage.join(s3_bucket, "truth"))
@@ -147,7 +150,7 @@ def test_regression_metrics_match_sklearn(s3_bucket: str, regression_manifest: s
 
     joined = _expected(s3_bucket, "new.csv.predictions.parquet", frame[["id", "price"]].iloc[:40])
     assert (result.task, result.rows, result.unlabeled_predictions) == ("regression", 40, 10)
-    assert result.unmatched_labels == 0
+    assert (result.unmatched_labels, result.label_rows, result.labels_incomplete) == (0, 40, 1)
     assert result.metrics == pytest.approx(
         {
             "rmse": metrics.root_mean_squared_error(joined.price, joined.prediction),
@@ -157,6 +160,10 @@ def test_regression_metrics_match_sklearn(s3_bucket: str, regression_manifest: s
     )
     [record] = history(s3_bucket, "price")
     assert record.metrics == result.metrics and record.task == "regression"
+
+    storage.write_bytes(storage.join(s3_bucket, "truth", "typo.csv"), b"id,price\n900,12.5\n901,twelve\n")
+    with pytest.raises(InputError, match=r"typo\.csv: column 'price' holds 'twelve', not a number"):
+        evaluate(EvaluateParams(model="price/1", bucket=s3_bucket, labels_uri=storage.join(s3_bucket, "truth")))
 
 
 @pytest.mark.parametrize(
@@ -173,6 +180,7 @@ def test_bad_labels_are_a_one_line_input_error(local_bucket: str, registered, la
     with pytest.raises(InputError, match=message) as caught:
         evaluate(EvaluateParams(model="toy/1", bucket=local_bucket))
     assert "\n" not in str(caught.value)
+    assert history(local_bucket, "toy") == []
 
 
 def test_predictions_without_the_id_column_name_the_file(local_bucket: str, registered) -> None:
