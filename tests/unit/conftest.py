@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from modules import formats, storage
@@ -12,14 +13,17 @@ from modules.train import TrainParams, run_training
 from tests.conftest import synthetic_classification
 
 
-def train_and_compress(bucket: str, run: str, **compress: object) -> str:
-    """Run preprocess, train and compress on the synthetic data; return the compress manifest URI."""
+def train_and_compress(
+    bucket: str, run: str, data: pd.DataFrame | None = None, target: str = "label", **compress: object
+) -> str:
+    """Run preprocess, train and compress on the synthetic data (or `data`, with an `id` column, predicting
+    `target`); return the compress manifest URI."""
     raw = storage.join(bucket, "raw", "data.csv")
     if not storage.exists(raw):
-        formats.write_frame(synthetic_classification(400), raw)
+        formats.write_frame(synthetic_classification(400) if data is None else data, raw)
     prep = run_preprocess(
         PreprocessParams(
-            data_uri=raw, target="label", exclude=["id"], output_uri=storage.join(bucket, "runs", run, "preprocess")
+            data_uri=raw, target=target, exclude=["id"], output_uri=storage.join(bucket, "runs", run, "preprocess")
         )
     )
     trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4))
