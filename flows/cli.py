@@ -390,8 +390,7 @@ def bridge_sqs(
         watched, deliver = _relay(prefix, bucket)
         relay = SqsBridge(queue_url, watched, deliver)
         typer.echo(f"relaying {queue_url} for {watched}", err=True)
-        while True:
-            relay.poll_once()
+        relay.run(lambda message: typer.echo(f"warning: {message}", err=True))
 
     _run(action, False, lambda r: None, runs_flows=False)
 

@@ -5,7 +5,9 @@ events). A message is acknowledged only after `deliver` returned, so a crash red
 than losing it; the events' ids derive from (URI, etag), and scoring is exactly-once anyway.
 
 - SQS: long-polls the queue with boto3, which reads `AWS_ENDPOINT_URL`, keys and region from the
-  environment like the rest of maas. A message that is not a notification is left on the queue,
+  environment like the rest of maas. `run` outlives passing failures (throttling, 5xx, the endpoint
+  or the Prefect server away) with backoff, like `maas watch`; a refusal (no such queue, access
+  denied) stops it with the error. A message that is not a notification is left on the queue,
   so the queue's redrive policy moves it to a dead-letter queue instead of it being dropped silently.
 - Webhook: a small HTTP receiver (stdlib, threaded) for MinIO's `notify_webhook` target and other
   S3-compatible stores. With a token it requires `Authorization: Bearer <token>` (MinIO's
@@ -15,12 +17,17 @@ than losing it; the events' ids derive from (URI, etag), and scoring is exactly-
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import botocore.exceptions
+
+from modules import storage
 from modules.errors import InputError
 from modules.watch import ObjectEvent, from_s3_notification
 
@@ -38,6 +45,26 @@ class SqsBridge:
         self.deliver = deliver
         self.wait_seconds = wait_seconds
         self.client = boto3.client("sqs")
+
+    def run(self, warn: Callable[[str], None]) -> None:
+        """Poll until stopped; passing failures are reported through `warn` and retried with backoff."""
+        failures = itertools.count()
+        while True:
+            try:
+                self.poll_once()
+                failures = itertools.count()
+            except botocore.exceptions.ClientError as exc:
+                if not storage.is_passing(exc):
+                    raise
+                self._pause(warn, exc, next(failures))
+            except Exception as exc:  # noqa: BLE001 (connection errors of botocore, or the Prefect server away)
+                self._pause(warn, exc, next(failures))
+
+    @staticmethod
+    def _pause(warn: Callable[[str], None], exc: Exception, failure: int) -> None:
+        wait = storage.backoff_seconds(min(failure, 6))
+        warn(f"will try again in {wait:.1f} s: {type(exc).__name__}: {exc}")
+        time.sleep(wait)
 
     def poll_once(self) -> int:
         """Receive up to 10 messages, deliver their events, delete them; the number of events delivered."""

@@ -19,16 +19,21 @@ The unit of work is (object URI, its etag, model version), named by `unit_key`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
 from modules import storage
-from modules.errors import LeaseLost, ObjectNotFound, StorageError
+from modules.errors import LeaseLost, ObjectNotFound, StorageError, StorageUnavailable
+
+T = TypeVar("T")
 
 # A holder stops publishing this long before its lease runs out: a taker's clock may run a little ahead.
 SAFETY_SECONDS = 2.0
@@ -127,6 +132,23 @@ class Claims:
         renewed = lease.model_copy(update={"expires_at": _now() + self.lease})
         storage.write_json(lease.uri, renewed)
         return renewed
+
+    def persist(self, lease: Lease, step: Callable[[], T]) -> T:
+        """Run `step`, retrying passing storage failures for as long as the lease holds.
+
+        Once an output is published, the records that say so must follow: giving up after a few
+        tries would leave the unit unfinished and the next attempt would score the file again.
+        """
+        for attempt in itertools.count():
+            try:
+                return step()
+            except StorageUnavailable:
+                wait = storage.backoff_seconds(attempt)
+                if lease.expires_at - self.safety - timedelta(seconds=wait) <= _now():
+                    raise
+                storage.note_retry()
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def complete(
         self, lease: Lease, status: Literal["scored", "quarantined"], record_uri: str, output_uri: str | None,

@@ -390,7 +390,7 @@ def _score(
     claims.check(lease)  # fenced: a run that stalled past its lease publishes nothing
     storage.upload(scratch / f"output.{fmt}", where.output)
     if rows_rejected:
-        storage.upload(rejected_path, where.rejected)
+        claims.persist(lease, lambda: storage.upload(rejected_path, where.rejected))
     manifest = FileManifest(
         input_uri=obj.uri,
         input_etag=obj.etag,
@@ -410,8 +410,8 @@ def _score(
         started_at=started_at,
         seconds=time.perf_counter() - started,
     )
-    storage.write_json(where.manifest, manifest)
-    claims.complete(lease, "scored", where.manifest, where.output, replace=job.params.rescore)
+    claims.persist(lease, lambda: storage.write_json(where.manifest, manifest))
+    claims.persist(lease, lambda: claims.complete(lease, "scored", where.manifest, where.output, job.params.rescore))
     return FileOutcome(
         input_uri=obj.uri,
         status="scored",
@@ -464,8 +464,8 @@ def _quarantine(
         "rejected_rows_uri": rejected_rows[1] if rejected_rows is not None else None,
         "quarantined_at": datetime.now(timezone.utc).isoformat(),
     }
-    storage.write_json(report_uri, report)
-    claims.complete(lease, "quarantined", report_uri, None, replace=job.params.rescore)
+    claims.persist(lease, lambda: storage.write_json(report_uri, report))
+    claims.persist(lease, lambda: claims.complete(lease, "quarantined", report_uri, None, job.params.rescore))
     return FileOutcome(
         input_uri=obj.uri,
         status="quarantined",

@@ -1,0 +1,166 @@
+"""Exactly-once against what S3 really does: throttling, 5xx, timeouts, resets and 409 conflicts; a lease
+holder that stalls past its lease; registrations and a promotion racing; a store that ignores
+conditional writes. Every process talks to the moto endpoint through `FaultyS3`, which counts what the
+server received, so "scored once" is a count of output PUTs, not a guess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from modules import formats, registry, storage
+from modules.registry import AliasMove, RegisterParams, register
+from modules.score import ScoreParams
+from tests.conftest import synthetic_classification
+from tests.reliability.faulty_s3 import FaultyS3
+from tests.reliability.tally import account, record
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "integration" / "score_worker.py"
+
+
+def _params(bucket: str, root: str, **overrides: object) -> ScoreParams:
+    where = {part: storage.join(root, part) for part in ("incoming", "predictions", "quarantine", "state")}
+    return ScoreParams(model="m@production", bucket=bucket, input_uri=where["incoming"],
+                       output_uri=where["predictions"], quarantine_uri=where["quarantine"],
+                       state_uri=where["state"], **overrides)  # fmt: skip
+
+
+def _drop(root: str, count: int, rows: int) -> list[str]:
+    keys = []
+    for i in range(count):
+        data = formats.frame_to_bytes(synthetic_classification(rows, seed=i).drop(columns=["label"]), "csv")
+        storage.write_bytes(storage.join(root, "incoming", f"f{i:03d}.csv"), data)
+        keys.append(f"f{i:03d}.csv")
+    return keys
+
+
+def _env(endpoint: str) -> dict[str, str]:
+    env = os.environ | {"AWS_ENDPOINT_URL": endpoint, "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _worker(params: ScoreParams, endpoint: str, pause: float = 0.0) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(WORKER), params.model_dump_json(), str(pause)], env=_env(endpoint),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _outcomes(worker: subprocess.Popen[str], timeout: float = 600) -> list[dict]:
+    out, err = worker.communicate(timeout=timeout)
+    assert worker.returncode == 0, err[-3000:]
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def _wait_for(condition, what: str, seconds: float = 120):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)
+    return found
+
+
+def test_two_runs_through_throttling_errors_and_conflicts_score_each_file_once(
+    model_bucket: str, s3_endpoint: str
+) -> None:
+    root = storage.join(model_bucket, "faulty")
+    keys = _drop(root, 50, 100)
+    params = _params(model_bucket, root, lease_seconds=300)
+    rates = {"slowdown": 0.08, "internal": 0.04, "timeout": 0.02, "reset": 0.03}
+    with FaultyS3(_port(s3_endpoint), seed=7, rates=rates, conflict_rate=0.3, timeout_seconds=1.0) as s3:
+        runs = [_worker(params, s3.url) for _ in range(2)]
+        outcomes = [o for run in runs for o in _outcomes(run)]
+        prefix = f"/{model_bucket.removeprefix('s3://')}/faulty/predictions/"
+        written = {key: s3.objects_written(f"{prefix}{key}.predictions.parquet") for key in keys}
+        injected = dict(s3.injected)
+    scored = sorted(o["input_uri"].rsplit("/", 1)[-1] for o in outcomes if o["status"] == "scored")
+    assert scored == keys  # each file scored by exactly one of the two runs
+    assert {o["status"] for o in outcomes} <= {"scored", "claimed", "skipped"}, outcomes
+    assert written == dict.fromkeys(keys, 1)  # the server received one output PUT per object
+    assert account(root, len(keys)) == (len(keys), 0)  # nothing quarantined
+    retries = sum(o["retries"] for o in outcomes)
+    assert injected.get("conflict", 0) > 0 and retries > 0, (injected, retries)
+    record(faults=1, survived=1)
+    print(f"faults injected {injected}; {retries} retries reported by the runs; 50 files, 50 output PUTs")
+
+
+def test_a_lease_holder_paused_past_its_lease_cannot_publish(model_bucket: str, s3_endpoint: str) -> None:
+    root = storage.join(model_bucket, "paused")
+    (key,) = _drop(root, 1, 4000)
+    with FaultyS3(_port(s3_endpoint)) as s3:
+        victim = _worker(_params(model_bucket, root, batch_rows=100, lease_seconds=4), s3.url, pause=0.25)
+        claims = storage.join(root, "state", "claims")
+        lease_uri = _wait_for(lambda: [o.uri for o in storage.list_objects(claims)], "the first claim")[0]
+        victim.send_signal(signal.SIGSTOP)
+        try:
+            expired = lambda: (
+                datetime.fromisoformat(storage.read_json(lease_uri)["expires_at"])
+                < datetime.now(  # noqa: E731
+                    timezone.utc
+                )
+            )
+            _wait_for(expired, "the paused holder's lease to run out")
+            taker = _outcomes(_worker(_params(model_bucket, root, lease_seconds=300), s3.url))
+        finally:
+            victim.send_signal(signal.SIGCONT)
+        stalled = _outcomes(victim)
+        prefix = f"/{model_bucket.removeprefix('s3://')}/paused/predictions/{key}"
+        output_puts = s3.objects_written(f"{prefix}.predictions.parquet")
+        manifest_puts = s3.objects_written(f"{prefix}.manifest.json")
+    assert [o["status"] for o in taker] == ["scored"]
+    assert [o["status"] for o in stalled] == ["claimed"] and "lease" in stalled[0]["error"], stalled
+    assert (output_puts, manifest_puts) == (1, 1)
+    manifest = storage.read_json(storage.join(root, "predictions", f"{key}.manifest.json"))
+    assert manifest["attempt"] == 2 and manifest["rows_out"] == 4000
+    record(faults=1, survived=1)
+
+
+_REGISTER = "from modules.registry import RegisterParams, register; register(RegisterParams(compress_manifest={m!r}, bucket={b!r}, name='race'))"  # noqa: E501
+_PROMOTE = "from modules.registry import promote; promote({b!r}, 'race@latest')"
+_AT_ONCE = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.01)\n"
+
+
+def test_registrations_and_a_promotion_racing_never_move_production_back(model_bucket: str, tmp_path: Path) -> None:
+    manifest = next(o.uri for o in storage.list_objects(storage.join(model_bucket, "runs"))
+                    if o.uri.endswith("/compress/manifest.json"))  # fmt: skip
+    first = register(RegisterParams(compress_manifest=manifest, bucket=model_bucket, name="race"))
+    registry.promote(model_bucket, f"race/{first.version}")
+    go = tmp_path / "go"
+    scripts = [_REGISTER.format(m=manifest, b=model_bucket)] * 3 + [_PROMOTE.format(b=model_bucket)] * 2
+    racers = [subprocess.Popen([sys.executable, "-c", _AT_ONCE + script, str(go)], env=_env(os.environ["AWS_ENDPOINT_URL"]),
+                               stderr=subprocess.PIPE, text=True) for script in scripts]  # fmt: skip
+    go.touch()
+    for racer in racers:
+        _, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err[-3000:]
+    assert registry.versions(model_bucket, "race") == [1, 2, 3, 4]
+    assert all(storage.exists(registry.card_uri(model_bucket, "race", v)) for v in (1, 2, 3, 4))
+    log = [storage.read_model(o.uri, AliasMove)
+           for o in storage.list_objects(registry.model_uri(model_bucket, "race", "aliases", "production"))]  # fmt: skip
+    assert [m.generation for m in log] == list(range(1, len(log) + 1))
+    assert [m.version for m in log] == sorted(m.version for m in log), [(m.version, m.reason) for m in log]
+    assert all(m.previous == before.version for before, m in zip(log, log[1:]))
+    assert registry.resolve(model_bucket, "race@latest")[1] == 4
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(s3_bucket: str, s3_endpoint: str) -> None:
+    with FaultyS3(_port(s3_endpoint), strip_if_none_match=True) as careless:
+        script = f"from modules import storage; storage.create_json({s3_bucket + '/state/claims/x.json'!r}, {{}})"
+        run = subprocess.run([sys.executable, "-c", script], env=_env(careless.url), capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "does not refuse a second conditional create (If-None-Match: *)" in run.stderr.strip().splitlines()[-1]
+    assert not storage.exists(storage.join(s3_bucket, "state", "claims", "x.json"))
+    record(security=1)
