@@ -163,6 +163,8 @@ class DriftCounts(BaseModel):
 
 
 class FeatureDrift(BaseModel):
+    """One column against training: the distance, the data-quality rates, and in `status` why it drifted."""
+
     name: str
     method: str
     score: float | None = Field(description="Distance to training; None when no value is present.")
@@ -177,6 +179,8 @@ class FeatureDrift(BaseModel):
 
 
 class DriftReport(BaseModel):
+    """One file's verdict; `counts` travel with it so that a run can merge its files (`summarize_run`)."""
+
     rows: int
     judged: bool = Field(description="The file had at least min_rows rows.")
     drifted: bool = Field(description="Some feature or the predictions drifted.")
@@ -237,7 +241,7 @@ def _numeric_baseline(name: str, column: pd.Series, bins: int) -> NumericBaselin
         std=float(finite.std()),
     )
     counts = _count_numeric(values, _thresholds(base))
-    base.shares, base.missing_rate = _shares(binned(base, counts)), counts[0] / max(len(column), 1)
+    base.shares, base.missing_rate = _shares(binned(base, counts)), float(counts[0]) / max(len(column), 1)
     return base
 
 
@@ -248,7 +252,7 @@ def _categorical_baseline(name: str, column: pd.Series, categories: list[str]) -
         kind=_kind(column, False),
         categories=categories,
         shares=_shares(counts[1:]),
-        missing_rate=counts[0] / max(len(column), 1),
+        missing_rate=float(counts[0]) / max(len(column), 1),
     )
 
 
