@@ -105,9 +105,7 @@ class DriftSettings(BaseModel):
     )
 
     def threshold(self, method: str) -> float:
-        return {"jensenshannon": self.jensenshannon_threshold, "psi": self.psi_threshold, "linf": self.linf_threshold}[
-            method
-        ]
+        return getattr(self, f"{method}_threshold")
 
 
 class TypeChange(BaseModel):
@@ -387,25 +385,28 @@ def _feature_drift(
     present = int(current.sum())
     score = _DISTANCES[method](np.array(base.shares), current / present) if present else None
     missing_rate = found[0] / rows if rows else 0.0
-    if numeric:
-        out_of_range, unseen = (found[1] + found[-1]) / present if present and base.min is not None else 0.0, None
+    out_of_range = unseen = None
+    if numeric:  # below min plus above max; no range when training had no values
+        out_of_range = (found[1] + found[-1]) / present if present and len(found) > 2 else 0.0
     else:
-        out_of_range, unseen = None, found[-1] / present if present else 0.0
+        unseen = found[-1] / present if present else 0.0
     reasons = []
+    if score is not None and score > threshold:
+        reasons.append(f"{method} {score:.3f} > {threshold}")
+    if missing_rate - base.missing_rate > settings.missing_increase:
+        reasons.append(f"missing rate {missing_rate:.1%} (training {base.missing_rate:.1%})")
+    if out_of_range is not None and out_of_range > settings.out_of_range_share:
+        reasons.append(f"{out_of_range:.1%} outside the training range")
+    if unseen is not None and unseen - base.shares[-1] > settings.unseen_share:
+        reasons.append(f"{unseen:.1%} outside the vocabulary (training {base.shares[-1]:.1%})")
+    judged = rows >= settings.min_rows
     if base.name in absent:
-        reasons.append("missing column")
-    elif rows < settings.min_rows:
-        reasons.append(f"not judged: {rows} rows < min_rows {settings.min_rows}")
+        status = "missing column"
+    elif not judged:
+        status = f"not judged: {rows} rows < min_rows {settings.min_rows}"
     else:
-        if score is not None and score > threshold:
-            reasons.append(f"{method} {score:.3f} > {threshold}")
-        if missing_rate - base.missing_rate > settings.missing_increase:
-            reasons.append(f"missing rate {missing_rate:.1%} (training {base.missing_rate:.1%})")
-        if out_of_range is not None and out_of_range > settings.out_of_range_share:
-            reasons.append(f"{out_of_range:.1%} outside the training range")
-        if unseen is not None and unseen - base.shares[-1] > settings.unseen_share:
-            reasons.append(f"{unseen:.1%} outside the vocabulary (training {base.shares[-1]:.1%})")
-    drifted = bool(reasons) and not reasons[0].startswith("not judged")
+        status = "; ".join(reasons) or "ok"
+    drifted = base.name in absent or (judged and bool(reasons))
     return FeatureDrift(
         name=base.name,
         method=method,
@@ -417,7 +418,7 @@ def _feature_drift(
         out_of_range_share=out_of_range,
         unseen_share=unseen,
         unseen_categories=examples,
-        status="; ".join(reasons) or "ok",
+        status=status,
     )
 
 
