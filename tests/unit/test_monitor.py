@@ -24,17 +24,17 @@ from modules.plots import drift_png
 from modules.preprocess import FeatureSpec, PreprocessParams, fit_spec, run_preprocess
 from tests.conftest import synthetic_classification, synthetic_regression
 
-CLASSES = FeatureSpec(target="label", task="classification", classes=["a", "b", "c"])
+CLASSES = ["a", "b", "c"]  # synthetic_classification's labels
 METHODS = [
     DriftSettings(),
     DriftSettings(numeric_method="psi", categorical_method="linf"),
 ]
 
 
-def _predictions(spec: FeatureSpec, labels: pd.Series) -> pd.DataFrame:
+def _predictions(classes: list, labels: pd.Series) -> pd.DataFrame:
     """A prediction frame laid out as `Engine.frame` lays it out: the label, then one probability per class."""
     frame = pd.DataFrame({"prediction": labels.to_numpy()}, index=labels.index)
-    for label in spec.classes or []:
+    for label in classes:
         frame[f"prob_{label}"] = np.where(labels == label, 0.9, 0.05).astype(np.float32)
     return frame
 
@@ -48,7 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureSpec, pd.D
     prep = run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"], output_uri=f"{bucket}/prep"))
     spec = storage.read_model(prep.spec_uri, FeatureSpec)
     train, test = formats.read_frame(prep.splits["train"]), formats.read_frame(prep.splits["test"])
-    return spec, train, build_baseline(spec, train, _predictions(spec, test["label"]))
+    return spec, train, build_baseline(spec, train, _predictions(spec.classes, test["label"]))
 
 
 def _report(baseline: Baseline, frame: pd.DataFrame, settings: DriftSettings | None = None) -> DriftReport:
@@ -112,10 +112,10 @@ def test_streaming_in_batches_gives_the_report_of_one_batch(
     streamed = DriftAccumulator(baseline)
     for batch in formats.iter_frames(uri, 700, [f.name for f in spec.numeric]):
         scored = batch[~batch["id"].str.endswith("7")]  # as if validation rejected some rows: fewer predictions
-        streamed.update(batch, _predictions(spec, scored["label"]))
+        streamed.update(batch, _predictions(spec.classes, scored["label"]))
     whole = formats.read_frame(uri)
     once = DriftAccumulator(baseline)
-    once.update(whole, _predictions(spec, whole.loc[~whole["id"].str.endswith("7"), "label"]))
+    once.update(whole, _predictions(spec.classes, whole.loc[~whole["id"].str.endswith("7"), "label"]))
     assert streamed.report() == once.report()
     assert streamed.report().counts.predicted_rows < len(whole)
 
@@ -124,9 +124,9 @@ def test_merged_accumulators_and_run_counts_equal_one_pass(trained: tuple[Featur
     spec, train, baseline = trained
     frame = _drifted_file(train)
     first, second, once = DriftAccumulator(baseline), DriftAccumulator(baseline), DriftAccumulator(baseline)
-    first.update(frame[:1000], _predictions(spec, frame["label"][:1000]))
-    second.update(frame[1000:], _predictions(spec, frame["label"][1000:]))
-    once.update(frame, _predictions(spec, frame["label"]))
+    first.update(frame[:1000], _predictions(spec.classes, frame["label"][:1000]))
+    second.update(frame[1000:], _predictions(spec.classes, frame["label"][1000:]))
+    once.update(frame, _predictions(spec.classes, frame["label"]))
     run = summarize_run([first.report(), second.report()])
     first.merge(second)
     assert first.report() == once.report()
@@ -138,7 +138,7 @@ def test_prediction_drift_when_class_shares_change(trained: tuple[FeatureSpec, p
     frame = synthetic_classification(3000, seed=1)
     labels = frame["label"].where(frame.index % 2 == 0, "a")  # "a" predicted for two rows in three
     accumulator = DriftAccumulator(baseline)
-    accumulator.update(frame, _predictions(spec, labels))
+    accumulator.update(frame, _predictions(spec.classes, labels))
     report = accumulator.report()
     assert report.prediction_drift.drifted and report.drifted and report.drifted_features == []
 
@@ -203,7 +203,7 @@ def test_baseline_of_64_features_stays_small() -> None:
     frame = pd.DataFrame(rng.lognormal(size=(20_000, 64)), columns=[f"f{i}" for i in range(64)])
     frame["y"] = rng.integers(0, 2, len(frame))
     spec = fit_spec(frame, "y", "classification", [f"f{i}" for i in range(64)], 100)
-    baseline = build_baseline(spec, frame, _predictions(spec, frame["y"]))
+    baseline = build_baseline(spec, frame, _predictions(spec.classes, frame["y"]))
     assert len(baseline.model_dump_json()) < 50_000
 
 
