@@ -528,9 +528,7 @@ def binned(base: Distribution, counts: list[int]) -> np.ndarray:
     Numeric values below the training min join the first bin and values above the max the last one:
     the outer bins are open-ended.
     """
-    if isinstance(base, CategoricalBaseline):
-        return np.array(counts[1:])
-    if len(counts) == 2:
+    if isinstance(base, CategoricalBaseline) or len(counts) == 2:  # len 2: a column training never saw a value of
         return np.array(counts[1:])
     bins = np.array(counts[2:-1])
     bins[0] += counts[1]
