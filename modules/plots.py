@@ -1,4 +1,4 @@
-"""PNG reports people would rather look at than read: training curves, the LR schedule, the trade-off.
+"""PNG reports people would rather look at than read: training curves, the LR schedule, the trade-off, drift.
 
 Rendered with matplotlib's Agg backend (no display needed) into bytes the caller stores next to the
 run's other outputs.
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 
+from modules import monitor
 from modules.manifests import VariantReport
+from modules.monitor import Baseline, CategoricalBaseline, DriftReport, NumericBaseline, RunDrift
 
 
 def _figure(columns: int):
@@ -56,3 +59,46 @@ def compression_tradeoff(variants: list[VariantReport], metric: str) -> bytes:
     size.set(title=f"test {metric} vs artifact size", xlabel="KiB", ylabel=metric)
     speed.set(title=f"test {metric} vs throughput", xlabel="rows/s", ylabel=metric)
     return _png(plt, figure)
+
+
+def drift_png(drift: DriftReport | RunDrift, baseline: Baseline, top: int = 20) -> bytes:
+    """Drift score per feature against its threshold (drifted first, then by score over threshold; red:
+    drifted), and training against current distributions of the three worst features with values."""
+    if isinstance(drift, DriftReport):
+        scores = [(d.name, d.score, d.threshold, d.drifted) for d in [*drift.features, drift.prediction_drift]]
+    else:
+        scores = [(f.name, f.max_score, f.threshold, f.files_drifted > 0) for f in drift.features]
+    ranked = sorted(scores, key=lambda s: (not s[3], -(s[1] or 0.0) / s[2]))[:top]
+    plt, figure, (bars, *histograms) = _figure(4)
+    shown_names = [name if score is not None else f"{name} (no values)" for name, score, _, _ in ranked][::-1]
+    values = [score or 0.0 for _, score, _, _ in ranked][::-1]
+    limits = [threshold for _, _, threshold, _ in ranked][::-1]
+    bars.barh(shown_names, values, color=["tab:red" if d else "tab:blue" for *_, d in ranked][::-1])
+    bars.scatter(limits, shown_names, marker="|", s=200, color="black", label="threshold")
+    bars.tick_params(axis="y", labelsize=7)
+    bars.set(title="drift score (worst first)", xlabel="distance to training")
+    bars.legend(loc="lower right")
+    distributions = {d.name: d for d in [*baseline.features, baseline.prediction]}
+    counts = drift.counts
+    shown = [name for name, score, _, _ in ranked if score is not None and counts][: len(histograms)]
+    for axes, name in zip(histograms, shown):
+        base = distributions[name]
+        current = monitor.binned(base, counts.prediction if name == "prediction" else counts.features[name])
+        total = current.sum()
+        labels = base.categories + ["other"] if isinstance(base, CategoricalBaseline) else _bin_labels(base)
+        positions = np.arange(len(labels))
+        axes.bar(positions - 0.2, base.shares, width=0.4, label="training")
+        axes.bar(positions + 0.2, current / total if total else current, width=0.4, label="current")
+        axes.set_xticks(positions, labels, rotation=60, fontsize=7)
+        axes.set(title=name, ylabel="share")
+        axes.legend()
+    for axes in histograms[len(shown) :]:
+        axes.axis("off")
+    return _png(plt, figure)
+
+
+def _bin_labels(base: NumericBaseline) -> list[str]:
+    """Each bin named by its lower edge; the first one is open-ended."""
+    if not base.edges:
+        return ["all"]
+    return [f"< {base.edges[0]:.3g}"] + [f"≥ {e:.3g}" for e in base.edges]
