@@ -27,16 +27,18 @@ from importlib import metadata
 
 from pydantic import BaseModel, Field
 
-from modules import storage
+from modules import formats, storage
 from modules.config import Settings, sibling_output
 from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
 from modules.errors import ObjectNotFound, RegistryError
 from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
+from modules.monitor import Baseline, build_baseline
 from modules.preprocess import FeatureSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 Target = Callable[[int | None], int | None]  # an alias move: the current version -> the wanted one (None: stay)
+BASELINE = "baseline.json"  # the training distribution scored files are compared with (modules.monitor)
 PACKAGES = ("maas", "torch", "pytorch-lightning", "onnx", "onnxruntime", "pandas", "numpy", "pyarrow", "prefect")
 
 
@@ -319,14 +321,17 @@ def register(params: RegisterParams) -> RegisterResult:
     spec = storage.read_model(prep.spec_uri, FeatureSpec)
 
     version = _claim_version(bucket, name, params.compress_manifest)
-    artifacts = {}
+    artifacts, contents = {}, {}
     for variant, ref in compressed.artifacts.items():
-        data = storage.read_bytes(ref.uri)
+        data = contents[variant] = storage.read_bytes(ref.uri)
         if storage.sha256_hex(data) != ref.sha256:
             raise RegistryError(f"{ref.uri} changed since compression (sha256 mismatch); rerun compress")
         file = ref.uri.rsplit("/", 1)[-1]
         storage.write_bytes(model_uri(bucket, name, str(version), file), data)
         artifacts[variant] = CardArtifact(file=file, sha256=ref.sha256, size_bytes=len(data))
+    baseline = _baseline(spec, prep, compressed, contents)
+    artifacts["baseline"] = CardArtifact(file=BASELINE, sha256=storage.sha256_hex(baseline), size_bytes=len(baseline))
+    storage.write_bytes(model_uri(bucket, name, str(version), BASELINE), baseline)
     report = compressed.report_uri.rsplit("/", 1)[-1]
     storage.write_bytes(model_uri(bucket, name, str(version), report), storage.read_bytes(compressed.report_uri))
 
@@ -391,6 +396,28 @@ def _advance_alias(bucket: str, name: str, alias: str, version: int) -> bool:
     """Move `alias` to `version` unless it already points at it or higher: registrations never move it back."""
     advance = lambda current: version if current is None or current < version else None  # noqa: E731
     return move_alias(bucket, name, alias, advance, f"register {name}/{version}") == version
+
+
+def _baseline(
+    spec: FeatureSpec, prep: PreprocessResult, compressed: CompressResult, artifacts: dict[str, bytes]
+) -> bytes:
+    """The drift reference of this version: its raw train split, and what the very artifact scoring
+    will serve predicts on the test split."""
+    if onnxruntime_available():
+        engine: Engine = OnnxEngine(spec, artifacts["int8"])
+    else:
+        engine = TorchEngine(spec, compressed.model, artifacts["torch"])
+    test = formats.read_frame(prep.splits["test"])
+    predictions = engine.predict(test, prep.splits["test"])
+    baseline = build_baseline(spec, formats.read_frame(prep.splits["train"]), predictions)
+    return baseline.model_dump_json().encode()
+
+
+def load_baseline(card_location: str, card: ModelCard) -> Baseline | None:
+    """The version's training baseline (checksum-verified); None for versions registered before baselines."""
+    if "baseline" not in card.artifacts:
+        return None
+    return Baseline.model_validate_json(read_artifact(card_location, card, "baseline"))
 
 
 def _claim_version(bucket: str, name: str, source: str) -> int:

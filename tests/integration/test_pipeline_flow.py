@@ -63,7 +63,15 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     storage.write_bytes(storage.join(incoming, "broken.csv"), b"id,pixel_0\n1,not-a-number\n")
 
     scored = score(ScoreParams(model="digits@production", bucket=bucket))
-    assert scored.counts == {"scored": 3, "skipped": 0, "claimed": 0, "quarantined": 1, "failed": 0}
+    assert scored.counts == {
+        "scored": 3,
+        "skipped": 0,
+        "claimed": 0,
+        "quarantined": 1,
+        "failed": 0,
+        "vanished": 0,
+        "deferred": 0,
+    }
     assert storage.read_model(scored.summary_uri, type(scored)) == scored
     assert scored.summary_uri.startswith(storage.join(bucket, "runs")) and scored.summary_uri.endswith(
         "score/summary.json"
@@ -85,7 +93,15 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
         assert _artifact_keys() >= {"training", "compression", "compression-gate", "scoring"}
 
     again = score(ScoreParams(model="digits@production", bucket=bucket))
-    assert again.counts == {"scored": 0, "skipped": 4, "claimed": 0, "quarantined": 0, "failed": 0}
+    assert again.counts == {
+        "scored": 0,
+        "skipped": 4,
+        "claimed": 0,
+        "quarantined": 0,
+        "failed": 0,
+        "vanished": 0,
+        "deferred": 0,
+    }
 
 
 def test_regression_pipeline(local_bucket: str) -> None:

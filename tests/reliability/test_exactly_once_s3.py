@@ -106,12 +106,11 @@ def test_a_lease_holder_paused_past_its_lease_cannot_publish(model_bucket: str, 
         lease_uri = _wait_for(lambda: [o.uri for o in storage.list_objects(claims)], "the first claim")[0]
         victim.send_signal(signal.SIGSTOP)
         try:
-            expired = lambda: (
-                datetime.fromisoformat(storage.read_json(lease_uri)["expires_at"])
-                < datetime.now(  # noqa: E731
-                    timezone.utc
-                )
-            )
+
+            def expired() -> bool:
+                lease = storage.read_json(lease_uri)
+                return datetime.fromisoformat(lease["expires_at"]) < datetime.now(timezone.utc)
+
             _wait_for(expired, "the paused holder's lease to run out")
             taker = _outcomes(_worker(_params(model_bucket, root, lease_seconds=300), s3.url))
         finally:
@@ -140,16 +139,17 @@ def test_registrations_and_a_promotion_racing_never_move_production_back(model_b
     registry.promote(model_bucket, f"race/{first.version}")
     go = tmp_path / "go"
     scripts = [_REGISTER.format(m=manifest, b=model_bucket)] * 3 + [_PROMOTE.format(b=model_bucket)] * 2
-    racers = [subprocess.Popen([sys.executable, "-c", _AT_ONCE + script, str(go)], env=_env(os.environ["AWS_ENDPOINT_URL"]),
-                               stderr=subprocess.PIPE, text=True) for script in scripts]  # fmt: skip
+    env = _env(os.environ["AWS_ENDPOINT_URL"])
+    racers = [subprocess.Popen([sys.executable, "-c", _AT_ONCE + script, str(go)], env=env, stderr=subprocess.PIPE,
+                               text=True) for script in scripts]  # fmt: skip
     go.touch()
     for racer in racers:
         _, err = racer.communicate(timeout=300)
         assert racer.returncode == 0, err[-3000:]
     assert registry.versions(model_bucket, "race") == [1, 2, 3, 4]
     assert all(storage.exists(registry.card_uri(model_bucket, "race", v)) for v in (1, 2, 3, 4))
-    log = [storage.read_model(o.uri, AliasMove)
-           for o in storage.list_objects(registry.model_uri(model_bucket, "race", "aliases", "production"))]  # fmt: skip
+    production = registry.model_uri(model_bucket, "race", "aliases", "production")
+    log = [storage.read_model(o.uri, AliasMove) for o in storage.list_objects(production)]
     assert [m.generation for m in log] == list(range(1, len(log) + 1))
     assert [m.version for m in log] == sorted(m.version for m in log), [(m.version, m.reason) for m in log]
     assert all(m.previous == before.version for before, m in zip(log, log[1:]))
