@@ -270,6 +270,16 @@ def score(
     dask_address: Annotated[
         Optional[str], typer.Option(help="Score on an existing Dask cluster (tcp://host:8786).")
     ] = None,
+    drift: Annotated[
+        bool, typer.Option(help="Compare each file with the training baseline (drift and data quality).")
+    ] = True,
+    missing_columns: Annotated[
+        str, typer.Option(help="A feature column absent from a file: quarantine the file, or impute it.")
+    ] = "quarantine",
+    lease_seconds: Annotated[float, typer.Option(help="How long a claim protects a file in work.")] = 900,
+    max_failed_files: Annotated[
+        int, typer.Option(help="Files that may fail (left for the next run) before the run stops and fails.")
+    ] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Score every file under a prefix that this model version has not scored yet.
@@ -287,6 +297,8 @@ def score(
             model=model, input_uri=input, output_uri=output, bucket=bucket, rescore=rescore,
             output_format=output_format, passthrough=passthrough, include_features=include_features,
             max_error_rate=max_error_rate, missing_values=missing_values, batch_rows=batch_rows, engine=engine,
+            drift=drift, missing_columns=missing_columns, lease_seconds=lease_seconds,
+            max_failed_files=max_failed_files,
         )  # fmt: skip
         if parallel_files:
             options["parallel_files"] = parallel_files
@@ -574,7 +586,10 @@ def models_promote(
     from modules import registry
 
     def action() -> BaseModel:
+        name = registry.resolve(_bucket(bucket), ref)[0]
+        previous = registry.aliases(_bucket(bucket), name).get(alias)
         name, version = registry.promote(_bucket(bucket), ref, alias)
+        announce_alias_move("promoted", name, alias, version, previous)
         return _AliasMove(model_ref=f"{name}@{alias}", version=version)
 
     _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
@@ -591,9 +606,22 @@ def models_rollback(
     from modules import registry
 
     def action() -> BaseModel:
-        return _AliasMove(model_ref=f"{name}@{alias}", version=registry.rollback(_bucket(bucket), name, alias))
+        previous = registry.aliases(_bucket(bucket), name).get(alias)
+        version = registry.rollback(_bucket(bucket), name, alias)
+        announce_alias_move("rolled-back", name, alias, version, previous)
+        return _AliasMove(model_ref=f"{name}@{alias}", version=version)
 
     _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
+
+
+def announce_alias_move(kind: str, name: str, alias: str, version: int, previous: int | None) -> None:
+    """The alias event, where a Prefect server listens (without one there is nobody to tell)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() and version != previous:
+        from flows.events import emit_alias_moved
+
+        emit_alias_moved(kind, name, alias, version, previous)
 
 
 class _Listing(BaseModel):
@@ -633,10 +661,19 @@ def _show_score(result) -> None:
         f"{result.model_ref}: {counts or 'nothing to score'}; {result.rows:,} rows at {result.rows_per_s:,.0f} rows/s"
     )
     console.print(f"predictions under {result.output_uri}, error reports under {result.quarantine_uri}")
+    if result.drift is not None:
+        worst = [f for f in result.drift.features if f.files_drifted][:5]
+        named = ", ".join(f"{f.name} ({f.files_drifted} file(s), {f.method} up to {f.max_score:.3f})" for f in worst)
+        line = f"drift: {result.drift.files_drifted} of {result.drift.files_judged} judged file(s) drifted"
+        line += f": {named}" if named else ""
+        line += f"; plot {result.drift_report_uri}" if result.drift_report_uri else ""
+        console.print(line, soft_wrap=True)
     shown = [o for o in result.files if o.status != "skipped"]
     for outcome in shown[:SHOWN_FILES]:
         written = (outcome.output_uri or outcome.report_uri or "").rsplit("/", 1)[-1]
         line = f"  {outcome.status:<11} {outcome.input_uri.rsplit('/', 1)[-1]} -> {written}"
+        if outcome.drifted_features:
+            line += f"  drifted: {', '.join(outcome.drifted_features)}"
         console.print(line + (f"  ({outcome.error})" if outcome.error else ""), soft_wrap=True)
     if len(shown) > SHOWN_FILES:
         console.print(f"  … and {len(shown) - SHOWN_FILES} more (--json lists them all)")

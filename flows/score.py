@@ -19,13 +19,14 @@ import os
 import time
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import progress
+from flows.events import emit_drift
 from flows.retries import IO_RETRIES
 from modules import score as scoring
 from modules.errors import MaasError, one_line
@@ -110,6 +111,17 @@ def score(params: ScoreParams) -> ScoreResult:
         result.model_ref, result.counts, result.rows, result.rows_per_s, result.retries,
     )  # fmt: skip
     counts = " · ".join(f"{n} {status}" for status, n in result.counts.items() if n) or "nothing to score"
+    emit_drift(result)
+    if result.drift is not None:
+        create_table_artifact(
+            key="drift",
+            description=f"Drift of the scored files against {result.model_ref}'s training baseline, worst first",
+            table=[
+                {"feature": f.name, "method": f.method, "threshold": f.threshold, "files drifted": f.files_drifted,
+                 "max score": f.max_score, "mean score": f.mean_score}
+                for f in result.drift.features
+            ],
+        )  # fmt: skip
     create_markdown_artifact(
         key="scoring",
         description="Scoring run summary",

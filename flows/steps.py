@@ -12,6 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.events import emit_alias_moved
 from modules.compress import CompressParams, run_compress
 from modules.manifests import CompressResult, PreprocessResult, TrainResult
 from modules.preprocess import PreprocessParams, run_preprocess
@@ -84,4 +85,6 @@ def compress(params: CompressParams) -> CompressResult:
 def register_model(params: RegisterParams) -> RegisterResult:
     result = register(params)
     get_run_logger().info("registered %s (aliases moved: %s)", result.card_uri, ", ".join(result.aliases) or "none")
+    if "production" in result.aliases:
+        emit_alias_moved("promoted", result.name, "production", result.version, None)
     return result

@@ -32,6 +32,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -41,7 +42,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from modules import formats, registry, storage
+from modules import formats, plots, registry, storage
 from modules.claims import Claims, Lease
 from modules.config import Settings, new_run_id
 from modules.engines import Engine
@@ -54,6 +55,7 @@ from modules.errors import (
     StorageUnavailable,
     one_line,
 )
+from modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettings, RunDrift, summarize_run
 from modules.registry import ModelCard
 
 UNSAFE_KEYS = "_unsafe-keys"  # quarantine folder for inputs whose keys cannot name an output safely
@@ -101,6 +103,17 @@ class ScoreParams(BaseModel):
     missing_values: Literal["impute", "reject"] = Field(
         "impute", description="impute: the model fills missing feature values; reject: such rows are rejected."
     )
+    missing_columns: Literal["quarantine", "impute"] = Field(
+        "quarantine",
+        description="A feature column absent from a file: quarantine the file, or score it as if every value of the "
+        "column were missing (the drift report then names the column).",
+    )
+    drift: bool = Field(
+        True,
+        description="Compare every scored file with the model's training baseline (feature and prediction drift, "
+        "missing rates, ranges, unseen categories, schema), in the same pass that scores it.",
+    )
+    drift_settings: DriftSettings = Field(default_factory=DriftSettings, description="Drift methods and thresholds.")
     engine: Literal["auto", "onnxruntime", "torch"] = Field("auto", description="auto: ONNX Runtime if installed.")
     parallel_files: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Files scored at once.")
     threads: int | None = Field(
@@ -172,6 +185,8 @@ class FileManifest(BaseModel):
     rows_rejected: int
     rejected_uri: str | None
     passthrough: list[str]
+    missing_columns: list[str] = Field([], description="Feature columns absent from the file, scored as missing.")
+    drift: DriftReport | None = Field(None, description="The file against the training baseline; None with drift off.")
     scored_by: str = Field(description="host-pid of the process that scored the file.")
     attempt: int = Field(description="The claim attempt (fencing token) that published this output.")
     started_at: datetime
@@ -188,6 +203,8 @@ class FileOutcome(BaseModel):
     report_uri: str | None = None
     error: str | None = None
     retries: int = Field(0, description="Passing storage failures retried while scoring this file.")
+    drifted_features: list[str] = []
+    drift: DriftReport | None = Field(None, exclude=True, description="Travels to the run's summary; not written.")
 
 
 class ScoreResult(BaseModel):
@@ -201,6 +218,8 @@ class ScoreResult(BaseModel):
     seconds: float
     rows_per_s: float
     retries: int = Field(description="Passing storage failures retried over the run.")
+    drift: RunDrift | None = Field(None, description="Drift over the run's scored files; None with drift off.")
+    drift_report_uri: str | None = Field(None, description="PNG beside the summary: drift per feature, worst first.")
     files: list[FileOutcome]
 
 
@@ -255,9 +274,10 @@ def _refuse_shared_outputs(job: ScoreJob) -> None:
 
 
 @lru_cache(maxsize=4)
-def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine]:
-    """One loaded, checksum-verified model per process, shared by the files it scores."""
-    return registry.load_engine(card_uri, engine, threads)
+def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine, Baseline | None]:
+    """One loaded, checksum-verified model (and its training baseline) per process, shared by its files."""
+    card, loaded = registry.load_engine(card_uri, engine, threads)
+    return card, loaded, registry.load_baseline(card_uri, card)
 
 
 class _Locations(BaseModel):
@@ -325,6 +345,17 @@ def _score_once(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | Non
             claims.release(lease)
 
 
+@dataclass
+class _Pass:
+    """What one streaming pass over a file produced; the outputs themselves are in the scratch folder."""
+
+    lease: Lease
+    rows_in: int = 0
+    rows_rejected: int = 0
+    passthrough: list[str] = field(default_factory=list)
+    missing_columns: list[str] = field(default_factory=list)
+
+
 def _score(
     job: ScoreJob, obj: storage.ObjectInfo, claims: Claims, lease: Lease, scratch: Path, progress: Progress | None
 ) -> FileOutcome:
@@ -333,48 +364,20 @@ def _score(
     except InputError as exc:  # a key that would lead outside the output prefixes: reported under a safe name
         safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
         return _quarantine(job, obj, claims, lease, storage.join(job.quarantine_uri, UNSAFE_KEYS, safe), str(exc))
-    card, engine = _model(job.card_uri, job.params.engine, job.threads)
-    spec = card.features
+    card, engine, baseline = _model(job.card_uri, job.params.engine, job.threads)
+    drift = DriftAccumulator(baseline, job.params.drift_settings) if job.params.drift and baseline else None
     fmt = job.params.output_format
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
-    rows_in = rows_rejected = 0
-    passthrough: list[str] = []
-    rejected_path = scratch / f"rejected.{fmt}"
-    rejected_writer: formats.BatchWriter | None = None
+    state = _Pass(lease)
     try:
-        with formats.BatchWriter(scratch / f"output.{fmt}", fmt, obj.uri) as output:
-            batches = formats.iter_frames(obj.uri, job.params.batch_rows, [f.name for f in spec.numeric])
-            for frame in batches:
-                if rows_in == 0:
-                    passthrough = _passthrough(job.params, frame, spec.feature_names, obj.uri)
-                encoded = spec.encode_rows(frame, obj.uri, job.params.missing_values == "reject")
-                columns = passthrough + (
-                    [c for c in spec.feature_names if c not in passthrough] if job.params.include_features else []
-                )
-                kept, features = frame[columns], encoded.features
-                if len(encoded.reasons):
-                    usable = ~encoded.rejected
-                    kept, features = kept[usable], features[usable]
-                    if rejected_writer is None:
-                        rejected_writer = formats.BatchWriter(rejected_path, fmt, obj.uri)
-                    rows = rows_in + np.flatnonzero(encoded.rejected)
-                    rejected_writer.write(frame[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
-                    rows_rejected += len(encoded.reasons)
-                output.write(_joined(kept, engine.frame(engine.run(features), kept.index)))
-                rows_in += len(frame)
-                lease = claims.renew_if_due(lease)
-                if progress:
-                    progress(len(frame))
+        _stream(job, obj, engine, drift, claims, state, scratch, progress)
     except InputError as exc:
-        return _quarantine(job, obj, claims, lease, where.report, str(exc), rows_in, rows_rejected)
+        return _quarantine(job, obj, claims, state.lease, where.report, str(exc), state.rows_in, state.rows_rejected)
     except ObjectNotFound:
         if storage.exists(obj.uri):
             raise
         return FileOutcome(input_uri=obj.uri, status="vanished", error="the object was deleted before it was scored")
-    finally:
-        if rejected_writer is not None:
-            rejected_writer.close()
-
+    rows_in, rows_rejected, lease = state.rows_in, state.rows_rejected, state.lease
     if rows_in == 0:
         return _quarantine(job, obj, claims, lease, where.report, f"{obj.uri}: the file has no data rows")
     if rows_rejected / rows_in > job.params.max_error_rate:
@@ -384,13 +387,14 @@ def _score(
         )
         return _quarantine(
             job, obj, claims, lease, where.report, reason, rows_in, rows_rejected,
-            (rejected_path, where.quarantined_rows),
+            (scratch / f"rejected.{fmt}", where.quarantined_rows),
         )  # fmt: skip
 
+    report = drift.report() if drift else None
     claims.check(lease)  # fenced: a run that stalled past its lease publishes nothing
     storage.upload(scratch / f"output.{fmt}", where.output)
     if rows_rejected:
-        claims.persist(lease, lambda: storage.upload(rejected_path, where.rejected))
+        claims.persist(lease, lambda: storage.upload(scratch / f"rejected.{fmt}", where.rejected))
     manifest = FileManifest(
         input_uri=obj.uri,
         input_etag=obj.etag,
@@ -404,7 +408,9 @@ def _score(
         rows_out=rows_in - rows_rejected,
         rows_rejected=rows_rejected,
         rejected_uri=where.rejected if rows_rejected else None,
-        passthrough=passthrough,
+        passthrough=state.passthrough,
+        missing_columns=state.missing_columns,
+        drift=report,
         scored_by=f"{socket.gethostname()}-{os.getpid()}",
         attempt=lease.attempt,
         started_at=started_at,
@@ -419,7 +425,57 @@ def _score(
         rows_out=manifest.rows_out,
         rows_rejected=rows_rejected,
         output_uri=where.output,
+        drifted_features=report.drifted_features if report else [],
+        drift=report,
     )
+
+
+def _stream(
+    job: ScoreJob,
+    obj: storage.ObjectInfo,
+    engine: Engine,
+    drift: DriftAccumulator | None,
+    claims: Claims,
+    state: _Pass,
+    scratch: Path,
+    progress: Progress | None,
+) -> None:
+    """Read, validate, score and write the file batch by batch, counting drift in the same pass."""
+    spec, params, fmt = engine.spec, job.params, job.params.output_format
+    rejected: formats.BatchWriter | None = None
+    try:
+        with formats.BatchWriter(scratch / f"output.{fmt}", fmt, obj.uri) as output:
+            for frame in formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric]):
+                raw = frame
+                if state.rows_in == 0:
+                    state.passthrough = _passthrough(params, frame, spec.feature_names, obj.uri)
+                    if params.missing_columns == "impute":
+                        state.missing_columns = [c for c in spec.feature_names if c not in frame.columns]
+                if state.missing_columns:  # scored as if every value of those columns were missing
+                    frame = frame.assign(**dict.fromkeys(state.missing_columns, np.nan))
+                encoded = spec.encode_rows(frame, obj.uri, params.missing_values == "reject")
+                copied = [c for c in spec.feature_names if c not in state.passthrough and c in raw.columns]
+                kept = frame[state.passthrough + (copied if params.include_features else [])]
+                features = encoded.features
+                if len(encoded.reasons):
+                    usable = ~encoded.rejected
+                    kept, features = kept[usable], features[usable]
+                    if rejected is None:
+                        rejected = formats.BatchWriter(scratch / f"rejected.{fmt}", fmt, obj.uri)
+                    rows = state.rows_in + np.flatnonzero(encoded.rejected)
+                    rejected.write(raw[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
+                    state.rows_rejected += len(encoded.reasons)
+                predictions = engine.frame(engine.run(features), kept.index)
+                output.write(_joined(kept, predictions))
+                if drift is not None:
+                    drift.update(raw, predictions)
+                state.rows_in += len(frame)
+                state.lease = claims.renew_if_due(state.lease)
+                if progress:
+                    progress(len(frame))
+    finally:
+        if rejected is not None:
+            rejected.close()
 
 
 def _passthrough(params: ScoreParams, frame: pd.DataFrame, features: list[str], source: str) -> list[str]:
@@ -525,5 +581,11 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
         retries=sum(o.retries for o in outcomes),
         files=outcomes,
     )
+    reports = [o.drift for o in outcomes if o.drift is not None]
+    if reports:
+        result.drift = summarize_run(reports)
+        baseline = _model(job.card_uri, job.params.engine, job.threads)[2]
+        result.drift_report_uri = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
+        storage.write_bytes(result.drift_report_uri, plots.drift_png(result.drift, baseline))
     storage.write_json(job.summary_uri, result)
     return result
