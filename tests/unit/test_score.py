@@ -94,3 +94,44 @@ def test_unknown_model_is_a_clear_error_when_there_is_something_to_score(registe
     storage.write_bytes((tmp_path / "in" / "a.csv").as_uri(), b"x1,x2,color\n1,2,red\n")
     with pytest.raises(RegistryError, match="model nope has no alias 'production'"):
         plan(ScoreParams(model="nope", input_uri=(tmp_path / "in").as_uri(), bucket=bucket))
+
+
+def _drift_params(bucket: str, tmp_path, name: str, frame: pd.DataFrame) -> ScoreParams:
+    prefix = (tmp_path / name).as_uri()
+    formats.write_frame(frame, storage.join(prefix, f"{name}.parquet"))
+    return ScoreParams(model="toy@production", input_uri=prefix, bucket=bucket, missing_columns="impute",
+                       output_uri=(tmp_path / f"{name}-out").as_uri())  # fmt: skip
+
+
+def test_drift_flags_exactly_the_features_that_moved(registered, tmp_path) -> None:
+    bucket, _ = registered
+    fresh = synthetic_classification(3000, seed=11).drop(columns=["label"])
+    moved = fresh.copy()
+    moved["x1"] += 1.5 * fresh["x1"].std()  # one numeric feature shifted by 1.5 standard deviations
+    moved = moved.drop(columns=["x2"])  # one feature entirely missing
+    moved.loc[moved.index[::4], "color"] = "purple"  # a category the model never saw
+    results = {}
+    for name, frame in (("fresh", fresh), ("moved", moved)):
+        job = plan(_drift_params(bucket, tmp_path, name, frame))
+        results[name] = summarize(job, [score_file(job, obj) for obj in job.files], 1.0)
+    same, drifted = results["fresh"].files[0], results["moved"].files[0]
+    assert same.status == drifted.status == "scored"
+    assert same.drifted_features == [] and not same.drift.drifted
+    assert sorted(drifted.drifted_features) == ["color", "x1", "x2"]
+    manifest = storage.read_json(storage.join(str(tmp_path.as_uri()), "moved-out", "moved.parquet.manifest.json"))
+    assert sorted(manifest["drift"]["drifted_features"]) == ["color", "x1", "x2"]
+    assert manifest["missing_columns"] == ["x2"] and manifest["drift"]["schema_check"]["missing_columns"] == ["x2"]
+    features = {f["name"]: f for f in manifest["drift"]["features"]}
+    assert features["color"]["unseen_categories"] == ["purple"] and features["x2"]["missing_rate"] == 1.0
+    run = results["moved"]
+    assert run.drift.files_drifted == 1 and storage.read_bytes(run.drift_report_uri)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {f.name for f in run.drift.features if f.files_drifted} == {"color", "x1", "x2", "prediction"}
+    assert drifted.drift.prediction_drift.drifted  # x1 moved the classes the model predicts
+
+
+def test_drift_off_leaves_no_drift_report(registered, tmp_path) -> None:
+    bucket, _ = registered
+    params = _drift_params(bucket, tmp_path, "off", synthetic_classification(50, seed=2).drop(columns=["label"]))
+    job = plan(params.model_copy(update={"drift": False}))
+    result = summarize(job, [score_file(job, obj) for obj in job.files], 1.0)
+    assert result.drift is None and result.files[0].drift is None and result.drift_report_uri is None
