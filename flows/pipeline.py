@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from prefect import Flow, flow
+from prefect import Flow, flow, get_run_logger
 from prefect.deployments import run_deployment
+from prefect.states import Completed, State
 from pydantic import BaseModel
 
 from flows.steps import compress, preprocess, register_model, train
@@ -45,7 +46,11 @@ def _step(step: Flow, params: BaseModel, result: type[R], isolation: str) -> R:
 
 
 @flow(name="pipeline")
-def pipeline(params: PipelineParams) -> PipelineResult:
+def pipeline(params: PipelineParams) -> PipelineResult | State:
+    skip = params.recently_trained()
+    if skip:  # a retrain-on-drift burst: the first run trained, the others end here
+        get_run_logger().info("not retraining: %s", skip)
+        return Completed(message=f"skipped: {skip}")
     run = params.isolation
     prepared = _step(preprocess, params.preprocess(), PreprocessResult, run)
     trained = _step(train, params.train(prepared.manifest_uri), TrainResult, run)

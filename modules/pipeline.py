@@ -6,10 +6,12 @@ each step still takes its own params, so a step can also be run, or retried, on 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from modules import registry
 from modules.compress import CompressParams
 from modules.config import Settings, new_run_id, sibling_output
 from modules.manifests import CompressResult
@@ -52,6 +54,24 @@ class PipelineParams(BaseModel):
         "its own flow run of its deployment (`<step>/<step>`), on that deployment's work pool and "
         "infrastructure (a container on Docker/Kubernetes/ECS, a process on a process pool).",
     )
+    cooldown_hours: float | None = Field(
+        None,
+        ge=0,
+        description="Skip the run when the model got a new version less than this many hours ago (the retrain-on-"
+        "drift trigger sets it, so that a burst of drifted files makes one retrain); default never skip.",
+    )
+
+    def recently_trained(self) -> str | None:
+        """Why this run is within the cool-down of the model's latest version, or None."""
+        if self.cooldown_hours is None:
+            return None
+        settings = self.settings()
+        name = self.model_name or settings.model_name
+        latest = registry.summaries(settings.bucket, name)[-1:]
+        if not latest or datetime.now(timezone.utc) - latest[0].created_at >= timedelta(hours=self.cooldown_hours):
+            return None
+        when = f"{latest[0].created_at:%Y-%m-%d %H:%M} UTC"
+        return f"{name}/{latest[0].version} was registered at {when}, within the {self.cooldown_hours:g} h cool-down"
 
     def settings(self) -> Settings:
         return Settings.of(self.bucket)
