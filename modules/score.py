@@ -57,6 +57,7 @@ from modules.errors import (
 )
 from modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettings, RunDrift, summarize_run
 from modules.registry import ModelCard
+from modules.shadow import Agreement, ShadowReport, combined
 
 UNSAFE_KEYS = "_unsafe-keys"  # quarantine folder for inputs whose keys cannot name an output safely
 # Whole-file attempts on passing storage failures (each request inside is retried on its own too).
@@ -114,6 +115,12 @@ class ScoreParams(BaseModel):
         "missing rates, ranges, unseen categories, schema), in the same pass that scores it.",
     )
     drift_settings: DriftSettings = Field(default_factory=DriftSettings, description="Drift methods and thresholds.")
+    shadow: str | None = Field(
+        "auto",
+        description="A challenger that scores the same rows into shadow_uri, with the agreement reported: a model "
+        "reference, 'auto' (the model's `challenger` alias when it has one) or null for none.",
+    )
+    shadow_uri: str | None = Field(None, description="Prefix for the challenger's predictions; default shadow/.")
     engine: Literal["auto", "onnxruntime", "torch"] = Field("auto", description="auto: ONNX Runtime if installed.")
     parallel_files: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Files scored at once.")
     threads: int | None = Field(
@@ -163,6 +170,9 @@ class ScoreJob(BaseModel):
     quarantine_uri: str
     state_uri: str
     summary_uri: str = Field(description="Where the run's summary is written: runs/<run id>/score/summary.json.")
+    shadow_ref: str | None = Field(None, description="The challenger scored in the shadow of the model, if any.")
+    shadow_card_uri: str | None = None
+    shadow_uri: str
     threads: int
     files: list[storage.ObjectInfo]
 
@@ -187,6 +197,7 @@ class FileManifest(BaseModel):
     passthrough: list[str]
     missing_columns: list[str] = Field([], description="Feature columns absent from the file, scored as missing.")
     drift: DriftReport | None = Field(None, description="The file against the training baseline; None with drift off.")
+    shadow: ShadowReport | None = Field(None, description="The challenger's agreement with the served model.")
     scored_by: str = Field(description="host-pid of the process that scored the file.")
     attempt: int = Field(description="The claim attempt (fencing token) that published this output.")
     started_at: datetime
@@ -204,6 +215,7 @@ class FileOutcome(BaseModel):
     error: str | None = None
     retries: int = Field(0, description="Passing storage failures retried while scoring this file.")
     drifted_features: list[str] = []
+    shadow: ShadowReport | None = None
     drift: DriftReport | None = Field(None, exclude=True, description="Travels to the run's summary; not written.")
 
 
@@ -220,6 +232,7 @@ class ScoreResult(BaseModel):
     retries: int = Field(description="Passing storage failures retried over the run.")
     drift: RunDrift | None = Field(None, description="Drift over the run's scored files; None with drift off.")
     drift_report_uri: str | None = Field(None, description="PNG beside the summary: drift per feature, worst first.")
+    shadow: ShadowReport | None = Field(None, description="The challenger's agreement over the run's files.")
     files: list[FileOutcome]
 
 
@@ -240,6 +253,7 @@ def plan(params: ScoreParams) -> ScoreJob:
         if files:
             raise
         model_ref, card = f"{requested} (not registered yet)", ""
+    shadow_ref = _challenger(settings.bucket, params.shadow, model_ref) if card else None
     at_once = max(1, min(len(files), params.parallel_files))
     job = ScoreJob(
         params=params,
@@ -250,11 +264,29 @@ def plan(params: ScoreParams) -> ScoreJob:
         quarantine_uri=params.quarantine_uri or settings.uri("quarantine"),
         state_uri=params.state_uri or settings.uri("state"),
         summary_uri=settings.uri("runs", new_run_id(), "score", "summary.json"),
+        shadow_ref=shadow_ref,
+        shadow_card_uri=registry.card_uri(settings.bucket, *shadow_ref.split("/")) if shadow_ref else None,
+        shadow_uri=params.shadow_uri or settings.uri("shadow"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
         files=files,
     )
     _refuse_shared_outputs(job)
     return job
+
+
+def _challenger(bucket: str, shadow: str | None, model_ref: str) -> str | None:
+    """The version to score in the shadow of `model_ref`: the one `shadow` names, or with "auto" the
+    model's `challenger` alias when it has one (and it is not the served version itself)."""
+    if shadow is None:
+        return None
+    wanted = f"{model_ref.split('/')[0]}@challenger" if shadow == "auto" else shadow
+    try:
+        name, version = registry.resolve(bucket, wanted)
+    except RegistryError:
+        if shadow == "auto":
+            return None
+        raise
+    return None if f"{name}/{version}" == model_ref else f"{name}/{version}"
 
 
 def _refuse_shared_outputs(job: ScoreJob) -> None:
@@ -282,6 +314,7 @@ def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine,
 
 class _Locations(BaseModel):
     output: str
+    shadow: str
     rejected: str
     manifest: str
     report: str
@@ -297,6 +330,7 @@ def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
     stem += key.rsplit("/", 1)[-1].split(".", 1)[0]
     return _Locations(
         output=storage.join(job.output_uri, job.params.output_name.format(key=key, stem=stem, ext=ext)),
+        shadow=storage.join(job.shadow_uri, job.params.output_name.format(key=key, stem=stem, ext=ext)),
         rejected=storage.join(job.output_uri, f"{key}.rejected.{ext}"),
         manifest=storage.join(job.output_uri, f"{key}.manifest.json"),
         report=storage.join(job.quarantine_uri, f"{key}.error.json"),
@@ -350,6 +384,9 @@ class _Pass:
     """What one streaming pass over a file produced; the outputs themselves are in the scratch folder."""
 
     lease: Lease
+    challenger: Engine | None = None
+    agreement: Agreement | None = None
+    shadow_error: str | None = None
     rows_in: int = 0
     rows_rejected: int = 0
     passthrough: list[str] = field(default_factory=list)
@@ -369,6 +406,9 @@ def _score(
     fmt = job.params.output_format
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     state = _Pass(lease)
+    if job.shadow_card_uri:
+        state.challenger = _model(job.shadow_card_uri, job.params.engine, job.threads)[1]
+        state.agreement = Agreement(classification=card.classes is not None)
     try:
         _stream(job, obj, engine, drift, claims, state, scratch, progress)
     except InputError as exc:
@@ -391,8 +431,14 @@ def _score(
         )  # fmt: skip
 
     report = drift.report() if drift else None
+    shadow = None
+    if state.agreement is not None and job.shadow_ref:
+        published = where.shadow if state.shadow_error is None else None
+        shadow = state.agreement.report(job.shadow_ref, published).model_copy(update={"error": state.shadow_error})
     claims.check(lease)  # fenced: a run that stalled past its lease publishes nothing
     storage.upload(scratch / f"output.{fmt}", where.output)
+    if shadow and shadow.output_uri:
+        claims.persist(lease, lambda: storage.upload(scratch / f"shadow.{fmt}", where.shadow))
     if rows_rejected:
         claims.persist(lease, lambda: storage.upload(scratch / f"rejected.{fmt}", where.rejected))
     manifest = FileManifest(
@@ -411,6 +457,7 @@ def _score(
         passthrough=state.passthrough,
         missing_columns=state.missing_columns,
         drift=report,
+        shadow=shadow,
         scored_by=f"{socket.gethostname()}-{os.getpid()}",
         attempt=lease.attempt,
         started_at=started_at,
@@ -427,6 +474,7 @@ def _score(
         output_uri=where.output,
         drifted_features=report.drifted_features if report else [],
         drift=report,
+        shadow=shadow,
     )
 
 
@@ -443,6 +491,7 @@ def _stream(
     """Read, validate, score and write the file batch by batch, counting drift in the same pass."""
     spec, params, fmt = engine.spec, job.params, job.params.output_format
     rejected: formats.BatchWriter | None = None
+    shadow = formats.BatchWriter(scratch / f"shadow.{fmt}", fmt, obj.uri) if state.challenger else None
     try:
         with formats.BatchWriter(scratch / f"output.{fmt}", fmt, obj.uri) as output:
             for frame in formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric]):
@@ -467,6 +516,8 @@ def _stream(
                     state.rows_rejected += len(encoded.reasons)
                 predictions = engine.frame(engine.run(features), kept.index)
                 output.write(_joined(kept, predictions))
+                if shadow is not None and state.shadow_error is None:
+                    _shadow_batch(state, shadow, frame, kept, encoded.rejected, predictions, obj.uri)
                 if drift is not None:
                     drift.update(raw, predictions)
                 state.rows_in += len(frame)
@@ -474,8 +525,30 @@ def _stream(
                 if progress:
                     progress(len(frame))
     finally:
-        if rejected is not None:
-            rejected.close()
+        for writer in (rejected, shadow):
+            if writer is not None:
+                writer.close()
+
+
+def _shadow_batch(
+    state: _Pass,
+    shadow: formats.BatchWriter,
+    frame: pd.DataFrame,
+    kept: pd.DataFrame,
+    rejected: np.ndarray,
+    predictions: pd.DataFrame,
+    source: str,
+) -> None:
+    """The challenger on the rows the champion scored; a file it cannot read is its problem alone."""
+    challenger, agreement = state.challenger, state.agreement
+    try:
+        features = challenger.spec.encode_rows(frame, source).features[~rejected]
+    except InputError as exc:
+        state.shadow_error = one_line(str(exc))
+        return
+    theirs = challenger.frame(challenger.run(features), kept.index)
+    shadow.write(_joined(kept, theirs))
+    agreement.update(predictions, theirs)
 
 
 def _passthrough(params: ScoreParams, frame: pd.DataFrame, features: list[str], source: str) -> list[str]:
@@ -581,6 +654,7 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
         retries=sum(o.retries for o in outcomes),
         files=outcomes,
     )
+    result.shadow = combined([o.shadow for o in outcomes if o.shadow is not None])
     reports = [o.drift for o in outcomes if o.drift is not None]
     if reports:
         result.drift = summarize_run(reports)

@@ -18,7 +18,7 @@ def train_and_compress(
 ) -> str:
     """Run preprocess, train and compress on the synthetic data (or `data`, with an `id` column, predicting
     `target`); return the compress manifest URI."""
-    raw = storage.join(bucket, "raw", "data.csv")
+    raw = storage.join(bucket, "raw", "data.csv" if data is None else f"{run}.csv")
     if not storage.exists(raw):
         formats.write_frame(synthetic_classification(400) if data is None else data, raw)
     prep = run_preprocess(

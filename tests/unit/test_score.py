@@ -5,10 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from modules import formats, storage
+from modules import formats, registry, storage
 from modules.errors import RegistryError
+from modules.registry import RegisterParams, register
 from modules.score import ScoreParams, plan, score_file, summarize
 from tests.conftest import synthetic_classification
+from tests.unit.conftest import train_and_compress
 
 
 def _score_all(params: ScoreParams) -> dict[str, str]:
@@ -135,3 +137,31 @@ def test_drift_off_leaves_no_drift_report(registered, tmp_path) -> None:
     job = plan(params.model_copy(update={"drift": False}))
     result = summarize(job, [score_file(job, obj) for obj in job.files], 1.0)
     assert result.drift is None and result.files[0].drift is None and result.drift_report_uri is None
+
+
+def test_a_challenger_scores_in_the_shadow_and_the_run_reports_agreement(tmp_path) -> None:
+    bucket = (tmp_path / "bucket").as_uri()
+    register(RegisterParams(compress_manifest=train_and_compress(bucket, "champion"), bucket=bucket, name="duo"))
+    shuffled = synthetic_classification(400)
+    shuffled["label"] = shuffled["label"].sample(frac=1, random_state=0).to_numpy()  # learns nothing useful
+    challenger = register(RegisterParams(compress_manifest=train_and_compress(bucket, "challenger", shuffled),
+                                         bucket=bucket, name="duo"))  # fmt: skip
+    registry.promote(bucket, "duo/1")
+    registry.promote(bucket, f"duo/{challenger.version}", alias="challenger")
+    frame = synthetic_classification(300, seed=4).drop(columns=["label"])
+    formats.write_frame(frame, storage.join(bucket, "incoming", "a.csv"))
+    job = plan(ScoreParams(model="duo@production", bucket=bucket))
+    assert job.shadow_ref == f"duo/{challenger.version}"
+    result = summarize(job, [score_file(job, obj) for obj in job.files], 1.0)
+    (outcome,) = result.files
+    ours = formats.read_frame(outcome.output_uri)
+    theirs = formats.read_frame(outcome.shadow.output_uri)
+    assert outcome.shadow.output_uri.startswith(storage.join(bucket, "shadow"))
+    assert list(theirs["id"]) == list(ours["id"])
+    expected = float((ours["prediction"] == theirs["prediction"]).mean())
+    assert outcome.shadow.agreement == pytest.approx(expected) and expected < 0.9
+    assert result.shadow.agreement == pytest.approx(expected) and result.shadow.rows == 300
+    manifest = storage.read_json(storage.join(bucket, "predictions", "a.csv.manifest.json"))
+    assert manifest["shadow"]["model_ref"] == f"duo/{challenger.version}"
+    no_shadow = plan(ScoreParams(model="duo@production", bucket=bucket, shadow=None))
+    assert no_shadow.shadow_ref is None
