@@ -135,7 +135,6 @@ def pipeline_run(stack: Stack) -> dict:
     raw = storage.join(stack.bucket, "raw", "train.csv")
     formats.write_frame(synthetic_classification(600), raw)
     # 90 test rows: one row is 1.1 accuracy points, so the gate allows a little more than its default.
-    # The default layer sizes: on a toy-sized network int8 is not faster than fp32 and the gate says no.
     params = {"data_uri": raw, "target": "label", "exclude": ["id"], "max_epochs": 8, "max_metric_drop": 0.05,
               "isolation": "deployment"}  # fmt: skip
     status, run = stack.create_run("pipeline", params)
