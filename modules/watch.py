@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from modules import storage
 from modules.claims import new_owner
 from modules.config import Settings
-from modules.errors import InputError
+from modules.errors import InputError, ObjectNotFound
 
 EVENT_NAME = "maas.object.created"
 GENERATIONS_KEPT = 3
@@ -98,10 +98,16 @@ class Watcher:
         self.folder = storage.join(state_uri, "watch", hashlib.sha256(self.prefix.encode()).hexdigest()[:24])
 
     def load(self) -> Cursor:
-        generations = storage.list_objects(self.folder)
-        if not generations:
-            return Cursor(prefix=self.prefix)
-        return storage.read_model(generations[-1].uri, Cursor)
+        """The newest generation. Another watcher's `commit` may prune the one just listed before it is
+        read (it kept writing newer ones meanwhile): then the listing is taken again."""
+        while True:
+            generations = storage.list_objects(self.folder)
+            if not generations:
+                return Cursor(prefix=self.prefix)
+            try:
+                return storage.read_model(generations[-1].uri, Cursor)
+            except ObjectNotFound:
+                continue
 
     def poll(self) -> Cursor:
         """The next cursor, written with the new objects as `pending`; nothing pending when nothing is new.
