@@ -207,10 +207,10 @@ def decide(metric: str, fp32: VariantReport, served: VariantReport, max_drop: fl
     RMSE rise by `max_drop` (relative). The reason says by how much.
 
     Speed is reported, not gated. The served variant is an int8 ONNX model of a network with at most
-    the fp32 network's multiply-adds (fewer when structured pruning kept the metric), so it is never
-    more compute than fp32 by construction; and rows/s measured on a shared machine would make the
-    decision depend on how busy it was. `speedup` and the reason carry the measured ratio for the
-    card and the logs only.
+    the fp32 network's multiply-adds (fewer when it is the structurally pruned one), so a speed
+    criterion that does not read a clock would hold by construction; and one on rows/s measured on a
+    shared machine would make the decision depend on how busy it was. The reason carries the
+    multiply-adds ratio, `speedup` and the reason the measured rows/s ratio, for the card and logs.
     """
     reference, candidate = fp32.metric, served.metric
     drop = metric_drop(metric, reference, candidate)
