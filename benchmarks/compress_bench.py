@@ -120,7 +120,8 @@ def markdown(rows: list[dict]) -> str:
         f"`benchmarks/compress_bench.py` on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}. Each row: one training run, then the compress",
         "step with structured pruning (default l2 importance, 2 steps, 6 fine-tune epochs); the served",
-        "artifact is the fastest ONNX Runtime int8 variant within 1 accuracy point of fp32. Size is",
+        "artifact is the ONNX Runtime int8 variant with the fewest multiply-adds within 1 accuracy point",
+        "of fp32 on the validation split (accuracies below are on the test split). Size is",
         "against torch.save of the fp32 weights; rows/s against fp32 torch eager, measured in the same",
         "run (batches of 8,192 rows, 2 threads).",
         "",

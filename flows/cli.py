@@ -635,12 +635,13 @@ class _AliasMove(BaseModel):
 
 def _variants_table(result) -> Table:
     table = Table(title=f"{result.model_ref}: test {result.compressed.metric} by variant")
-    for column in ("variant", result.compressed.metric, "parameters", "bytes", "rows/s", "engine"):
+    for column in ("variant", result.compressed.metric, "val", "parameters", "bytes", "rows/s", "engine"):
         table.add_column(column, justify="left" if column in ("variant", "engine") else "right", no_wrap=True)
     for v in result.compressed.variants:
         table.add_row(
             v.name + (" *" if v.name == result.compressed.served else ""),
             f"{v.metric:.4f}",
+            "" if v.val_metric is None else f"{v.val_metric:.4f}",
             f"{v.parameters:,}",
             f"{v.size_bytes:,}",
             f"{v.rows_per_s:,.0f}",
@@ -651,7 +652,7 @@ def _variants_table(result) -> Table:
 
 def _show_pipeline(result) -> None:
     console.print(_variants_table(result))
-    console.print(f"* served (the int8 artifact); gate: {result.gate}")
+    console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
     console.print(f"model card: {result.card_uri}\nrun outputs: {result.run_uri}")
 
 

@@ -63,12 +63,14 @@ def compress(params: CompressParams) -> CompressResult:
     logger = get_run_logger()
     for v in result.variants:
         served = " <- served" if v.name == result.served else ""
-        logger.info("%-20s %s %.4f, %d parameters, %d bytes, %.0f rows/s (%s)%s", v.name, result.metric, v.metric,
-                    v.parameters, v.size_bytes, v.rows_per_s, v.engine, served)  # fmt: skip
+        logger.info("%-20s %s %.4f (val %.4f), %d parameters, %d multiply-adds, %d bytes, %.0f rows/s (%s)%s",
+                    v.name, result.metric, v.metric, v.val_metric, v.parameters, v.multiply_adds, v.size_bytes,
+                    v.rows_per_s, v.engine, served)  # fmt: skip
     logger.info("gate %s", result.gate.reason)
     rows = [
         {"variant": v.name + (" (served)" if v.name == result.served else ""), "engine": v.engine,
-         result.metric: round(v.metric, 4), "parameters": v.parameters, "sparsity": round(v.sparsity, 3),
+         result.metric: round(v.metric, 4), f"val_{result.metric}": round(v.val_metric, 4),
+         "parameters": v.parameters, "multiply_adds": v.multiply_adds, "sparsity": round(v.sparsity, 3),
          "bytes": v.size_bytes, "gzip_bytes": v.gzip_bytes, "rows_per_s": round(v.rows_per_s)}
         for v in result.variants
     ]  # fmt: skip

@@ -45,16 +45,29 @@ class TrainResult(BaseModel):
 
 
 class VariantReport(BaseModel):
-    """One model variant measured on the test split, on the engine it would be served with."""
+    """One model variant measured on the engine it would be served with.
 
-    name: str = Field(description="fp32, pruned, int8-dynamic, int8-static (ONNX Runtime) or torch-int8.")
+    `val_metric`, `multiply_adds` and `size_bytes` are what the served variant is chosen by, `metric`
+    (test split) what the gate judges; `rows_per_s` is measured wall-clock speed, informative only.
+    """
+
+    name: str = Field(
+        description="fp32, pruned (torch), int8, pruned-int8-dynamic, pruned-int8-static (ONNX Runtime) "
+        "or pruned-torch-int8."
+    )
     engine: str
-    metric: float
+    metric: float = Field(description="Metric on the test split: what the gate judges.")
+    val_metric: float | None = Field(
+        None, description="Metric on the validation split: what the served variant is chosen on."
+    )
     sparsity: float = Field(description="Fraction of the fp32 model's weights removed or zero.")
     parameters: int = Field(0, description="Non-zero weights and biases of the Linear layers.")
+    multiply_adds: int = Field(
+        0, description="Multiply-adds per row in the Linear layers on dense kernels (zero weights count)."
+    )
     size_bytes: int = Field(description="Artifact size: the ONNX file, or the torch int8 state dict.")
     gzip_bytes: int = Field(description="Size after gzip: what unstructured sparsity saves in storage and transfer.")
-    rows_per_s: float
+    rows_per_s: float = Field(description="Measured on this machine in this run: reported, never decides.")
 
 
 class GateDecision(BaseModel):
@@ -63,7 +76,9 @@ class GateDecision(BaseModel):
     reference: float = Field(description="fp32 test metric.")
     candidate: float = Field(description="Served variant's test metric.")
     max_metric_drop: float
-    speedup: float | None = Field(None, description="Served variant's rows/s over fp32 torch eager's.")
+    speedup: float | None = Field(
+        None, description="Served variant's measured rows/s over fp32 torch eager's: reported, not gated."
+    )
     reason: str
 
 
@@ -79,7 +94,10 @@ class CompressResult(BaseModel):
     sparsity_target: float
     metric: Literal["accuracy", "rmse"]
     variants: list[VariantReport]
-    served: str = Field(description="The variant published as the int8 artifact (the fastest that keeps the metric).")
+    served: str = Field(
+        description="The variant published as the int8 artifact: the one with the fewest multiply-adds whose "
+        "validation metric is within the tolerance."
+    )
     model: dict = Field(description="Layer sizes of the compressed network (MLPConfig), for the torch engine.")
     artifacts: dict[str, ArtifactRef] = Field(
         description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine)."

@@ -277,7 +277,12 @@ class PreprocessParams(BaseModel):
     output_uri: str | None = Field(
         None, description="Where the splits go; default runs/<new run id>/preprocess in the bucket."
     )
-    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of rows for validation (early stopping).")
+    val_fraction: float = Field(
+        0.15,
+        gt=0,
+        lt=0.5,
+        description="Share of rows for validation: early stopping, and choosing the served int8 variant.",
+    )
     test_fraction: float = Field(
         0.15, gt=0, lt=0.5, description="Share of rows held back for the test metrics and the gate."
     )

@@ -36,6 +36,12 @@ def parameter_count(net: TabularNet, nonzero: bool = False) -> int:
     return sum(int((t != 0).sum()) if nonzero else t.numel() for t in tensors)
 
 
+def multiply_adds(net: TabularNet) -> int:
+    """Multiply-adds per row in the MLP's Linear layers as dense kernels run them (zero weights count):
+    a cost that, unlike measured speed, does not depend on the machine."""
+    return sum(layer.in_features * layer.out_features for layer in net.linear_layers())
+
+
 def unit_scores(net: TabularNet, importance: Importance, sample: torch.Tensor | None = None) -> list[torch.Tensor]:
     """One score per unit of each hidden layer; higher is more important."""
     hidden = net.linear_layers()[:-1]

@@ -11,7 +11,8 @@ Two ways in, one event out:
 
 A poll is two-phase so a crash cannot lose objects: the next generation is written with the new
 objects as `pending` before they are reported (a conditional create, so two watchers on one prefix
-never both report them), and `pending` is cleared after. If the watcher dies between the two, the
+never both report them; a generation name freed by pruning and created again from a stale cursor
+is recognised as stale), and `pending` is cleared after. If the watcher dies between the two, the
 next one takes the pending objects over once the writer has been silent for a minute and reports
 them again; each event's id derives from (URI, etag), so a duplicate is recognisable, and scoring
 is exactly-once per object version anyway.
@@ -31,7 +32,7 @@ from pydantic import BaseModel, Field
 from modules import storage
 from modules.claims import new_owner
 from modules.config import Settings
-from modules.errors import InputError
+from modules.errors import InputError, ObjectNotFound
 
 EVENT_NAME = "maas.object.created"
 GENERATIONS_KEPT = 3
@@ -98,10 +99,16 @@ class Watcher:
         self.folder = storage.join(state_uri, "watch", hashlib.sha256(self.prefix.encode()).hexdigest()[:24])
 
     def load(self) -> Cursor:
-        generations = storage.list_objects(self.folder)
-        if not generations:
-            return Cursor(prefix=self.prefix)
-        return storage.read_model(generations[-1].uri, Cursor)
+        """The newest generation. Another watcher's `commit` may prune the one just listed before it is
+        read (it kept writing newer ones meanwhile): then the listing is taken again."""
+        while True:
+            generations = storage.list_objects(self.folder)
+            if not generations:
+                return Cursor(prefix=self.prefix)
+            try:
+                return storage.read_model(generations[-1].uri, Cursor)
+            except ObjectNotFound:
+                continue
 
     def poll(self) -> Cursor:
         """The next cursor, written with the new objects as `pending`; nothing pending when nothing is new.
@@ -137,7 +144,16 @@ class Watcher:
         )
         if not storage.create_json(self._uri(following.generation), following):
             return _idle(cursor)
+        if self._newest() > following.generation:
+            # The name was free only because `commit` had pruned it: other watchers moved the cursor
+            # several generations on while this one listed from an old one. Its pending objects were
+            # reported then; this stale generation is never the newest, so no one reads it, and the
+            # next commit prunes it again.
+            return _idle(cursor)
         return following
+
+    def _newest(self) -> int:
+        return max((int(o.uri.rsplit("/", 1)[-1].split(".")[0]) for o in storage.list_objects(self.folder)), default=0)
 
     def commit(self, cursor: Cursor) -> None:
         """Mark `cursor.pending` reported and drop generations older than the last few."""

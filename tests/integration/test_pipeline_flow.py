@@ -29,7 +29,8 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     variants = {v.name: v for v in result.compressed.variants}
     served = result.compressed.served_variant()
     assert variants["fp32"].metric >= 0.97
-    assert served.metric >= variants["fp32"].metric - 0.01 and result.compressed.gate.speedup > 1
+    assert served.metric >= variants["fp32"].metric - 0.01 and result.compressed.gate.passed
+    assert served.multiply_adds < variants["fp32"].multiply_adds  # pruning kept the metric: the smaller network
     assert served.size_bytes < variants["fp32"].size_bytes / 3
     assert result.model_ref == "digits@production" and result.version == 1
     assert registry.aliases(bucket, "digits") == {"latest": 1, "production": 1}
@@ -118,7 +119,7 @@ def test_regression_pipeline(local_bucket: str) -> None:
     variants = {v.name: v.metric for v in result.compressed.variants}
     assert variants["fp32"] < 0.25 * baseline
     served = variants[result.compressed.served]
-    assert result.compressed.gate.passed == (served <= variants["fp32"] * 1.01 and result.compressed.gate.speedup > 1)
+    assert result.compressed.gate.passed == (served <= variants["fp32"] * 1.01)  # the test metric alone decides
 
     incoming = storage.join(local_bucket, "incoming", "new.csv")
     formats.write_frame(frame.drop(columns=["price"]).iloc[:100], incoming)
