@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python benchmarks/score_bench.py [--files 4 --rows 250000 --big-csv-gb 1.0]
 Prints each figure as it is measured and writes benchmarks/results/score.json and score.md.
+`--drift-only` measures just the cost of drift checks (scoring with drift on and off, alternated, on
+the local bucket) and writes benchmarks/results/drift.md.
 Everything is measured in the same run on the same machine; ratios are against the baseline
 measured alongside. A moto S3 server on 127.0.0.1 stands in for S3.
 """
@@ -161,7 +163,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=250_000, help="rows per file")
     parser.add_argument("--big-csv-gb", type=float, default=1.0, help="size of the larger CSV for peak RSS")
     parser.add_argument("--small-files", type=int, default=1000, help="files for the per-file overhead")
+    parser.add_argument("--drift-only", action="store_true", help="only drift on vs off (results/drift.md)")
+    parser.add_argument("--repeats", type=int, default=3, help="drift on/off pairs with --drift-only")
     args = parser.parse_args()
+    if args.drift_only:
+        return drift_cost(args)
 
     from moto.server import ThreadedMotoServer
 
@@ -231,6 +237,40 @@ def main() -> None:
     (RESULTS / "score.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "score.md").write_text(markdown(results))
     print((RESULTS / "score.md").read_text())
+
+
+def drift_cost(args: argparse.Namespace) -> None:
+    """Rows/s of the score flow with drift checks on and off, alternated on the same files and model."""
+    bucket = (Path(tempfile.mkdtemp(prefix="maas-bench-")) / "bucket").as_uri()
+    train_model(bucket)
+    figures: dict[str, dict[str, list[float]]] = {}
+    for kind in ("parquet", "csv"):
+        prefix = storage.join(bucket, f"in-{kind}")
+        for i in range(args.files):
+            formats.write_frame(synthetic(args.rows, seed=100 + i), storage.join(prefix, f"part-{i}.{kind}"))
+        figures[kind] = {"on": [], "off": []}
+        for repeat in range(args.repeats):
+            for mode in ("on", "off"):
+                output = storage.join(bucket, f"out-{kind}-{mode}-{repeat}")
+                result = maas_score(bucket, prefix, output, drift=mode == "on", rescore=True)
+                figures[kind][mode].append(result["rows_per_s"])
+                print(f"[drift {mode}] {kind}: {result['rows_per_s']:,.0f} rows/s", flush=True)
+    lines = [
+        "# Cost of drift checks",
+        "",
+        f"{os.cpu_count()} CPUs; {args.files} files per format of {args.rows:,} rows x 64 features; the score flow "
+        f"with drift on (the default) and off (`--no-drift`), alternated {args.repeats} times on the same files. "
+        "Median rows/s.",
+        "",
+        "| format | drift on | drift off | on / off |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for kind, runs in figures.items():
+        on, off = float(np.median(runs["on"])), float(np.median(runs["off"]))
+        lines.append(f"| {kind} | {on:,.0f} | {off:,.0f} | {on / off:.2f} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "drift.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / "drift.md").read_text())
 
 
 def markdown(results: dict) -> str:
