@@ -713,6 +713,9 @@ def _show_evaluation(result) -> None:
     )
     console.print(f"records under {result.output_uri}" + (f"; plot {result.plot_uri}" if result.plot_uri else ""),
                   soft_wrap=True)  # fmt: skip
+    if not result.label_rows + result.labels_incomplete:
+        console.print(f"warning: no label rows under {result.labels_uri} (a path outside the bucket needs a URI)",
+                      soft_wrap=True)  # fmt: skip
 
 
 def _show_demo(result) -> None:
