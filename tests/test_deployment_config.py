@@ -72,6 +72,9 @@ def test_the_kubernetes_manifest_runs_a_worker_for_the_pool_and_the_watcher() ->
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
     watcher = workloads["maas-watcher"]["spec"]["template"]["spec"]["containers"][0]
     assert watcher["args"][:2] == ["maas", "watch"]
+    labels = workloads["maas-watcher"]["spec"]["template"]["spec"]["containers"][1]
+    assert labels["args"][:4] == ["maas", "watch", "--prefix", "$(MAAS_BUCKET)/labels"]
+    assert labels["envFrom"] == watcher["envFrom"]  # MAAS_BUCKET comes from the config map
     assert all(w["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] for w in workloads.values())
     pool = {d["work_pool"]["name"] for d in _deployments().values()}
     assert pool == {"maas"}
