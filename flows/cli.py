@@ -313,6 +313,43 @@ def score(
     _run(action, as_json, _show_score)
 
 
+@app.command()
+def evaluate(
+    labels: Annotated[
+        Optional[str], typer.Option(help="Labels file or prefix (CSV, TSV, Parquet, JSONL); default labels/.")
+    ] = None,
+    on: Annotated[str, typer.Option(help="Id column joining labels to predictions.")] = "id",
+    model: Annotated[
+        Optional[str], typer.Option(help="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production.")
+    ] = None,
+    predictions: Annotated[
+        Optional[str], typer.Option(help="Predictions prefix or file; default predictions/ in the bucket.")
+    ] = None,
+    target: Annotated[Optional[str], typer.Option(help="Column of true values; default the model's target.")] = None,
+    bucket: BucketOption = None,
+    output: Annotated[
+        Optional[str], typer.Option(help="Where metrics go; default monitoring/<name>/ in the bucket.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Join ground truth to what a model version predicted; record its metrics per day under monitoring/<name>/.
+
+    Example: maas evaluate --model churn@production --labels s3://my-bucket/labels/ --on customer_id
+    """
+
+    def action() -> BaseModel:
+        from flows.evaluate import evaluate as evaluate_flow
+        from modules.evaluate import EvaluateParams
+
+        params = EvaluateParams(
+            model=model, predictions_uri=predictions, labels_uri=labels, on=on, target=target, bucket=bucket,
+            output_uri=output,
+        )  # fmt: skip
+        return evaluate_flow(params)
+
+    _run(action, as_json, _show_evaluation)
+
+
 class _ProgressBars:
     """Files and rows, on stderr, while a scoring run is in flight."""
 
@@ -360,7 +397,7 @@ def watch(
     interval: Annotated[float, typer.Option(help="Seconds between two listings.")] = 10,
     run_seconds: Annotated[Optional[float], typer.Option(help="Stop after this long (0: one poll).")] = None,
 ) -> None:
-    """Emit a Prefect event for every object dropped under a prefix; the score deployment reacts.
+    """Emit a Prefect event for every object dropped under a prefix; score (or, for labels/, evaluate) reacts.
 
     Needs PREFECT_API_URL (a server: `maas up` runs this for you). Example: maas watch --interval 5
     """
@@ -466,13 +503,13 @@ def up(
         Optional[str], typer.Option(help="PostgreSQL URL (postgresql+asyncpg://user:pass@host/db); default SQLite.")
     ] = None,
     bucket: BucketOption = None,
-    watch_interval: Annotated[float, typer.Option(help="Seconds between two listings of incoming/.")] = 5,
+    watch_interval: Annotated[float, typer.Option(help="Seconds between two listings of incoming/ and labels/.")] = 5,
     home: Annotated[Path, typer.Option(help="Where the stack keeps its database, logs and process ids.")] = Path(
         ".maas/stack"
     ),
     as_json: JsonOption = False,
 ) -> None:
-    """Start the local stack: Prefect server and UI, a process worker, every deployment, the bucket watcher.
+    """Start the local stack: Prefect server and UI, a process worker, every deployment, the bucket watchers.
 
     Example: maas up, then open http://127.0.0.1:4200 and drop a CSV into the bucket's incoming/.
     """
@@ -491,7 +528,7 @@ def up(
     def show(info) -> None:
         console.print(f"Prefect UI: {info.ui_url}  (API {info.api_url})")
         console.print(f"deployments: {', '.join(info.deployments)}")
-        console.print(f"bucket: {info.bucket}; watching {info.incoming_uri}")
+        console.print(f"bucket: {info.bucket}; watching {info.incoming_uri} and {info.labels_uri}")
         console.print(
             "try: `maas demo` trains the production model; then copy a CSV into incoming/: it is scored within a "
             "minute, predictions under predictions/, and the runs show in the UI.",
@@ -569,7 +606,15 @@ def models_show(
         name, version = registry.resolve(_bucket(bucket), ref)
         return registry.load_card(registry.card_uri(_bucket(bucket), name, version))
 
-    _run(action, as_json, lambda card: console.print_json(card.model_dump_json()), runs_flows=False)
+    def show(card) -> None:
+        from modules.evaluate import history
+
+        console.print_json(card.model_dump_json())
+        records = history(_bucket(bucket), card.name)
+        if records:
+            console.print(_metrics_table(records, f"{card.name}: metrics on ground truth by version and day"))
+
+    _run(action, as_json, show, runs_flows=False)
 
 
 @models_app.command("promote")
@@ -678,6 +723,37 @@ def _show_score(result) -> None:
         console.print(line + (f"  ({outcome.error})" if outcome.error else ""), soft_wrap=True)
     if len(shown) > SHOWN_FILES:
         console.print(f"  … and {len(shown) - SHOWN_FILES} more (--json lists them all)")
+
+
+def _metrics_table(records: list, title: str) -> Table:
+    names = list(dict.fromkeys(m for r in records for m in r.metrics))
+    table = Table(title=title)
+    for column in ("version", "day", "rows", "unlabeled", *names):
+        table.add_column(column, justify="left" if column == "day" else "right", no_wrap=True)
+    for r in records:
+        values = ["n/a" if r.metrics.get(m) is None else f"{r.metrics[m]:.4f}" for m in names]
+        table.add_row(str(r.version), str(r.day), f"{r.rows:,}", f"{r.unlabeled_predictions:,}", *values)
+    return table
+
+
+def _show_evaluation(result) -> None:
+    from modules import storage
+    from modules.evaluate import MetricsRecord
+
+    records = [storage.read_model(uri, MetricsRecord) for uri in result.records]
+    if records:
+        console.print(_metrics_table(records, f"{result.model_ref}: metrics on ground truth by day"))
+    overall = ", ".join(f"{n} {'n/a' if v is None else f'{v:.4f}'}" for n, v in result.metrics.items())
+    console.print(f"{result.model_ref}: {overall or 'no metrics (no prediction has a label yet)'}")
+    console.print(
+        f"joined {result.rows:,}; unmatched labels {result.unmatched_labels:,}; "
+        f"unlabeled predictions {result.unlabeled_predictions:,}; incomplete label rows {result.labels_incomplete:,}"
+    )
+    console.print(f"records under {result.output_uri}" + (f"; plot {result.plot_uri}" if result.plot_uri else ""),
+                  soft_wrap=True)  # fmt: skip
+    if not result.label_rows + result.labels_incomplete:
+        console.print(f"warning: no label rows under {result.labels_uri} (a path outside the bucket needs a URI)",
+                      soft_wrap=True)  # fmt: skip
 
 
 def _show_demo(result) -> None:

@@ -1,5 +1,6 @@
 """The local stack behind `maas up` / `maas down`: a Prefect server with its UI, a process worker,
-every deployment of deployments/prefect.yaml, and a watcher on the bucket's incoming/ prefix.
+every deployment of deployments/prefect.yaml, and watchers on the bucket's incoming/ prefix (drops are
+scored) and labels/ prefix (ground truth is evaluated).
 
 Each is a detached subprocess (its own session, so `down` stops it with its children) logging to
 `<home>/logs/`; their process ids and the API address are kept in `<home>/stack.json`. The server
@@ -42,7 +43,7 @@ class StackParams(BaseModel):
     port: int = Field(4200, ge=1, le=65535)
     database_url: str | None = Field(None, description="PostgreSQL URL (postgresql+asyncpg://...); default SQLite.")
     bucket: str | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
-    watch_interval: float = Field(5, gt=0, description="Seconds between two listings of incoming/.")
+    watch_interval: float = Field(5, gt=0, description="Seconds between two listings of incoming/ and labels/.")
     start_timeout: float = Field(180, gt=0, description="Seconds to wait for the server to answer.")
 
 
@@ -51,6 +52,7 @@ class StackInfo(BaseModel):
     ui_url: str
     bucket: str
     incoming_uri: str
+    labels_uri: str
     home: Path
     pids: dict[str, int]
     deployments: list[str]
@@ -77,6 +79,10 @@ def up(params: StackParams) -> StackInfo:
         )
         pids["watcher"] = _spawn(home, "watcher", [sys.executable, "-m", "flows.cli", "watch", "--interval",
                                                    str(params.watch_interval)], env)  # fmt: skip
+        labels = Settings(bucket=bucket).uri("labels")
+        pids["labels-watcher"] = _spawn(home, "labels-watcher", [sys.executable, "-m", "flows.cli", "watch", "--prefix",
+                                                                 labels, "--interval", str(params.watch_interval)],
+                                        env)  # fmt: skip
     except BaseException:
         _stop(pids)
         raise
@@ -85,6 +91,7 @@ def up(params: StackParams) -> StackInfo:
         ui_url=api_url.removesuffix("/api"),
         bucket=bucket,
         incoming_uri=Settings(bucket=bucket).uri("incoming"),
+        labels_uri=Settings(bucket=bucket).uri("labels"),
         home=home,
         pids=pids,
         deployments=sorted(d["name"] for d in _api(api_url, "deployments/filter")),

@@ -2,7 +2,8 @@
 
 The `score` deployment's trigger (deployments/prefect.yaml) reacts to these events: the first one
 of a burst schedules one scoring run of the watched prefix a few seconds later, and the events
-that follow within that window are absorbed by it (Prefect's debouncing pattern).
+that follow within that window are absorbed by it (Prefect's debouncing pattern). Events of a
+prefix named `labels` (resource label `maas.prefix.name`) start the `evaluate` deployment instead.
 
 Three sources, one event:
 - `watch` (flow, or `maas watch`): polls a prefix with a cursor kept in the bucket;
@@ -40,21 +41,25 @@ def emit(events: list[ObjectEvent]) -> None:
     asyncio.run(_send(events))
 
 
+def prefect_event(event: ObjectEvent) -> Event:
+    """The Prefect event of a new object: the deployments' triggers match its resource labels."""
+    return Event(
+        event=EVENT_NAME,
+        resource={
+            "prefect.resource.id": event.uri,
+            "prefect.resource.name": event.uri.rsplit("/", 1)[-1],
+            "maas.prefix": event.prefix,
+            "maas.prefix.name": event.prefix_name,
+        },
+        payload=event.payload(),
+        id=event.id,
+    )
+
+
 async def _send(events: list[ObjectEvent]) -> None:
     async with get_events_client(reconnection_attempts=RECONNECT_ATTEMPTS, checkpoint_every=1) as client:
         for event in events:
-            await client.emit(
-                Event(
-                    event=EVENT_NAME,
-                    resource={
-                        "prefect.resource.id": event.uri,
-                        "prefect.resource.name": event.uri.rsplit("/", 1)[-1],
-                        "maas.prefix": event.prefix,
-                    },
-                    payload=event.payload(),
-                    id=event.id,
-                )
-            )
+            await client.emit(prefect_event(event))
 
 
 def watch_loop(

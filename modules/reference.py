@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from modules.compress import CompressParams
+from modules.evaluate import EvaluateParams
 from modules.pipeline import PipelineParams
 from modules.preprocess import PreprocessParams
 from modules.registry import RegisterParams
@@ -25,6 +26,7 @@ from modules.watch import WatchParams
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("pipeline", PipelineParams, "`maas pipeline`; the `pipeline` deployment"),
     ("score", ScoreParams, "`maas score`; the `score` deployment (schedule, UI, bucket drops)"),
+    ("evaluate", EvaluateParams, "`maas evaluate`; the `evaluate` deployment (UI, label drops)"),
     ("watch", WatchParams, "`maas watch`; the `watch` deployment"),
     ("preprocess", PreprocessParams, "`maas preprocess`; the `preprocess` deployment"),
     ("train", TrainParams, "`maas train`; the `train` deployment"),

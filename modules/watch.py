@@ -58,6 +58,12 @@ class ObjectEvent(BaseModel):
         """Stable per object version, so a re-sent event is the same event."""
         return uuid5(_EVENT_NAMESPACE, f"{self.uri}\n{self.etag}")
 
+    @property
+    def prefix_name(self) -> str:
+        """The watched prefix's last part (`incoming`, `labels`): what the deployments' triggers match on, as
+        Prefect matches resource labels by exact value, trailing wildcard or negation, never by suffix."""
+        return self.prefix.rstrip("/").rsplit("/", 1)[-1]
+
     def payload(self) -> dict[str, Any]:
         """What the event carries besides its resource: enough to score this object and its burst."""
         modified = self.last_modified or datetime.now(timezone.utc)

@@ -12,8 +12,13 @@ import re
 
 import pytest
 import yaml
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.server.events.schemas.automations import EventTrigger
+from prefect.server.events.schemas.events import ReceivedEvent
 from prefect.utilities.templating import apply_values, find_placeholders
 
+from flows.watch import prefect_event
+from modules.watch import ObjectEvent
 from tests.test_layout import ROOT
 
 DEPLOYMENTS = ROOT / "deployments"
@@ -46,7 +51,7 @@ def test_kubernetes_gives_training_a_gpu_and_the_other_steps_none() -> None:
     assert train["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
     assert train["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert train["tolerations"][0]["key"] == "nvidia.com/gpu"
-    for step in ("preprocess", "compress", "register", "score", "pipeline", "watch"):
+    for step in ("preprocess", "compress", "register", "score", "evaluate", "pipeline", "watch"):
         spec = _render("kubernetes", step)["job_manifest"]["spec"]["template"]["spec"]
         assert "nvidia.com/gpu" not in json.dumps(spec["containers"][0]["resources"]) and spec["nodeSelector"] == {}
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -67,6 +72,9 @@ def test_the_kubernetes_manifest_runs_a_worker_for_the_pool_and_the_watcher() ->
     assert worker["livenessProbe"]["httpGet"]["path"] == "/health"
     watcher = workloads["maas-watcher"]["spec"]["template"]["spec"]["containers"][0]
     assert watcher["args"][:2] == ["maas", "watch"]
+    labels = workloads["maas-watcher"]["spec"]["template"]["spec"]["containers"][1]
+    assert labels["args"][:4] == ["maas", "watch", "--prefix", "$(MAAS_BUCKET)/labels"]
+    assert labels["envFrom"] == watcher["envFrom"]  # MAAS_BUCKET comes from the config map
     assert all(w["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] for w in workloads.values())
     pool = {d["work_pool"]["name"] for d in _deployments().values()}
     assert pool == {"maas"}
@@ -80,3 +88,37 @@ def test_credentials_come_from_the_worker_environment_never_from_deployments() -
     for pool in ("docker", "kubernetes"):
         template = json.loads((DEPLOYMENTS / "work-pools" / f"{pool}.json").read_text())
         assert template["variables"]["properties"]["env"]["default"] == {}
+
+
+def _fires(deployment: str, prefix: str) -> bool:
+    """Whether the deployment's trigger, as the server evaluates it, covers the event a watcher of `prefix` emits."""
+    (declared,) = _deployments()[deployment]["triggers"]
+    trigger = DeploymentEventTrigger.model_validate(declared)  # what `prefect deploy` reads from the file
+    fields = ("expect", "after", "match", "match_related", "for_each", "posture", "threshold", "within")
+    served = EventTrigger.model_validate(trigger.model_dump(include=set(fields)))
+    event = ObjectEvent(uri=f"{prefix.rstrip('/')}/a.csv", etag="e1", size=3, prefix=prefix, source="poll")
+    return served.covers(ReceivedEvent.model_validate(prefect_event(event).model_dump()))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "scored", "evaluated"),
+    [
+        ("s3://b/incoming", True, False),
+        ("s3://b/labels", False, True),
+        ("s3://b/labels/", False, True),
+        ("file:///srv/maas/bucket/labels", False, True),
+        ("s3://b/drops", True, False),  # a custom prefix given to `maas watch --prefix` is scored, as before
+        ("s3://b/incoming/labels-2026", True, False),  # not a labels/ prefix: only the last part counts
+        ("s3://b/labels/../incoming", True, False),
+    ],
+)
+def test_label_drops_start_an_evaluation_and_never_a_scoring_run(prefix: str, scored: bool, evaluated: bool) -> None:
+    assert (_fires("score", prefix), _fires("evaluate", prefix)) == (scored, evaluated)
+
+
+def test_the_evaluation_of_a_label_drop_reads_the_watched_prefix() -> None:
+    (trigger,) = _deployments()["evaluate"]["triggers"]
+    assert trigger["parameters"] == {"params": {"labels_uri": "{{ event.payload.prefix }}"}}
+    assert trigger["for_each"] == ["maas.prefix"] and trigger["expect"] == ["maas.object.created"]
+    assert _deployments()["evaluate"]["entrypoint"] == "flows.evaluate.evaluate"
+    assert _deployments()["evaluate"]["enforce_parameter_schema"] is True

@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score
 
 from modules import formats, registry, storage
 from modules.registry import RegisterParams, register
+from tests.conftest import synthetic_classification
+from tests.unit.conftest import train_and_compress
 
 pytestmark = pytest.mark.integration
 MAAS = str(Path(sys.executable).parent / "maas")
@@ -32,6 +36,7 @@ def _maas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProc
         ["compress"],
         ["register"],
         ["score"],
+        ["evaluate"],
         ["demo"],
         ["models"],
         ["models", "list"],
@@ -122,3 +127,44 @@ def test_each_step_runs_on_its_own_and_they_chain_by_manifest_uri(tmp_path: Path
     registered = step("register", "--compressed", compressed["manifest_uri"], "--model-name", "tiny")
     assert registered["version"] == 1 and "latest" in registered["aliases"]
     assert trained["scheduler"] == "cosine" and trained["epochs_run"] <= 3
+
+
+def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_path: Path) -> None:
+    bucket = (tmp_path / ".maas" / "bucket").as_uri()
+    register(RegisterParams(compress_manifest=train_and_compress(bucket, "run-1"), bucket=bucket, name="tiny"))
+    frame = synthetic_classification(80, seed=5)
+    formats.write_frame(frame.drop(columns=["label"]), storage.join(bucket, "incoming", "batch.csv"))
+    scored = _maas("score", "--model", "tiny/1", "--json", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+
+    labels = frame[["id", "label"]].iloc[10:].copy()  # the first 10 predictions get no label
+    labels.loc[labels.index[::3], "label"] = "b"  # truths the model misses
+    ghosts = pd.DataFrame({"id": ["ghost-1", "ghost-2", "ghost-3"], "label": ["a", "b", "c"]})  # never scored
+    labels_uri = storage.join(bucket, "labels", "week-1.csv")
+    formats.write_frame(pd.concat([labels, ghosts]), labels_uri)
+    predictions = storage.join(bucket, "predictions")
+    command = ["evaluate", "--model", "tiny/1", "--predictions", predictions, "--labels", labels_uri, "--on", "id"]
+
+    evaluated = _maas(*command, "--target", "label", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    joined = formats.read_frame(storage.join(predictions, "batch.csv.predictions.parquet")).merge(labels, on="id")
+    assert (result["rows"], result["unmatched_labels"], result["unlabeled_predictions"]) == (70, 3, 10)
+    assert result["metrics"]["accuracy"] == pytest.approx(accuracy_score(joined.label, joined.prediction))
+    assert 0 < result["metrics"]["accuracy"] < 1
+    assert storage.read_bytes(result["plot_uri"])[:4] == b"\x89PNG"
+    assert result["plot_uri"] == storage.join(bucket, "monitoring", "tiny", "metrics.png")
+
+    table = _maas(*command, cwd=tmp_path)  # the same evaluation again, as a table: the record is overwritten
+    assert table.returncode == 0, table.stderr[-3000:]
+    day = result["records"][0].rsplit("/", 1)[-1].removesuffix(".json")
+    accuracy = f"{result['metrics']['accuracy']:.4f}"
+    assert [line for line in table.stdout.splitlines() if day in line and accuracy in line and " 70 " in line]
+    assert "joined 70; unmatched labels 3; unlabeled predictions 10" in table.stdout
+
+    shown = _maas("models", "show", "tiny@latest", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "metrics on ground truth by version and day" in shown.stdout
+    assert [line for line in shown.stdout.splitlines() if day in line and accuracy in line and " 70 " in line]
+    card = json.loads(_maas("models", "show", "tiny/1", "--json", cwd=tmp_path).stdout.splitlines()[-1])
+    assert card["name"] == "tiny" and card["version"] == 1  # --json still prints the card alone

@@ -20,6 +20,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from sklearn.metrics import accuracy_score
 
 from modules import formats, registry, storage
 from tests.conftest import free_port, synthetic_classification
@@ -95,7 +96,12 @@ def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     assert info["api_url"].startswith("http://127.0.0.1:")  # loopback unless told otherwise
     yield Stack(info, "s3://maas-stack")
     stopped = subprocess.run([MAAS, "down", "--home", str(home), "--json"], env=env, capture_output=True, text=True)
-    assert set(json.loads(stopped.stdout.splitlines()[-1])["stopped"]) == {"server", "worker", "watcher"}
+    assert set(json.loads(stopped.stdout.splitlines()[-1])["stopped"]) == {
+        "server",
+        "worker",
+        "watcher",
+        "labels-watcher",
+    }
     for pid in info["pids"].values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -104,7 +110,7 @@ def stack(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def test_every_deployment_registers_and_the_score_schedule_creates_runs(stack: Stack) -> None:
     declared = {d["name"] for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
     deployments = stack.deployments()
-    assert set(deployments) == declared == STEPS | {"score", "pipeline", "watch"}
+    assert set(deployments) == declared == STEPS | {"score", "evaluate", "pipeline", "watch"}
     assert sorted(stack.info["deployments"]) == sorted(declared)
     assert all(d["enforce_parameter_schema"] for d in deployments.values())
     # GPU request for training only, in the job variables each pool type reads
@@ -116,7 +122,10 @@ def test_every_deployment_registers_and_the_score_schedule_creates_runs(stack: S
     scheduled = stack.deployment_runs("score", "SCHEDULED")
     assert scheduled and all(r["expected_start_time"][14:16] in ("00", "15", "30", "45") for r in scheduled)
     automations = stack.call("automations/filter", {})[1]
-    assert [a["trigger"]["expect"] for a in automations] == [["maas.object.created"]]
+    assert sorted((a["name"], a["trigger"]["expect"], a["trigger"]["match"]) for a in automations) == [
+        ("evaluate-on-labels", ["maas.object.created"], {"maas.prefix.name": "labels"}),
+        ("score-on-drop", ["maas.object.created"], {"maas.prefix.name": "!labels"}),
+    ]
 
 
 def test_a_run_with_invalid_parameters_is_refused_before_it_starts(stack: Stack) -> None:
@@ -204,7 +213,8 @@ def test_a_dropped_file_is_scored_once_without_anyone_asking(stack: Stack, pipel
     sent = datetime.now(timezone.utc)
     for _ in range(2):
         event = {"id": str(uuid.uuid4()), "occurred": sent.isoformat(), "event": "maas.object.created",
-                 "resource": {"prefect.resource.id": info.uri, "maas.prefix": f"{stack.bucket}/incoming"},
+                 "resource": {"prefect.resource.id": info.uri, "maas.prefix": f"{stack.bucket}/incoming",
+                              "maas.prefix.name": "incoming"},
                  "payload": {"etag": info.etag, "size": info.size, "prefix": f"{stack.bucket}/incoming",
                              "scan_from": "2026-01-01T00:00:00+00:00"}}  # fmt: skip
         assert stack.call("events", [event])[0] == 204
@@ -219,3 +229,26 @@ def test_a_dropped_file_is_scored_once_without_anyone_asking(stack: Stack, pipel
     assert outputs == ["batch.csv.manifest.json", "batch.csv.predictions.parquet"]
     assert storage.read_json(manifest_uri)["started_at"] == first["started_at"]  # not scored again
     assert storage.read_bytes(dropped) == rows  # the input is untouched
+
+
+def test_dropped_labels_are_evaluated_and_never_scored(stack: Stack, pipeline_run: dict) -> None:
+    """After the scoring test: its 50 predictions get labels in labels/; the labels watcher's event starts
+    the evaluate deployment, and no scoring run (the incoming drop, in turn, started no evaluation)."""
+    frame = synthetic_classification(50, seed=3)
+    labels = frame[["id", "label"]].iloc[5:]
+    sent = datetime.now(timezone.utc)
+    storage.write_bytes(storage.join(stack.bucket, "labels", "batch.csv"), formats.frame_to_bytes(labels, "csv"))
+    evaluation_uri = storage.join(stack.bucket, "monitoring", "default", "evaluations", "1.json")
+    print(f"labels evaluated after {_wait_for(evaluation_uri, timeout=90):.1f} s")
+    result = storage.read_json(evaluation_uri)
+    predictions = formats.read_frame(
+        storage.join(stack.bucket, "predictions", "day 1", "batch.csv.predictions.parquet")
+    )
+    joined = predictions.merge(labels, on="id")
+    assert (result["rows"], result["unlabeled_predictions"], result["unmatched_labels"]) == (45, 5, 0)
+    assert result["metrics"]["accuracy"] == pytest.approx(accuracy_score(joined.label, joined.prediction))
+
+    evaluations = stack.deployment_runs("evaluate")
+    assert [r["parameters"]["params"] for r in evaluations] == [{"labels_uri": f"{stack.bucket}/labels"}]
+    scoring = [r for r in stack.deployment_runs("score") if datetime.fromisoformat(r["created"]) >= sent]
+    assert not [r for r in scoring if "labels" in json.dumps(r["parameters"])], scoring
