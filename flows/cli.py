@@ -710,7 +710,14 @@ def _show_score(result) -> None:
     if result.drift is not None:
         worst = [f for f in result.drift.features if f.files_drifted][:5]
         named = ", ".join(f"{f.name} ({f.files_drifted} file(s), {f.method} up to {f.max_score:.3f})" for f in worst)
-        line = f"drift: {result.drift.files_drifted} of {result.drift.files_judged} judged file(s) drifted"
+        judged = result.drift.files_judged
+        line = (
+            f"drift: {result.drift.files_drifted} of {judged} judged file(s) drifted"
+            if judged
+            else (
+                "drift: no file had the rows a judgement needs (drift_settings.min_rows; scores are in the manifests)"
+            )
+        )
         line += f": {named}" if named else ""
         line += f"; plot {result.drift_report_uri}" if result.drift_report_uri else ""
         console.print(line, soft_wrap=True)
