@@ -252,3 +252,42 @@ def test_dropped_labels_are_evaluated_and_never_scored(stack: Stack, pipeline_ru
     assert [r["parameters"]["params"] for r in evaluations] == [{"labels_uri": f"{stack.bucket}/labels"}]
     scoring = [r for r in stack.deployment_runs("score") if datetime.fromisoformat(r["created"]) >= sent]
     assert not [r for r in scoring if "labels" in json.dumps(r["parameters"])], scoring
+
+
+def test_drifted_files_emit_drift_events_and_the_retrain_trigger_starts_the_pipeline(
+    stack: Stack, pipeline_run: dict
+) -> None:
+    """Off by default; turned on as from the UI, three drifted files of `default` start one pipeline run,
+    which the cool-down ends at once (version 1 was registered minutes ago)."""
+    automations = stack.call("automations/filter", {})[1]
+    (retrain,) = [a for a in automations if a["name"] == "retrain-on-drift"]
+    assert retrain["enabled"] is False
+    enable = json.dumps({"enabled": True}).encode()
+    request = urllib.request.Request(f"{stack.api}/automations/{retrain['id']}", data=enable,
+                                     headers={"Content-Type": "application/json"}, method="PATCH")  # fmt: skip
+    urllib.request.urlopen(request, timeout=30).close()
+    sent = datetime.now(timezone.utc)
+    for i in range(3):
+        frame = synthetic_classification(1200, seed=20 + i).drop(columns=["label"])
+        frame["x1"] += 1.5 * frame["x1"].std()
+        storage.write_bytes(
+            storage.join(stack.bucket, "incoming", "drift", f"d{i}.parquet"), formats.frame_to_bytes(frame)
+        )
+    for i in range(3):
+        manifest = storage.join(stack.bucket, "predictions", "drift", f"d{i}.parquet.manifest.json")
+        _wait_for(manifest, timeout=300)
+        assert "x1" in storage.read_json(manifest)["drift"]["drifted_features"]
+
+    def retrains() -> list[dict]:
+        runs = stack.deployment_runs("pipeline")
+        return [r for r in runs if datetime.fromisoformat(r["created"]) >= sent and not r["auto_scheduled"]]
+
+    deadline = time.monotonic() + 300
+    while not [r for r in retrains() if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]:
+        assert time.monotonic() < deadline, f"no retrain run finished: {retrains()}; {stack.logs()}"
+        time.sleep(2)
+    (run,) = retrains()
+    assert (
+        run["parameters"]["params"]["model_name"] == "default" and run["parameters"]["params"]["cooldown_hours"] == 12
+    )
+    assert run["state_type"] == "COMPLETED" and run["state"]["message"].startswith("skipped: default/1"), run["state"]
