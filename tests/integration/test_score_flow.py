@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -46,3 +47,19 @@ def test_files_are_scored_in_parallel_tasks(twelve_files: str, runner: str) -> N
 def test_small_files_share_tasks_and_each_still_gets_its_outcome(twelve_files: str) -> None:
     result = score(ScoreParams(model="toy@production", bucket=twelve_files, group_bytes=1 << 20))
     assert result.counts["scored"] == 12 and len({o.input_uri for o in result.files}) == 12
+
+
+def test_a_drifted_file_leaves_the_drift_table_artifact_worst_feature_first(s3_bucket: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    register(RegisterParams(compress_manifest=train_and_compress(s3_bucket, "r1"), bucket=s3_bucket, name="toy"))
+    frame = synthetic_classification(1500, seed=9).drop(columns=["label"])
+    frame["x1"] += 1.5 * frame["x1"].std()
+    formats.write_frame(frame, storage.join(s3_bucket, "incoming", "shifted.parquet"))
+    result = score(ScoreParams(model="toy@production", bucket=s3_bucket))
+    assert result.files[0].drifted_features == ["x1"] and result.drift.files_drifted == 1
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drift"])))
+    tables = [a.data if isinstance(a.data, list) else json.loads(a.data) for a in artifacts]
+    assert [1 for rows in tables if rows[0]["feature"] == "x1" and rows[0]["files drifted"] == 1], tables
