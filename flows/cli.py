@@ -280,6 +280,10 @@ def score(
     max_failed_files: Annotated[
         int, typer.Option(help="Files that may fail (left for the next run) before the run stops and fails.")
     ] = 0,
+    shadow: Annotated[
+        str,
+        typer.Option(help="Challenger scored on the same rows into shadow/: REF, auto (the challenger alias) or none."),
+    ] = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Score every file under a prefix that this model version has not scored yet.
@@ -298,7 +302,7 @@ def score(
             output_format=output_format, passthrough=passthrough, include_features=include_features,
             max_error_rate=max_error_rate, missing_values=missing_values, batch_rows=batch_rows, engine=engine,
             drift=drift, missing_columns=missing_columns, lease_seconds=lease_seconds,
-            max_failed_files=max_failed_files,
+            max_failed_files=max_failed_files, shadow=None if shadow == "none" else shadow,
         )  # fmt: skip
         if parallel_files:
             options["parallel_files"] = parallel_files

@@ -291,3 +291,22 @@ def test_drifted_files_emit_drift_events_and_the_retrain_trigger_starts_the_pipe
         run["parameters"]["params"]["model_name"] == "default" and run["parameters"]["params"]["cooldown_hours"] == 12
     )
     assert run["state_type"] == "COMPLETED" and run["state"]["message"].startswith("skipped: default/1"), run["state"]
+
+    def events(name: str) -> list[dict]:
+        found = stack.call("events/filter", {"filter": {"event": {"name": [name]}}, "limit": 50})[1]
+        return found["events"]
+
+    drift_events = events("maas.model.drift")
+    assert len(drift_events) >= 3 and drift_events[0]["resource"]["maas.model.name"] == "default"
+    assert {e["payload"]["drifted_features"][0] for e in drift_events} == {"x1"}
+    promoted = events("maas.model.promoted")  # the pipeline's register moved production to version 1
+    assert [(e["payload"]["alias"], e["payload"]["version"]) for e in promoted] == [("production", 1)]
+    env = os.environ | {"PREFECT_API_URL": stack.api, "MAAS_BUCKET": stack.bucket}
+    moved = subprocess.run([MAAS, "models", "promote", "default/1", "--alias", "challenger"], env=env, text=True,
+                           capture_output=True, timeout=120)  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    deadline = time.monotonic() + 60
+    while len(events("maas.model.promoted")) < 2:
+        assert time.monotonic() < deadline, "maas models promote emitted no maas.model.promoted event"
+        time.sleep(1)
+    assert events("maas.model.promoted")[0]["payload"] == {"alias": "challenger", "version": 1, "previous": None}
