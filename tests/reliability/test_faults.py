@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -104,19 +105,23 @@ def _worker(params: ScoreParams, pause: float = 0.0, file_size_limit: int | None
 def test_a_worker_killed_mid_file_leaves_nothing_partial_and_the_next_run_scores_it_once(model_bucket: str) -> None:
     root = storage.join(model_bucket, "killed")
     dropped = _drop(root, 1, 4000)
-    params = _params(model_bucket, root, batch_rows=100, lease_seconds=3)
+    params = _params(model_bucket, root, batch_rows=100, lease_seconds=20)
     victim = _worker(params, pause=0.05)
-    deadline = time.monotonic() + 60
-    while not storage.list_objects(storage.join(root, "state", "claims")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # a few batches in
+    claims = storage.join(root, "state", "claims")
+    deadline = time.monotonic() + 120
+    while not (leases := storage.list_objects(claims)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert _manifests(root) == [] and not storage.list_objects(storage.join(root, "predictions"))
 
     job = plan(params)
-    assert score_file(job, job.files[0]).status == "claimed"  # the dead run's lease still holds
-    time.sleep(3.5)
+    lease = storage.read_json(leases[0].uri)
+    if datetime.fromisoformat(lease["expires_at"]) > datetime.now(timezone.utc) + timedelta(seconds=5):
+        assert score_file(job, job.files[0]).status == "claimed"  # the dead run's lease still holds
+    while datetime.fromisoformat(storage.read_json(leases[0].uri)["expires_at"]) > datetime.now(timezone.utc):
+        assert time.monotonic() < deadline + 60, "the dead run's lease never ran out"
+        time.sleep(0.2)
     assert score_file(plan(params), job.files[0]).status == "scored"
     _survived(root, dropped)
 
