@@ -51,6 +51,7 @@ def pipeline(params: PipelineParams) -> PipelineResult | State:
     if skip:  # a retrain-on-drift burst: the first run trained, the others end here
         get_run_logger().info("not retraining: %s", skip)
         return Completed(message=f"skipped: {skip}")
+    params = params.resolved()
     run = params.isolation
     prepared = _step(preprocess, params.preprocess(), PreprocessResult, run)
     trained = _step(train, params.train(prepared.manifest_uri), TrainResult, run)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from modules import registry
 from modules.compress import CompressParams
 from modules.config import Settings, new_run_id, sibling_output
+from modules.errors import InputError
 from modules.manifests import CompressResult
 from modules.model import MLPConfig, OptimConfig
 from modules.preprocess import PreprocessParams
@@ -23,8 +24,16 @@ from modules.train import Hardware, TrainParams
 
 
 class PipelineParams(BaseModel):
-    data_uri: str = Field(title="Dataset URI", description="Labeled CSV, TSV, Parquet or JSONL (gzip allowed).")
-    target: str = Field(title="Target column")
+    data_uri: str | None = Field(
+        None,
+        title="Dataset URI",
+        description="Labeled CSV, TSV, Parquet or JSONL (gzip allowed). Empty: retrain the model on the data its "
+        "latest version was trained on (the card's lineage), with the same target and features.",
+    )
+    target: str | None = Field(None, title="Target column", description="Empty: the latest version's target.")
+    features: list[str] | None = Field(
+        None, description="Feature columns; default: every column but the target and `exclude`."
+    )
     task: Literal["auto", "classification", "regression"] = Field(
         "auto", description="auto: labels and up to 20 distinct integers are classes, other numbers regression."
     )
@@ -61,6 +70,22 @@ class PipelineParams(BaseModel):
         "drift trigger sets it, so that a burst of drifted files makes one retrain); default never skip.",
     )
 
+    def resolved(self) -> PipelineParams:
+        """These params with the dataset, target and features of a retraining filled in from the model's
+        latest version (what a retrain-on-drift trigger asks for: the same model on its data as it is now)."""
+        if self.data_uri and self.target:
+            return self
+        settings = self.settings()
+        name = self.model_name or settings.model_name
+        latest = registry.versions(settings.bucket, name)
+        if self.data_uri or not latest:
+            raise InputError("pipeline: give data_uri and target (there is no version of the model to retrain from)")
+        card = registry.load_card(registry.card_uri(settings.bucket, name, latest[-1]))
+        return self.model_copy(
+            update={"data_uri": card.lineage.data_uri, "target": self.target or card.target,
+                    "features": self.features or card.features.feature_names}
+        )  # fmt: skip
+
     def recently_trained(self) -> str | None:
         """Why this run is within the cool-down of the model's latest version, or None."""
         if self.cooldown_hours is None:
@@ -83,6 +108,7 @@ class PipelineParams(BaseModel):
             data_uri=self.data_uri,
             target=self.target,
             task=self.task,
+            features=self.features,
             exclude=self.exclude,
             output_uri=output,
             seed=self.hardware.seed,
