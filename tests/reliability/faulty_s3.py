@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.reliability.proxy import LoopbackServer
+
 Kind = Literal["slowdown", "internal", "timeout", "reset", "conflict"]
 KINDS: tuple[Kind, ...] = ("slowdown", "internal", "timeout", "reset", "conflict")
 
@@ -83,7 +85,7 @@ class Rule:
         return self.where is None or self.where(path)
 
 
-class FaultyS3:
+class FaultyS3(LoopbackServer):
     """A fault-injecting HTTP proxy on 127.0.0.1 in front of `127.0.0.1:target_port`.
 
     `rates` maps kinds (slowdown, internal, timeout, reset) to the share of requests answered with
@@ -132,19 +134,9 @@ class FaultyS3:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self) -> FaultyS3:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
         self._stopped.clear()
-        threading.Thread(target=self._accept, args=(listener,), daemon=True, name="faulty-s3-accept").start()
+        self._listen(128)
         return self
 
     def stop(self) -> None:

@@ -7,7 +7,30 @@ import socket
 import threading
 
 
-class Proxy:
+class LoopbackServer:
+    """A listener on 127.0.0.1 (port 0: any free one) whose connections `_accept` serves on a thread."""
+
+    port: int
+    _listener: socket.socket | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _listen(self, backlog: int) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(backlog)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class Proxy(LoopbackServer):
     def __init__(self, target_port: int) -> None:
         self.target = ("127.0.0.1", target_port)
         self.port = 0
@@ -15,18 +38,8 @@ class Proxy:
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._listen(64)
 
     def stop(self) -> None:
         """Refuse new connections and cut the open ones, as a crashed endpoint would."""
