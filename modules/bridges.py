@@ -20,6 +20,7 @@ import hmac
 import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -46,10 +47,10 @@ class SqsBridge:
         self.wait_seconds = wait_seconds
         self.client = boto3.client("sqs")
 
-    def run(self, warn: Callable[[str], None]) -> None:
-        """Poll until stopped; passing failures are reported through `warn` and retried with backoff."""
+    def run(self, warn: Callable[[str], None], stop: threading.Event | None = None) -> None:
+        """Poll until `stop` is set (or forever); passing failures go to `warn` and are retried with backoff."""
         failures = itertools.count()
-        while True:
+        while not (stop and stop.is_set()):
             try:
                 self.poll_once()
                 failures = itertools.count()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from modules.bridges import SqsBridge, webhook_server
 from modules.watch import ObjectEvent
@@ -115,3 +117,42 @@ def test_webhook_answers_503_when_the_events_cannot_be_forwarded_so_the_store_re
         server.shutdown()
         server.server_close()
     assert status == 503 and "Prefect API down" in reply["error"]
+
+
+def test_the_sqs_bridge_outlives_passing_failures_and_stops_on_a_refusal(s3_bucket: str, s3_endpoint: str) -> None:
+    from botocore.config import Config
+
+    from tests.reliability.faulty_s3 import FaultyS3
+
+    name = s3_bucket.removeprefix("s3://")
+    sqs = boto3.client("sqs", endpoint_url=s3_endpoint)
+    queue_url = sqs.create_queue(QueueName=f"{name}-flaky")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    boto3.client("s3", endpoint_url=s3_endpoint).put_bucket_notification_configuration(
+        Bucket=name,
+        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+    )
+    delivered: list[ObjectEvent] = []
+    warnings: list[str] = []
+    stop = threading.Event()
+    with FaultyS3(int(s3_endpoint.rsplit(":", 1)[1]), rates={"internal": 1.0}) as flaky:
+        bridge = SqsBridge(queue_url, f"{s3_bucket}/incoming", delivered.extend, wait_seconds=1)
+        bridge.client = boto3.client("sqs", endpoint_url=flaky.url, config=Config(retries={"total_max_attempts": 1}))
+        relay = threading.Thread(target=bridge.run, args=(warnings.append, stop), daemon=True)
+        relay.start()
+        deadline = time.monotonic() + 60
+        while len(warnings) < 2:
+            assert relay.is_alive() and time.monotonic() < deadline, warnings
+            time.sleep(0.1)
+        flaky.faults_enabled = False  # the endpoint recovers: the bridge goes on by itself
+        boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=name, Key="incoming/late.csv", Body=b"a\n1\n")
+        while not delivered:
+            assert relay.is_alive() and time.monotonic() < deadline + 60, warnings
+            time.sleep(0.1)
+        stop.set()
+        relay.join(timeout=30)
+    assert [e.uri for e in delivered] == [f"{s3_bucket}/incoming/late.csv"]
+    assert "InternalError" in warnings[0] and not relay.is_alive()
+    gone = SqsBridge(queue_url + "-missing", f"{s3_bucket}/incoming", delivered.extend, wait_seconds=1)
+    with pytest.raises(ClientError):  # a queue that does not exist is no passing failure
+        gone.run(warnings.append)
