@@ -37,6 +37,8 @@ def main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False) 
     state["debug"] = debug
     # No telemetry from a machine that may have no internet; set before Prefect is imported.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect gives its temporary API server 20 s to start; a busy 2-core machine can need more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 class _UserErrorsInOneLine(logging.Filter):
