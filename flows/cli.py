@@ -239,12 +239,12 @@ def register(
             compress_manifest=compressed, bucket=bucket, name=model_name, max_champion_drop=max_champion_drop
         )
 
-    _run_step(
-        "register_model",
-        params,
-        as_json,
-        lambda r: console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}"),
-    )
+    def show(r) -> None:
+        console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}")
+        if r.champion:
+            console.print(f"champion gate: {r.champion}")
+
+    _run_step("register_model", params, as_json, show)
 
 
 @app.command()
@@ -726,6 +726,10 @@ def _variants_table(result) -> Table:
 def _show_pipeline(result) -> None:
     console.print(_variants_table(result))
     console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
+    if result.registered.champion:
+        console.print(f"champion gate: {result.registered.champion}")
+    if result.registered.pending:
+        console.print(f"waits for approval: maas models approve {result.registered.name}/{result.registered.version}")
     console.print(f"model card: {result.card_uri}\nrun outputs: {result.run_uri}")
 
 

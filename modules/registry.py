@@ -139,6 +139,8 @@ class RegisterResult(BaseModel):
     version: int
     card_uri: str
     aliases: list[str]
+    champion: str | None = Field(None, description="The champion gate's reason (None: no production to beat).")
+    pending: bool = Field(False, description="Passed every gate and waits for `maas models approve`.")
     manifest_uri: str = Field(description="This result, written beside the run's other manifests.")
 
 
@@ -454,6 +456,8 @@ def register(params: RegisterParams) -> RegisterResult:
         version=version,
         card_uri=location,
         aliases=moved,
+        champion=champion.reason if champion else None,
+        pending=held,
         manifest_uri=storage.join(
             params.output_uri or sibling_output(params.compress_manifest, "register"), "manifest.json"
         ),

@@ -47,7 +47,7 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_refused(trained) -> Non
     worse = _register(bucket, weak, "cc")  # passes int8-vs-fp32, loses to production
     card = registry.load_card(worse.card_uri)
     assert card.gate.passed and not card.promotable
-    assert worse.aliases == ["latest"] and worse.model_ref == "cc/3"
+    assert worse.aliases == ["latest"] and worse.model_ref == "cc/3" and worse.champion == card.champion.reason
     assert registry.aliases(bucket, "cc") == {"latest": 3, "production": 2}
     assert card.champion is not None and not card.champion.passed and card.champion.champion == "cc/2"
     assert (card.champion.champion_metric, card.champion.candidate_metric) == (1.0, decision.champion_metric)
@@ -93,7 +93,7 @@ def test_with_approval_required_a_passing_version_waits_until_approved(trained) 
     assert not registry.read_policy(bucket, "cc").require_approval  # another model, the default
 
     waiting = _register(bucket, good, "gated")
-    assert waiting.aliases == ["latest", "pending"] and waiting.model_ref == "gated/1"
+    assert waiting.aliases == ["latest", "pending"] and waiting.model_ref == "gated/1" and waiting.pending
     assert registry.aliases(bucket, "gated") == {"latest": 1, "pending": 1}
     card = registry.load_card(waiting.card_uri)
     assert card.approval is not None and card.approval.status == "pending" and card.approval.by is None
