@@ -226,20 +226,27 @@ def compress(
 def register(
     compressed: Annotated[str, typer.Option(help="manifest.json written by `maas compress`.")],
     model_name: Annotated[Optional[str], typer.Option(help="Registry name; default MAAS_MODEL or 'default'.")] = None,
+    max_champion_drop: Annotated[
+        float, typer.Option(help="Champion gate: accuracy drop (or relative RMSE rise) allowed vs production.")
+    ] = 0.0,
     bucket: BucketOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Step 4 alone: publish the next version; move latest, and production if the gate passed."""
+    """Step 4 alone: publish the next version; move latest, and production if it passed the gates."""
 
     from modules.registry import RegisterParams
 
-    params = lambda: RegisterParams(compress_manifest=compressed, bucket=bucket, name=model_name)  # noqa: E731
-    _run_step(
-        "register_model",
-        params,
-        as_json,
-        lambda r: console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}"),
-    )
+    def params() -> RegisterParams:
+        return RegisterParams(
+            compress_manifest=compressed, bucket=bucket, name=model_name, max_champion_drop=max_champion_drop
+        )
+
+    def show(r) -> None:
+        console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}")
+        if r.champion:
+            console.print(f"champion gate: {r.champion}")
+
+    _run_step("register_model", params, as_json, show)
 
 
 @app.command()
@@ -581,7 +588,7 @@ def models_list(
     bucket: BucketOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Versions with their test metrics, gate decisions and aliases.
+    """Versions with their test metrics, gate and champion decisions, approvals and aliases.
 
     Example: maas models list digits
     """
@@ -589,11 +596,13 @@ def models_list(
 
     def show(result) -> None:
         table = Table(title=f"models in {_bucket(bucket)}")
-        for column in ("model", "version", "created", "metric", "fp32", "int8", "gate", "aliases"):
+        columns = ("model", "version", "created", "metric", "fp32", "int8", "gate", "champion", "approval", "aliases")
+        for column in columns:
             table.add_column(column)
         for v in result.versions:
             table.add_row(v.name, str(v.version), f"{v.created_at:%Y-%m-%d %H:%M}", v.metric, f"{v.fp32:.4f}",
-                          f"{v.int8:.4f}", "passed" if v.gate_passed else "refused", ", ".join(v.aliases))  # fmt: skip
+                          f"{v.int8:.4f}", "passed" if v.gate_passed else "refused", v.champion or "",
+                          v.approval or "", ", ".join(v.aliases))  # fmt: skip
         console.print(table)
 
     _run(lambda: _Listing(versions=registry.summaries(_bucket(bucket), name)), as_json, show, runs_flows=False)
@@ -605,7 +614,7 @@ def models_show(
     bucket: BucketOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The model card: schema, metrics of every variant, gate decision, lineage, artifacts."""
+    """The model card: schema, metrics of every variant, gate and champion decisions, approval, lineage, artifacts."""
     from modules import registry
 
     def action() -> BaseModel:
@@ -665,6 +674,70 @@ def models_rollback(
     _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
 
 
+@models_app.command("approve")
+def models_approve(
+    ref: Annotated[str, typer.Argument(help="The version to approve: NAME/VERSION or NAME@pending.")],
+    reason: Annotated[str, typer.Option(help="Why it may go to production (recorded in the card).")],
+    by: Annotated[Optional[str], typer.Option(help="Who approves; default the OS user.")] = None,
+    force: Annotated[bool, typer.Option(help="Approve a version that a gate refused.")] = False,
+    bucket: BucketOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record who approved a version, when and why, in its card; then point production at it.
+
+    Example: maas models approve default/3 --reason "reviewed the confusion matrix"
+    """
+    from modules import registry
+
+    def action() -> BaseModel:
+        name = registry.resolve(_bucket(bucket), ref)[0]
+        previous = registry.aliases(_bucket(bucket), name).get("production")
+        name, version = registry.approve(_bucket(bucket), ref, reason, by or _os_user(), force)
+        announce_alias_move("promoted", name, "production", version, previous)
+        return _AliasMove(model_ref=f"{name}@production", version=version)
+
+    _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
+
+
+@models_app.command("policy")
+def models_policy(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    require_approval: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--require-approval/--no-require-approval",
+            help="Whether a version that passed the gates waits as pending for `maas models approve`; "
+            "omit to show the policy.",
+        ),
+    ] = None,
+    bucket: BucketOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show or set the model's registry policy (models/NAME/policy.json).
+
+    Example: maas models policy default --require-approval
+    """
+    from modules import registry
+
+    def action() -> BaseModel:
+        policy = registry.read_policy(_bucket(bucket), name)
+        if require_approval is not None:
+            policy = policy.model_copy(update={"require_approval": require_approval})
+            registry.write_policy(_bucket(bucket), name, policy)
+        return policy
+
+    _run(action, as_json, lambda p: console.print(f"{name}: require_approval={p.require_approval}"), runs_flows=False)
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry or USER variable
+        return f"uid {os.getuid()}"
+
+
 def announce_alias_move(kind: str, name: str, alias: str, version: int, previous: int | None) -> None:
     """The alias event, where a Prefect server listens (without one there is nobody to tell)."""
     from prefect.settings import PREFECT_API_URL
@@ -704,6 +777,10 @@ def _variants_table(result) -> Table:
 def _show_pipeline(result) -> None:
     console.print(_variants_table(result))
     console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
+    if result.registered.champion:
+        console.print(f"champion gate: {result.registered.champion}")
+    if result.registered.pending:
+        console.print(f"waits for approval: maas models approve {result.registered.name}/{result.registered.version}")
     console.print(f"model card: {result.card_uri}\nrun outputs: {result.run_uri}")
 
 

@@ -86,7 +86,12 @@ def compress(params: CompressParams) -> CompressResult:
 @flow(name="register")
 def register_model(params: RegisterParams) -> RegisterResult:
     result = register(params)
-    get_run_logger().info("registered %s (aliases moved: %s)", result.card_uri, ", ".join(result.aliases) or "none")
+    logger = get_run_logger()
+    logger.info("registered %s (aliases moved: %s)", result.card_uri, ", ".join(result.aliases) or "none")
+    if result.champion:
+        logger.info("champion gate %s", result.champion)
+    if result.pending:
+        logger.info("%s/%d waits for `maas models approve`", result.name, result.version)
     if "production" in result.aliases:
         emit_alias_moved("promoted", result.name, "production", result.version, None)
     return result

@@ -46,6 +46,7 @@ from modules import plots, pruning, storage
 from modules.config import sibling_output
 from modules.engines import OnnxEngine, TorchEngine
 from modules.manifests import ArtifactRef, CompressResult, GateDecision, TrainResult, VariantReport
+from modules.metrics import keeps_metric, metric_drop, metric_of
 from modules.model import MLPConfig, OptimConfig, ScoringHead, TabularDataModule, TabularModule, TabularNet
 from modules.preprocess import FeatureSpec
 from modules.pruning import Importance
@@ -92,14 +93,6 @@ class CompressParams(BaseModel):
     )
     batch_size: int = Field(64, ge=1, description="Rows per fine-tuning batch.")
     hardware: Hardware = Hardware()
-
-
-def metric_of(spec: FeatureSpec, outputs: np.ndarray, targets: np.ndarray) -> float:
-    """Accuracy for classification; RMSE in target units for regression (targets are encoded)."""
-    if spec.classes is not None:
-        return float((outputs.argmax(axis=1) == targets).mean())
-    truth = targets * spec.target_scale + spec.target_mean
-    return float(np.sqrt(np.mean((outputs[:, 0] - truth) ** 2)))
 
 
 def rows_per_second(run: Callable[[np.ndarray], object], features: np.ndarray) -> float:
@@ -189,17 +182,6 @@ def quantize_int8_static(source: Path, target: Path, calibration: np.ndarray) ->
 
 def _gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=6))
-
-
-def metric_drop(metric: str, reference: float, candidate: float) -> float:
-    """How much worse `candidate` is: accuracy points lost (absolute), or the RMSE's rise (relative)."""
-    if metric == "accuracy":
-        return reference - candidate
-    return (candidate - reference) / reference if reference else candidate - reference
-
-
-def keeps_metric(metric: str, reference: float, candidate: float, max_drop: float) -> bool:
-    return metric_drop(metric, reference, candidate) <= max_drop + 1e-12
 
 
 def decide(metric: str, fp32: VariantReport, served: VariantReport, max_drop: float) -> GateDecision:

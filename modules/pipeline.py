@@ -55,6 +55,12 @@ class PipelineParams(BaseModel):
     max_metric_drop: float = Field(
         0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise)."
     )
+    max_champion_drop: float = Field(
+        0.0,
+        ge=0,
+        description="Champion gate for `production`: accuracy drop (or relative RMSE rise) allowed against the "
+        "production version on the new version's test split; 0: not worse.",
+    )
     hardware: Hardware = Hardware()
     run_id: str | None = Field(None, description="Default: a new sortable id.")
     isolation: Literal["in-process", "deployment"] = Field(
@@ -140,6 +146,7 @@ class PipelineParams(BaseModel):
             compress_manifest=compress_manifest,
             bucket=settings.bucket,
             name=self.model_name or settings.model_name,
+            max_champion_drop=self.max_champion_drop,
             output_uri=sibling_output(compress_manifest, "register"),
         )
 

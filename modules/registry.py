@@ -13,6 +13,12 @@ version, whatever `promote` and `rollback` do at the same time. No lock, nothing
 process dies, and the log says who moved the alias, when and from where. (A bucket written before
 the log existed keeps its `aliases/<alias>.json` pointer as generation 0.)
 
+`register` moves `production` only for a version that passed both gates: the compression gate (int8
+keeps fp32's test metric, `modules.compress`) and the champion gate (not worse than the production
+version on the candidate's test split, `modules.champion`). With the model's policy
+(`models/<name>/policy.json`) requiring approval, such a version waits as `pending` until `approve`
+records who, when and why in its card and moves `production`.
+
 References: `name@alias` or `name/version`; a bare `name` means `name@production`.
 Loading verifies each artifact's sha256 against the card and never unpickles: artifacts are ONNX.
 """
@@ -24,10 +30,13 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
+from typing import Literal
 
+import pandas as pd
 from pydantic import BaseModel, Field
 
 from modules import formats, storage
+from modules.champion import ChampionDecision, challenge
 from modules.config import Settings, sibling_output
 from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
 from modules.errors import ObjectNotFound, RegistryError
@@ -56,6 +65,25 @@ class Lineage(BaseModel):
     compress_manifest: str
 
 
+class Approval(BaseModel):
+    """A person's go-ahead for production, required by the model's policy (or given unasked)."""
+
+    status: Literal["pending", "approved"]
+    requested_at: datetime | None = Field(None, description="When registration held the version for approval.")
+    by: str | None = Field(None, description="Who approved: the OS user, or whom `--by` named.")
+    approved_at: datetime | None = None
+    reason: str | None = None
+    forced: bool = Field(False, description="Approved although a gate refused the version.")
+
+
+class ModelPolicy(BaseModel):
+    """Per-model registry settings, in `models/<name>/policy.json`."""
+
+    require_approval: bool = Field(
+        False, description="A version that passes every gate waits as `pending` until `maas models approve`."
+    )
+
+
 class ModelCard(BaseModel):
     """Everything needed to use and trust a model version, with no access to its training run."""
 
@@ -75,10 +103,19 @@ class ModelCard(BaseModel):
     training: dict
     lineage: Lineage
     packages: dict[str, str]
+    champion: ChampionDecision | None = Field(
+        None, description="The champion gate: this version against production when it was registered (None: none)."
+    )
+    approval: Approval | None = Field(None, description="Set when the version waited for, or got, an approval.")
 
     @property
     def ref(self) -> str:
         return f"{self.name}/{self.version}"
+
+    @property
+    def promotable(self) -> bool:
+        """Passed the compression gate and, where there was a production version, the champion gate."""
+        return self.gate.passed and (self.champion is None or self.champion.passed)
 
 
 class RegisterParams(BaseModel):
@@ -87,15 +124,23 @@ class RegisterParams(BaseModel):
         None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
     )
     name: str | None = Field(None, description="Model name; default MAAS_MODEL or 'default'.")
+    max_champion_drop: float = Field(
+        0.0,
+        ge=0,
+        description="Champion gate: accuracy points (0.01 = 1 point) or relative RMSE rise the new version may lose "
+        "against the production version on its test split; 0: it must not be worse.",
+    )
     output_uri: str | None = Field(None, description="Where the result manifest goes; default beside compress's.")
 
 
 class RegisterResult(BaseModel):
-    model_ref: str = Field(description="`name@production` if the gate passed, else `name/version`.")
+    model_ref: str = Field(description="`name@production` if it moved production, else `name/version`.")
     name: str
     version: int
     card_uri: str
     aliases: list[str]
+    champion: str | None = Field(None, description="The champion gate's reason (None: no production to beat).")
+    pending: bool = Field(False, description="Passed every gate and waits for `maas models approve`.")
     manifest_uri: str = Field(description="This result, written beside the run's other manifests.")
 
 
@@ -190,6 +235,9 @@ class VersionSummary(BaseModel):
     fp32: float
     int8: float
     gate_passed: bool
+    champion: str | None = Field(None, description="The champion gate: passed, refused or not compared, vs whom.")
+    promotable: bool = Field(True, description="Passed the compression gate and the champion gate.")
+    approval: str | None = Field(None, description="pending, or approved by whom.")
     aliases: list[str]
 
 
@@ -214,10 +262,26 @@ def summaries(bucket: str, name: str | None = None) -> list[VersionSummary]:
                 VersionSummary(
                     name=model, version=version, created_at=card.created_at, metric=card.gate.metric,
                     fp32=metrics["fp32"], int8=metrics[card.served], gate_passed=card.gate.passed,
+                    champion=_champion_summary(card.champion), promotable=card.promotable,
+                    approval=_approval_summary(card.approval),
                     aliases=sorted(a for a, v in pointers.items() if v == version),
                 )
             )  # fmt: skip
     return found
+
+
+def _champion_summary(decision: ChampionDecision | None) -> str | None:
+    if decision is None:
+        return None
+    if not decision.compared:
+        return f"not compared ({decision.champion})"
+    return f"{'passed' if decision.passed else 'refused'} vs {decision.champion}"
+
+
+def _approval_summary(approval: Approval | None) -> str | None:
+    if approval is None:
+        return None
+    return "pending" if approval.status == "pending" else f"approved by {approval.by}"
 
 
 def promote(bucket: str, ref: str, alias: str = "production") -> tuple[str, int]:
@@ -233,12 +297,12 @@ def promote(bucket: str, ref: str, alias: str = "production") -> tuple[str, int]
 
 
 def rollback(bucket: str, name: str, alias: str = "production") -> int:
-    """Move `alias` back to the newest version below its current one that passed the gate."""
+    """Move `alias` back to the newest version below its current one that passed the gates."""
 
     def earlier_passed(current: int | None) -> int:
         if current is None:
             raise RegistryError(f"model {name} has no alias {alias!r} in {bucket}")
-        earlier = [s.version for s in summaries(bucket, name) if s.version < current and s.gate_passed]
+        earlier = [s.version for s in summaries(bucket, name) if s.version < current and s.promotable]
         if not earlier:
             raise RegistryError(f"{name}@{alias} is version {current}; no earlier version passed the gate")
         return earlier[-1]
@@ -311,7 +375,8 @@ def load_engine(card_location: str, engine: str = "auto", threads: int | None = 
 
 
 def register(params: RegisterParams) -> RegisterResult:
-    """Publish a compressed model as the next version; move `latest`, and `production` if the gate passed."""
+    """Publish a compressed model as the next version; move `latest`, and `production` (or `pending`, when the
+    model's policy requires approval) if it passed the compression gate and the champion gate."""
     settings = Settings.of(params.bucket)
     name = _check_name(params.name or settings.model_name)
     bucket = settings.bucket
@@ -329,11 +394,16 @@ def register(params: RegisterParams) -> RegisterResult:
         file = ref.uri.rsplit("/", 1)[-1]
         storage.write_bytes(model_uri(bucket, name, str(version), file), data)
         artifacts[variant] = CardArtifact(file=file, sha256=ref.sha256, size_bytes=len(data))
-    baseline = _baseline(spec, prep, compressed, contents)
+    engine = _served_engine(spec, compressed, contents)
+    test = formats.read_frame(prep.splits["test"])
+    baseline = _baseline(spec, prep, engine, test)
     artifacts["baseline"] = CardArtifact(file=BASELINE, sha256=storage.sha256_hex(baseline), size_bytes=len(baseline))
     storage.write_bytes(model_uri(bucket, name, str(version), BASELINE), baseline)
     report = compressed.report_uri.rsplit("/", 1)[-1]
     storage.write_bytes(model_uri(bucket, name, str(version), report), storage.read_bytes(compressed.report_uri))
+    champion = _challenge_production(bucket, name, engine, test, prep.splits["test"], compressed, params)
+    passed = compressed.gate.passed and (champion is None or champion.passed)
+    held = passed and read_policy(bucket, name).require_approval
 
     card = ModelCard(
         name=name,
@@ -371,12 +441,14 @@ def register(params: RegisterParams) -> RegisterResult:
             compress_manifest=params.compress_manifest,
         ),
         packages=_package_versions(),
+        champion=champion,
+        approval=Approval(status="pending", requested_at=datetime.now(timezone.utc)) if held else None,
     )
     location = card_uri(bucket, name, version)
     storage.write_json(location, card)
 
-    moved = [alias for alias in ("latest", "production") if (alias == "latest" or compressed.gate.passed)
-             and _advance_alias(bucket, name, alias, version)]  # fmt: skip
+    wanted = ["latest"] + (["pending"] if held else ["production"] if passed else [])
+    moved = [alias for alias in wanted if _advance_alias(bucket, name, alias, version)]
     ref = f"{name}@production" if "production" in moved else f"{name}/{version}"
     result = RegisterResult(
         model_ref=ref,
@@ -384,6 +456,8 @@ def register(params: RegisterParams) -> RegisterResult:
         version=version,
         card_uri=location,
         aliases=moved,
+        champion=champion.reason if champion else None,
+        pending=held,
         manifest_uri=storage.join(
             params.output_uri or sibling_output(params.compress_manifest, "register"), "manifest.json"
         ),
@@ -398,19 +472,91 @@ def _advance_alias(bucket: str, name: str, alias: str, version: int) -> bool:
     return move_alias(bucket, name, alias, advance, f"register {name}/{version}") == version
 
 
-def _baseline(
-    spec: FeatureSpec, prep: PreprocessResult, compressed: CompressResult, artifacts: dict[str, bytes]
-) -> bytes:
+def _served_engine(spec: FeatureSpec, compressed: CompressResult, artifacts: dict[str, bytes]) -> Engine:
+    """The very artifact scoring will serve, on the engine `load_engine("auto")` would pick."""
+    if onnxruntime_available():
+        return OnnxEngine(spec, artifacts["int8"])
+    return TorchEngine(spec, compressed.model, artifacts["torch"])
+
+
+def _challenge_production(
+    bucket: str,
+    name: str,
+    candidate: Engine,
+    test: pd.DataFrame,
+    test_uri: str,
+    compressed: CompressResult,
+    params: RegisterParams,
+) -> ChampionDecision | None:
+    """The champion gate against the production version as it is now; None when there is none to beat, or
+    when the compression gate already refused (production stays either way).
+
+    A registration racing a promotion may be judged against the version production pointed at just
+    before; the compare-and-swap still never moves production back past a newer version."""
+    head = _alias_head(bucket, name, "production")
+    if head is None or not compressed.gate.passed:
+        return None
+    _, champion = load_engine(card_uri(bucket, name, head.version))  # checksum-verified
+    return challenge(
+        f"{name}/{head.version}", champion, candidate, test, test_uri, compressed.metric, params.max_champion_drop
+    )
+
+
+def _baseline(spec: FeatureSpec, prep: PreprocessResult, engine: Engine, test: pd.DataFrame) -> bytes:
     """The drift reference of this version: its raw train split, and what the very artifact scoring
     will serve predicts on the test split."""
-    if onnxruntime_available():
-        engine: Engine = OnnxEngine(spec, artifacts["int8"])
-    else:
-        engine = TorchEngine(spec, compressed.model, artifacts["torch"])
-    test = formats.read_frame(prep.splits["test"])
     predictions = engine.predict(test, prep.splits["test"])
     baseline = build_baseline(spec, formats.read_frame(prep.splits["train"]), predictions)
     return baseline.model_dump_json().encode()
+
+
+def policy_uri(bucket: str, name: str) -> str:
+    return model_uri(bucket, name, "policy.json")
+
+
+def read_policy(bucket: str, name: str) -> ModelPolicy:
+    """The model's registry policy; the defaults (no approval needed) when none was set."""
+    try:
+        return storage.read_model(policy_uri(bucket, name), ModelPolicy)
+    except ObjectNotFound:
+        return ModelPolicy()
+
+
+def write_policy(bucket: str, name: str, policy: ModelPolicy) -> None:
+    storage.write_json(policy_uri(bucket, name), policy)
+
+
+def approve(bucket: str, ref: str, reason: str, by: str, force: bool = False) -> tuple[str, int]:
+    """Record who approved the version `ref` names, when and why, in its card; then point `production` at it.
+
+    A version that a gate refused is approved only with `force` (the card says so). The card is rewritten
+    whole and atomically; its artifacts and their sha256s stay as they are.
+    """
+    if not reason.strip():
+        raise RegistryError("an approval needs a reason: --reason '…'")
+    name, version = resolve(bucket, ref)
+    location = card_uri(bucket, name, version)
+    card = load_card(location)
+    if card.approval is not None and card.approval.status == "approved":
+        raise RegistryError(
+            f"{card.ref} was approved by {card.approval.by} at {card.approval.approved_at:%Y-%m-%d %H:%M} UTC; "
+            f"`maas models promote {card.ref}` points production at it again"
+        )
+    if not card.promotable and not force:
+        refusal = card.gate if not card.gate.passed else card.champion
+        assert refusal is not None
+        raise RegistryError(f"{card.ref} did not pass the gate ({refusal.reason}); --force approves it anyway")
+    approval = Approval(
+        status="approved",
+        requested_at=card.approval.requested_at if card.approval else None,
+        by=by,
+        approved_at=datetime.now(timezone.utc),
+        reason=reason.strip(),
+        forced=not card.promotable,
+    )
+    storage.write_json(location, card.model_copy(update={"approval": approval}))
+    move_alias(bucket, name, "production", lambda current: version, f"approve {card.ref} by {by}: {reason.strip()}")
+    return name, version
 
 
 def load_baseline(card_location: str, card: ModelCard) -> Baseline | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -43,6 +44,8 @@ def _maas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProc
         ["models", "promote"],
         ["models", "show"],
         ["models", "rollback"],
+        ["models", "approve"],
+        ["models", "policy"],
         ["watch"],
         ["up"],
         ["down"],
@@ -93,6 +96,37 @@ def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
     assert card["version"] == 2 and len(card["features"]["numeric"]) == 64
     refused = _maas("models", "promote", "default/9", cwd=tmp_path)
     assert refused.returncode == 1 and "no version 9" in refused.stderr
+
+
+def test_approval_policy_holds_a_version_until_approved(tmp_path: Path) -> None:
+    bucket = (tmp_path / ".maas" / "bucket").as_uri()  # the CLI's default bucket in cwd=tmp_path
+
+    def maas(*args: str) -> dict:
+        result = _maas("models", *args, "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.splitlines()[-1])
+
+    assert maas("policy", "gated") == {"require_approval": False}
+    assert maas("policy", "gated", "--require-approval") == {"require_approval": True}
+    manifest = train_and_compress(bucket, "run-1")
+    waiting = register(RegisterParams(compress_manifest=manifest, bucket=bucket, name="gated"))
+    assert waiting.aliases == ["latest", "pending"]
+    listing = _maas("models", "list", "gated", cwd=tmp_path)
+    assert listing.returncode == 0 and "pending" in listing.stdout, listing.stderr[-2000:]
+
+    unexplained = _maas("models", "approve", "gated@pending", cwd=tmp_path)
+    assert unexplained.returncode != 0 and "--reason" in unexplained.stderr
+    assert maas("approve", "gated@pending", "--reason", "checked the card") == {
+        "model_ref": "gated@production",
+        "version": 1,
+    }
+    card = maas("show", "gated@production")
+    assert card["approval"]["status"] == "approved" and card["approval"]["by"] == getpass.getuser()
+    assert card["approval"]["reason"] == "checked the card" and card["approval"]["approved_at"]
+    again = _maas("models", "approve", "gated/1", "--reason", "twice", "--by", "bob", cwd=tmp_path)
+    assert again.returncode == 1 and "error: gated/1 was approved by" in again.stderr
+    assert maas("policy", "gated", "--no-require-approval") == {"require_approval": False}
+    assert registry.read_policy(bucket, "gated").require_approval is False
 
 
 def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:

@@ -14,10 +14,15 @@ from tests.conftest import synthetic_classification
 
 
 def train_and_compress(
-    bucket: str, run: str, data: pd.DataFrame | None = None, target: str = "label", **compress: object
+    bucket: str,
+    run: str,
+    data: pd.DataFrame | None = None,
+    target: str = "label",
+    train: dict | None = None,
+    **compress: object,
 ) -> str:
     """Run preprocess, train and compress on the synthetic data (or `data`, with an `id` column, predicting
-    `target`); return the compress manifest URI."""
+    `target`); `train` overrides TrainParams fields. Return the compress manifest URI."""
     raw = storage.join(bucket, "raw", "data.csv" if data is None else f"{run}.csv")
     if not storage.exists(raw):
         formats.write_frame(synthetic_classification(400) if data is None else data, raw)
@@ -26,9 +31,11 @@ def train_and_compress(
             data_uri=raw, target=target, exclude=["id"], output_uri=storage.join(bucket, "runs", run, "preprocess")
         )
     )
-    trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4))
-    options = {"finetune_epochs": 2} | compress
-    return run_compress(CompressParams(train_manifest=trained.manifest_uri, **options)).manifest_uri
+    options = {"max_epochs": 4} | (train or {})
+    trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, **options))
+    return run_compress(
+        CompressParams(train_manifest=trained.manifest_uri, **({"finetune_epochs": 2} | compress))
+    ).manifest_uri
 
 
 @pytest.fixture(scope="module")
