@@ -122,9 +122,10 @@ def test_every_deployment_registers_and_the_score_schedule_creates_runs(stack: S
     scheduled = stack.deployment_runs("score", "SCHEDULED")
     assert scheduled and all(r["expected_start_time"][14:16] in ("00", "15", "30", "45") for r in scheduled)
     automations = stack.call("automations/filter", {})[1]
-    assert sorted((a["name"], a["trigger"]["expect"], a["trigger"]["match"]) for a in automations) == [
-        ("evaluate-on-labels", ["maas.object.created"], {"maas.prefix.name": "labels"}),
-        ("score-on-drop", ["maas.object.created"], {"maas.prefix.name": "!labels"}),
+    assert sorted((a["name"], a["trigger"]["expect"], a["trigger"]["match"], a["enabled"]) for a in automations) == [
+        ("evaluate-on-labels", ["maas.object.created"], {"maas.prefix.name": "labels"}, True),
+        ("retrain-on-drift", ["maas.model.drift"], {"prefect.resource.id": "maas.model.*"}, False),  # off by default
+        ("score-on-drop", ["maas.object.created"], {"maas.prefix.name": "!labels"}, True),
     ]
 
 
