@@ -47,7 +47,7 @@ def _step(step: Flow, params: BaseModel, result: type[R], isolation: str) -> R:
 
 @flow(name="pipeline")
 def pipeline(params: PipelineParams) -> PipelineResult | State:
-    skip = params.recently_trained()
+    skip = params.skip_reason()
     if skip:  # a retrain-on-drift burst: the first run trained, the others end here
         get_run_logger().info("not retraining: %s", skip)
         return Completed(message=f"skipped: {skip}")

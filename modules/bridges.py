@@ -58,6 +58,8 @@ class SqsBridge:
                 if not storage.is_passing(exc):
                     raise
                 self._pause(warn, exc, next(failures))
+            except (botocore.exceptions.NoCredentialsError, botocore.exceptions.ParamValidationError):
+                raise  # settings to fix: waiting will not help
             except Exception as exc:  # noqa: BLE001 (connection errors of botocore, or the Prefect server away)
                 self._pause(warn, exc, next(failures))
 

@@ -114,7 +114,11 @@ class Claims:
             claimed_at=now,
             expires_at=now + self.lease,
         )
-        return lease if storage.create_json(lease.uri, lease) else None
+        try:
+            return lease if storage.create_json(lease.uri, lease) else None
+        except StorageUnavailable:  # the create may have landed unanswered: this process may take it over
+            _unreleased.add(lease.uri)
+            raise
 
     def check(self, lease: Lease) -> None:
         """Raise `LeaseLost` unless this attempt is still the newest and its lease holds a while yet."""

@@ -30,6 +30,10 @@ class StorageUnavailable(StorageError):
     worth retrying, unlike a missing key; never a reason to quarantine a file."""
 
 
+class ObjectChanged(StorageError):
+    """The object was replaced while it was read (S3 answered 412 to the read's If-Match on its etag)."""
+
+
 class LeaseLost(MaasError):
     """A claim's lease ran out or another run took the claim over: this attempt must not publish."""
 

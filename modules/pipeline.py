@@ -6,12 +6,13 @@ each step still takes its own params, so a step can also be run, or retried, on 
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from modules import registry
+from modules import registry, storage
 from modules.compress import CompressParams
 from modules.config import Settings, new_run_id, sibling_output
 from modules.errors import InputError
@@ -83,26 +84,35 @@ class PipelineParams(BaseModel):
             return self
         settings = self.settings()
         name = self.model_name or settings.model_name
-        latest = registry.versions(settings.bucket, name)
+        latest = registry.summaries(settings.bucket, name)[-1:]
         if self.data_uri or not latest:
             raise InputError("pipeline: give data_uri and target (there is no version of the model to retrain from)")
-        card = registry.load_card(registry.card_uri(settings.bucket, name, latest[-1]))
+        card = registry.load_card(registry.card_uri(settings.bucket, name, latest[0].version))
         return self.model_copy(
             update={"data_uri": card.lineage.data_uri, "target": self.target or card.target,
                     "features": self.features or card.features.feature_names}
         )  # fmt: skip
 
-    def recently_trained(self) -> str | None:
-        """Why this run is within the cool-down of the model's latest version, or None."""
+    def skip_reason(self) -> str | None:
+        """Why this run must not retrain (with a cool-down), or None: the model's latest version is younger
+        than the cool-down, or another run already took the one retrain allowed after that version."""
         if self.cooldown_hours is None:
             return None
         settings = self.settings()
         name = self.model_name or settings.model_name
         latest = registry.summaries(settings.bucket, name)[-1:]
-        if not latest or datetime.now(timezone.utc) - latest[0].created_at >= timedelta(hours=self.cooldown_hours):
-            return None
-        when = f"{latest[0].created_at:%Y-%m-%d %H:%M} UTC"
-        return f"{name}/{latest[0].version} was registered at {when}, within the {self.cooldown_hours:g} h cool-down"
+        if latest and datetime.now(timezone.utc) - latest[0].created_at < timedelta(hours=self.cooldown_hours):
+            when = f"{latest[0].created_at:%Y-%m-%d %H:%M} UTC"
+            return (
+                f"{name}/{latest[0].version} was registered at {when}, within the {self.cooldown_hours:g} h cool-down"
+            )
+        after = latest[0].version if latest else 0
+        # Runs started by one burst of drift events race here; a conditional create lets one through.
+        marker = registry.model_uri(settings.bucket, name, "retrains", f"after-{after:08d}.json")
+        if not storage.create_json(marker, {"run_id": self.run_id, "at": datetime.now(timezone.utc).isoformat(),
+                                            "nonce": secrets.token_hex(8)}):  # fmt: skip
+            return f"another run is already retraining {name} after version {after}"
+        return None
 
     def settings(self) -> Settings:
         return Settings.of(self.bucket)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import tempfile
@@ -49,6 +50,7 @@ from modules.engines import Engine
 from modules.errors import (
     InputError,
     LeaseLost,
+    ObjectChanged,
     ObjectNotFound,
     RegistryError,
     StorageError,
@@ -59,6 +61,7 @@ from modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettin
 from modules.registry import ModelCard
 from modules.shadow import Agreement, ShadowReport, combined
 
+log = logging.getLogger(__name__)
 UNSAFE_KEYS = "_unsafe-keys"  # quarantine folder for inputs whose keys cannot name an output safely
 # Whole-file attempts on passing storage failures (each request inside is retried on its own too).
 FILE_ATTEMPTS = 3
@@ -401,22 +404,27 @@ def _score(
     except InputError as exc:  # a key that would lead outside the output prefixes: reported under a safe name
         safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
         return _quarantine(job, obj, claims, lease, storage.join(job.quarantine_uri, UNSAFE_KEYS, safe), str(exc))
+    earlier = _earlier_output(job, obj, where, claims, lease)
+    if earlier is not None:
+        return earlier
     card, engine, baseline = _model(job.card_uri, job.params.engine, job.threads)
     drift = DriftAccumulator(baseline, job.params.drift_settings) if job.params.drift and baseline else None
     fmt = job.params.output_format
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     state = _Pass(lease)
     if job.shadow_card_uri:
-        state.challenger = _model(job.shadow_card_uri, job.params.engine, job.threads)[1]
-        state.agreement = Agreement(classification=card.classes is not None)
+        _load_challenger(job, card, state)
     try:
         _stream(job, obj, engine, drift, claims, state, scratch, progress)
     except InputError as exc:
         return _quarantine(job, obj, claims, state.lease, where.report, str(exc), state.rows_in, state.rows_rejected)
-    except ObjectNotFound:
-        if storage.exists(obj.uri):
+    except (ObjectNotFound, ObjectChanged):
+        current = storage.list_objects(obj.uri)
+        if current and current[0].etag == obj.etag:
             raise
-        return FileOutcome(input_uri=obj.uri, status="vanished", error="the object was deleted before it was scored")
+        return FileOutcome(input_uri=obj.uri, status="vanished",
+                           error="the object was deleted or replaced while it was scored; a new version is scored by "
+                           "the next run")  # fmt: skip
     rows_in, rows_rejected, lease = state.rows_in, state.rows_rejected, state.lease
     if rows_in == 0:
         return _quarantine(job, obj, claims, lease, where.report, f"{obj.uri}: the file has no data rows")
@@ -463,8 +471,11 @@ def _score(
         started_at=started_at,
         seconds=time.perf_counter() - started,
     )
+    claims.check(lease)  # the output went up; a stale holder still must not overwrite the manifest
     claims.persist(lease, lambda: storage.write_json(where.manifest, manifest))
-    claims.persist(lease, lambda: claims.complete(lease, "scored", where.manifest, where.output, job.params.rescore))
+    if not claims.persist(lease, lambda: claims.complete(lease, "scored", where.manifest, where.output,
+                                                         job.params.rescore)):  # fmt: skip
+        return FileOutcome(input_uri=obj.uri, status="claimed", error="another attempt finished this file first")
     return FileOutcome(
         input_uri=obj.uri,
         status="scored",
@@ -476,6 +487,46 @@ def _score(
         drift=report,
         shadow=shadow,
     )
+
+
+def _earlier_output(
+    job: ScoreJob, obj: storage.ObjectInfo, where: _Locations, claims: Claims, lease: Lease
+) -> FileOutcome | None:
+    """What is already at this file's output names, when there is no completion record.
+
+    - Another input's output (scored by a run pointed at another prefix, whose keys map to the same
+      names): refused, so that one file's predictions never overwrite another's.
+    - This very unit, recorded by a release before completion records existed: adopted, not rescored.
+    """
+    try:
+        found = storage.read_json(where.manifest)
+    except ObjectNotFound:
+        return None
+    if found.get("input_uri") != obj.uri:
+        reason = (
+            f"{obj.uri}: its output name {where.output} already holds the predictions of {found.get('input_uri')} "
+            "(scored by a run over another prefix); score this prefix with its own output_uri"
+        )
+        return _quarantine(job, obj, claims, lease, where.report, reason)
+    if not job.params.rescore and (found.get("input_etag"), found.get("model_ref")) == (obj.etag, job.model_ref):
+        claims.complete(lease, "scored", where.manifest, found.get("output_uri"))
+        return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=found.get("output_uri"))
+    return None
+
+
+def _load_challenger(job: ScoreJob, card: ModelCard, state: _Pass) -> None:
+    """The shadow model, if it can be loaded and predicts what the served model does; never a reason to fail."""
+    try:
+        challenger = _model(job.shadow_card_uri, job.params.engine, job.threads)[1]
+    except Exception as exc:  # noqa: BLE001 (the challenger's trouble is reported, the champion scores on)
+        state.shadow_error = one_line(f"cannot load {job.shadow_ref}: {exc}")
+    else:
+        if (challenger.spec.task, challenger.spec.target) != (card.task, card.target):
+            state.shadow_error = f"{job.shadow_ref} predicts {challenger.spec.target} ({challenger.spec.task}), not "
+            state.shadow_error += f"{card.target} ({card.task})"
+        else:
+            state.challenger = challenger
+    state.agreement = Agreement(classification=card.classes is not None)
 
 
 def _stream(
@@ -491,7 +542,7 @@ def _stream(
     """Read, validate, score and write the file batch by batch, counting drift in the same pass."""
     spec, params, fmt = engine.spec, job.params, job.params.output_format
     rejected: formats.BatchWriter | None = None
-    shadow = formats.BatchWriter(scratch / f"shadow.{fmt}", fmt, obj.uri) if state.challenger else None
+    shadow = formats.BatchWriter(scratch / f"shadow.{fmt}", fmt, obj.uri) if state.challenger is not None else None
     try:
         with formats.BatchWriter(scratch / f"output.{fmt}", fmt, obj.uri) as output:
             for frame in formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric]):
@@ -543,12 +594,11 @@ def _shadow_batch(
     challenger, agreement = state.challenger, state.agreement
     try:
         features = challenger.spec.encode_rows(frame, source).features[~rejected]
-    except InputError as exc:
-        state.shadow_error = one_line(str(exc))
-        return
-    theirs = challenger.frame(challenger.run(features), kept.index)
-    shadow.write(_joined(kept, theirs))
-    agreement.update(predictions, theirs)
+        theirs = challenger.frame(challenger.run(features), kept.index)
+        shadow.write(_joined(kept, theirs))
+        agreement.update(predictions, theirs)
+    except Exception as exc:  # noqa: BLE001 (the challenger's trouble is reported, the champion scores on)
+        state.shadow_error = one_line(f"the challenger failed: {type(exc).__name__}: {exc}")
 
 
 def _passthrough(params: ScoreParams, frame: pd.DataFrame, features: list[str], source: str) -> list[str]:
@@ -658,8 +708,12 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
     reports = [o.drift for o in outcomes if o.drift is not None]
     if reports:
         result.drift = summarize_run(reports)
-        baseline = _model(job.card_uri, job.params.engine, job.threads)[2]
-        result.drift_report_uri = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
-        storage.write_bytes(result.drift_report_uri, plots.drift_png(result.drift, baseline))
+        try:  # the picture is a convenience: the numbers are in the summary either way
+            baseline = registry.load_baseline(job.card_uri, registry.load_card(job.card_uri))
+            png = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
+            storage.write_bytes(png, plots.drift_png(result.drift, baseline))
+            result.drift_report_uri = png
+        except Exception:  # noqa: BLE001
+            log.warning("no drift plot for %s", job.summary_uri, exc_info=True)
     storage.write_json(job.summary_uri, result)
     return result

@@ -43,11 +43,13 @@ from typing import IO, Any, TypeVar
 import aiohttp
 import botocore.exceptions as boto
 import fsspec
+from botocore.parsers import ResponseParserError
 from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
+from s3fs.utils import FileExpired
 
-from modules.errors import ObjectNotFound, StorageError, StorageUnavailable
+from modules.errors import ObjectChanged, ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
 # Failures that pass: the same request may well succeed a moment later.
@@ -60,6 +62,7 @@ _PASSING_TYPES: tuple[type[BaseException], ...] = (
     boto.ConnectionError,  # endpoint unreachable
     boto.IncompleteReadError,
     boto.ResponseStreamingError,
+    ResponseParserError,  # throttling answers can come back as invalid XML (s3fs retries these too)
     aiohttp.ClientConnectionError,
     aiohttp.ClientPayloadError,
 )
@@ -160,6 +163,8 @@ def _translated(uri: str) -> Iterator[None]:
     except StorageError:
         raise
     except Exception as exc:
+        if isinstance(exc, FileExpired):
+            raise ObjectChanged(f"{uri} changed while it was read ({_reason(exc)})") from exc
         if is_passing(exc):
             raise StorageUnavailable(f"cannot reach {uri} for now: {_reason(exc)}; check AWS_ENDPOINT_URL") from exc
         if isinstance(exc, FileNotFoundError):
@@ -204,7 +209,7 @@ def note_retry() -> None:
 
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff with full jitter (AWS's advice): concurrent clients do not retry in step."""
-    return random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt))
+    return random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** min(attempt, 10)))
 
 
 def _with_retries(uri: str, operation: Callable[[int], T]) -> T:
@@ -426,8 +431,12 @@ def _object_info(fs: fsspec.AbstractFileSystem, path: str, details: dict[str, An
     elif isinstance(fs, LocalFileSystem):
         # No etag on a disk. The kernel sets ctime on every write and nobody can set it back, so a
         # same-size rewrite that keeps the mtime (`cp -p`, `rsync -t`) is still a new version.
-        stat = os.stat(path)
-        etag = f"{stat.st_mtime_ns:x}-{stat.st_ctime_ns:x}-{stat.st_size:x}"
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:  # removed since it was listed: its last known version stands for it
+            etag = f"{int((mtime or 0) * 1e9):x}-{int(details.get('size') or 0):x}"
+        else:
+            etag = f"{stat.st_mtime_ns:x}-{stat.st_ctime_ns:x}-{stat.st_size:x}"
     else:
         etag = f"{int((mtime or 0) * 1e9):x}-{int(details.get('size') or 0):x}"
     return ObjectInfo(uri=fs.unstrip_protocol(path), size=int(details.get("size") or 0), etag=etag, mtime=mtime)

@@ -130,3 +130,32 @@ def test_a_store_that_ignores_conditional_create_is_refused() -> None:
     with pytest.raises(StorageError, match="careless://bucket does not refuse a second conditional create"):
         storage.create_json("careless://bucket/state/claims/x.json", {"owner": "me"})
     assert not storage.exists("careless://bucket/state/claims/x.json")
+
+
+def test_a_run_over_another_prefix_never_overwrites_another_files_output(registered, tmp_path: Path) -> None:
+    bucket, _ = registered
+    incoming = (tmp_path / "incoming").as_uri()
+    _drop(incoming, ["day1/a.csv"])
+    job = plan(_params(bucket, tmp_path, storage.join(incoming, "day1")))
+    first = score_file(job, job.files[0])
+    before = storage.read_bytes(first.output_uri)
+    _drop(incoming, ["a.csv"])  # over incoming/, its key `a.csv` names the same output as day1/a.csv did
+    job = plan(_params(bucket, tmp_path, incoming))
+    outcomes = {o.uri.rsplit("/", 2)[-2] + "/" + o.uri.rsplit("/", 1)[-1]: score_file(job, o) for o in job.files}
+    assert outcomes["day1/a.csv"].status == "skipped"
+    refused = outcomes["incoming/a.csv"]
+    assert refused.status == "quarantined" and "already holds the predictions of" in refused.error
+    assert storage.read_bytes(first.output_uri) == before
+
+
+def test_outputs_of_a_release_before_completion_records_are_adopted_not_rescored(registered, tmp_path: Path) -> None:
+    bucket, _ = registered
+    incoming = (tmp_path / "incoming").as_uri()
+    _drop(incoming, ["a.csv"])
+    job = plan(_params(bucket, tmp_path, incoming))
+    assert score_file(job, job.files[0]).status == "scored"
+    for record in storage.list_objects((tmp_path / "state" / "done").as_uri()):
+        storage.delete(record.uri)  # what a bucket scored by the previous release looks like
+    again = plan(_params(bucket, tmp_path, incoming))
+    assert score_file(again, again.files[0]).status == "skipped"
+    assert storage.list_objects((tmp_path / "state" / "done").as_uri())  # adopted: recorded now

@@ -21,11 +21,9 @@ def test_a_retrain_takes_data_target_and_features_from_the_latest_version(regist
         PipelineParams(model_name="never-trained", bucket=bucket).resolved()
 
 
-def test_the_cool_down_skips_a_run_right_after_a_registration(registered) -> None:
+def test_the_cool_down_skips_a_run_right_after_a_registration_and_a_burst_retrains_once(registered) -> None:
     bucket, _ = registered
-    assert (
-        "toy/1 was registered at"
-        in PipelineParams(model_name="toy", bucket=bucket, cooldown_hours=12).recently_trained()
-    )
-    assert PipelineParams(model_name="toy", bucket=bucket, cooldown_hours=0).recently_trained() is None
-    assert PipelineParams(model_name="toy", bucket=bucket).recently_trained() is None
+    assert "toy/1 was registered at" in PipelineParams(model_name="toy", bucket=bucket, cooldown_hours=12).skip_reason()
+    assert PipelineParams(model_name="toy", bucket=bucket).skip_reason() is None  # no cool-down asked: never skips
+    burst = [PipelineParams(model_name="toy", bucket=bucket, cooldown_hours=0).skip_reason() for _ in range(3)]
+    assert burst[0] is None and burst[1:] == ["another run is already retraining toy after version 1"] * 2
