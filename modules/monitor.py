@@ -271,13 +271,19 @@ class DriftAccumulator:
             features={f.name: [0] * _width(f) for f in baseline.features}, prediction=[0] * _width(baseline.prediction)
         )
 
-    def update(self, frame: pd.DataFrame, predictions: pd.DataFrame) -> None:
-        """Count one batch: its raw input columns, and the predictions of its rows that were scored."""
+    def update(self, frame: pd.DataFrame, predictions: pd.DataFrame, numeric: np.ndarray | None = None) -> None:
+        """Count one batch: its raw input columns, and the predictions of its rows that were scored.
+
+        `numeric`, when given, is the batch's numeric features as the model reads them (float32, one
+        column per numeric feature in baseline order, NaN where missing or not a number): scoring has
+        converted them already, and counting that block spares a second conversion of the frame.
+        """
         counts, rows = self._counts, len(frame)
         if counts.rows == 0 and rows:
             counts.schema_check = self._schema(frame)
         counts.rows += rows
-        for name, found in self._numeric_counts(frame).items():
+        found_numeric = self._numeric_counts(frame) if numeric is None else self._block_counts(numeric)
+        for name, found in found_numeric.items():
             counts.features[name] = _add(counts.features[name], found)
         for feature in self.baseline.categorical:
             if feature.name not in frame.columns:
@@ -295,6 +301,11 @@ class DriftAccumulator:
         else:
             found, _ = _count_categories(predictions["prediction"], reference.categories)
         counts.prediction = _add(counts.prediction, found)
+
+    def _block_counts(self, numeric: np.ndarray) -> dict[str, np.ndarray]:
+        columns = np.asfortranarray(numeric[:, : len(self.baseline.numeric)])  # contiguous columns count faster
+        features = self.baseline.numeric
+        return {f.name: _count_numeric(columns[:, j], self._thresholds[f.name]) for j, f in enumerate(features)}
 
     def _numeric_counts(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Per numeric feature its count vector; numpy-typed columns are read as one block."""

@@ -570,7 +570,7 @@ def _stream(
                 if shadow is not None and state.shadow_error is None:
                     _shadow_batch(state, shadow, frame, kept, encoded.rejected, predictions, obj.uri)
                 if drift is not None:
-                    drift.update(raw, predictions)
+                    drift.update(raw, predictions, encoded.features)
                 state.rows_in += len(frame)
                 state.lease = claims.renew_if_due(state.lease)
                 if progress:

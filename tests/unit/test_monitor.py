@@ -217,3 +217,17 @@ def test_drift_png_is_a_picture(trained: tuple[FeatureSpec, pd.DataFrame, Baseli
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = image.imread(io.BytesIO(png), format="png")
     assert pixels.shape[1] >= 900 and len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20
+
+
+def test_counting_the_models_own_input_block_equals_counting_the_frame(
+    trained: tuple[FeatureSpec, pd.DataFrame, Baseline],
+) -> None:
+    spec, train, baseline = trained
+    frame = train.sample(3000, replace=True, random_state=5).reset_index(drop=True)
+    frame["x1"] += 1.5 * train["x1"].std()
+    frame.loc[frame.index[::10], "x2"] = np.nan
+    predictions = _predictions(spec.classes, frame["label"])
+    from_frame, from_block = DriftAccumulator(baseline), DriftAccumulator(baseline)
+    from_frame.update(frame, predictions)
+    from_block.update(frame, predictions, spec.encode_rows(frame, "test").features)
+    assert from_block.report() == from_frame.report() and "x1" in from_block.report().drifted_features
