@@ -287,8 +287,8 @@ def score(
     ] = "quarantine",
     lease_seconds: Annotated[float, typer.Option(help="How long a claim protects a file in work.")] = 900,
     max_failed_files: Annotated[
-        int, typer.Option(help="Files that may fail (left for the next run) before the run stops and fails.")
-    ] = 0,
+        Optional[int], typer.Option(help="Stop starting files once more than this failed; default: try them all.")
+    ] = None,
     shadow: Annotated[
         str,
         typer.Option(help="Challenger scored on the same rows into shadow/: REF, auto (the challenger alias) or none."),

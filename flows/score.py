@@ -8,7 +8,7 @@ given its own files, not the run's list. One file's failure never stops the othe
 storage failures are retried inside `modules.score` (a file still failing is left unclaimed for
 the next run), and any other error is reported for that file alone. The run ends Failed when its
 error budget is spent (`max_failed_files`, `max_quarantined_files`), after which it starts no more
-files, so that someone looks.
+files, so that someone looks; without a budget every file is tried and any failure fails the run.
 
 Run: `maas score --model default@production --input s3://bucket/incoming/ --output s3://bucket/predictions/`
 """
@@ -131,7 +131,7 @@ def score(params: ScoreParams) -> ScoreResult:
             f"Predictions under `{result.output_uri}`, error reports under `{result.quarantine_uri}`"
         ),
     )
-    spent = scoring.over_budget(params, result.files)
+    spent = scoring.over_budget(params, result.files, finished=True)
     if spent:
         counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
         failed = [o.input_uri for o in result.files if o.status in ("failed", "quarantined")][:10]

@@ -137,17 +137,18 @@ class ScoreParams(BaseModel):
         ge=0,
         description="Small files are scored several to a task, up to this many bytes, to spare per-task overhead.",
     )
-    max_failed_files: int = Field(
-        0,
+    max_failed_files: int | None = Field(
+        None,
         ge=0,
-        description="Run-wide error budget: files that may fail (storage still failing after retries; they are "
-        "left for the next run) before the run stops starting files and ends Failed.",
+        description="Run-wide error budget: once more files than this failed (storage still failing after retries; "
+        "they are left for the next run), the run starts no more files and ends Failed. Default: every file is "
+        "tried, and the run ends Failed if any failed.",
     )
     max_quarantined_files: int | None = Field(
         None,
         ge=0,
-        description="Files that may be quarantined (unusable content) before the run stops starting files and "
-        "ends Failed; default no limit (a bad upload is reported, not an outage).",
+        description="Once more files than this were quarantined (unusable content), the run starts no more files "
+        "and ends Failed; default no limit (a bad upload is reported, not an outage).",
     )
 
     @field_validator("output_name")
@@ -676,12 +677,14 @@ def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[
     return groups
 
 
-def over_budget(params: ScoreParams, outcomes: list[FileOutcome]) -> str | None:
-    """Why the run's error budget is spent, or None while it is not."""
+def over_budget(params: ScoreParams, outcomes: list[FileOutcome], finished: bool = False) -> str | None:
+    """Why the run's error budget is spent, or None while it is not. Without a `max_failed_files`, a run
+    tries every file (one bad object never holds the others back) and, `finished`, fails if any failed."""
     failed = sum(o.status == "failed" for o in outcomes)
     quarantined = sum(o.status == "quarantined" for o in outcomes)
-    if failed > params.max_failed_files:
-        return f"{failed} file(s) failed, over max_failed_files {params.max_failed_files}"
+    allowed = params.max_failed_files if params.max_failed_files is not None else (0 if finished else None)
+    if allowed is not None and failed > allowed:
+        return f"{failed} file(s) failed, over max_failed_files {allowed}"
     if params.max_quarantined_files is not None and quarantined > params.max_quarantined_files:
         return f"{quarantined} file(s) quarantined, over max_quarantined_files {params.max_quarantined_files}"
     return None

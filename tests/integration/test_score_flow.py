@@ -63,3 +63,17 @@ def test_a_drifted_file_leaves_the_drift_table_artifact_worst_feature_first(s3_b
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drift"])))
     tables = [a.data if isinstance(a.data, list) else json.loads(a.data) for a in artifacts]
     assert [1 for rows in tables if rows[0]["feature"] == "x1" and rows[0]["files drifted"] == 1], tables
+
+
+def test_an_error_budget_stops_starting_files_and_fails_the_run_with_counts(s3_bucket: str) -> None:
+    register(RegisterParams(compress_manifest=train_and_compress(s3_bucket, "r1"), bucket=s3_bucket, name="toy"))
+    storage.write_bytes(storage.join(s3_bucket, "incoming", "a-bad.csv"), b"id,x1\nq,1.0\n")  # no x2, no color
+    for i in range(3):
+        frame = synthetic_classification(40, seed=i).drop(columns=["label"])
+        formats.write_frame(frame, storage.join(s3_bucket, "incoming", f"b-{i}.parquet"))
+    params = ScoreParams(model="toy@production", bucket=s3_bucket, parallel_files=1, group_bytes=0,
+                         max_quarantined_files=0)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"error budget spent: 1 file\(s\) quarantined.*1 quarantined, 3 deferred"):
+        score(params)
+    tried = score(params.model_copy(update={"max_quarantined_files": None}))  # no budget: every file is tried
+    assert (tried.counts["scored"], tried.counts["skipped"]) == (3, 1)
