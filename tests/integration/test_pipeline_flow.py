@@ -73,7 +73,7 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
         "vanished": 0,
         "deferred": 0,
     }
-    assert storage.read_model(scored.summary_uri, type(scored)) == scored
+    assert storage.read_model(scored.summary_uri, type(scored)).model_dump() == scored.model_dump()
     assert scored.summary_uri.startswith(storage.join(bucket, "runs")) and scored.summary_uri.endswith(
         "score/summary.json"
     )
