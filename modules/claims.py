@@ -124,8 +124,7 @@ class Claims:
         """Raise `LeaseLost` unless this attempt is still the newest and its lease holds a while yet."""
         if lease.expires_at - self.safety <= _now():
             raise LeaseLost(f"{lease.input_uri}: the claim's lease ran out (attempt {lease.attempt}); not publishing")
-        newest = storage.list_objects(lease.uri.rsplit("/", 1)[0])[-1].uri
-        if newest != lease.uri:
+        if _newest_attempt(lease) != lease.attempt:
             raise LeaseLost(f"{lease.input_uri}: another run took the claim over (attempt {lease.attempt} is stale)")
 
     def renew_if_due(self, lease: Lease) -> Lease:
@@ -184,8 +183,7 @@ class Claims:
         process's retry takes it over without waiting the lease out.
         """
         try:
-            newest = storage.list_objects(lease.uri.rsplit("/", 1)[0])[-1].uri
-            if newest == lease.uri:
+            if _newest_attempt(lease) == lease.attempt:
                 storage.write_json(lease.uri, lease.model_copy(update={"expires_at": _now()}))
             _unreleased.discard(lease.uri)
         except StorageError:
@@ -194,3 +192,9 @@ class Claims:
 
     def _done_uri(self, input_uri: str, etag: str, model_ref: str) -> str:
         return storage.join(self.done, f"{unit_key(input_uri, etag, model_ref)}.json")
+
+
+def _newest_attempt(lease: Lease) -> int:
+    """The highest attempt number taken on the lease's unit (file names are the attempt numbers)."""
+    attempts = storage.list_objects(lease.uri.rsplit("/", 1)[0])
+    return int(attempts[-1].uri.rsplit("/", 1)[-1].removesuffix(".json"))

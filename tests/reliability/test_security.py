@@ -109,7 +109,7 @@ def test_the_local_stack_takes_basic_auth_and_refuses_requests_without_it(tmp_pa
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         info = json.loads(started.stdout.splitlines()[-1])
-        assert info["api_url"].startswith("http://127.0.0.1:") and len(info["deployments"]) == 7
+        assert info["api_url"].startswith("http://127.0.0.1:") and len(info["deployments"]) == 8
 
         def status(auth: str | None) -> int:
             headers = {"Content-Type": "application/json"}
