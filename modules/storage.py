@@ -226,20 +226,29 @@ def _with_retries(uri: str, operation: Callable[[int], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def _fresh(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Forget what the filesystem cached about `path`: s3fs answers from a listing made before another
+    process wrote the object, and would call a card that exists missing."""
+    fs.invalidate_cache(path)
+    return path
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return _with_retries(uri, lambda _: fs.exists(path))
+    return _with_retries(uri, lambda _: fs.exists(_fresh(fs, path)))
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    return _with_retries(uri, lambda _: fs.cat_file(path))
+    return _with_retries(uri, lambda _: fs.cat_file(_fresh(fs, path)))
 
 
 @contextlib.contextmanager
 def open_read(uri: str, compression: str | None = None) -> Iterator[IO[bytes]]:
     """A binary stream over the object, decompressed when `compression` is given (e.g. "gzip")."""
     with _translated(uri):
+        fs, path = filesystem(uri)
+        _fresh(fs, path)
         with fsspec.open(uri, "rb", compression=compression) as stream:
             yield stream
 
