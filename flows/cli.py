@@ -647,10 +647,7 @@ def models_promote(
 
     def action() -> BaseModel:
         name = registry.resolve(_bucket(bucket), ref)[0]
-        previous = registry.aliases(_bucket(bucket), name).get(alias)
-        name, version = registry.promote(_bucket(bucket), ref, alias)
-        announce_alias_move("promoted", name, alias, version, previous)
-        return _AliasMove(model_ref=f"{name}@{alias}", version=version)
+        return _moved("promoted", name, alias, bucket, lambda: registry.promote(_bucket(bucket), ref, alias)[1])
 
     _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
 
@@ -666,10 +663,7 @@ def models_rollback(
     from modules import registry
 
     def action() -> BaseModel:
-        previous = registry.aliases(_bucket(bucket), name).get(alias)
-        version = registry.rollback(_bucket(bucket), name, alias)
-        announce_alias_move("rolled-back", name, alias, version, previous)
-        return _AliasMove(model_ref=f"{name}@{alias}", version=version)
+        return _moved("rolled-back", name, alias, bucket, lambda: registry.rollback(_bucket(bucket), name, alias))
 
     _run(action, as_json, lambda r: console.print(f"{r.model_ref} -> version {r.version}"), runs_flows=False)
 
@@ -736,6 +730,16 @@ def _os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry or USER variable
         return f"uid {os.getuid()}"
+
+
+def _moved(kind: str, name: str, alias: str, bucket: str | None, move: Callable[[], int]) -> _AliasMove:
+    """Move an alias (`move` returns the version it points at now) and announce it."""
+    from modules import registry
+
+    previous = registry.aliases(_bucket(bucket), name).get(alias)
+    version = move()
+    announce_alias_move(kind, name, alias, version, previous)
+    return _AliasMove(model_ref=f"{name}@{alias}", version=version)
 
 
 def announce_alias_move(kind: str, name: str, alias: str, version: int, previous: int | None) -> None:
