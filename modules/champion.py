@@ -11,8 +11,9 @@ A champion that cannot score those rows (a feature column it needs is absent, a 
 encode, a class it never learned, another task or target) is no yardstick: the decision records why
 and passes, leaving the int8-vs-fp32 gate to decide alone.
 
-Not compared (yet): labeled data that arrived since the champion was deployed. Scoring outputs keep
-the ids, not the features, so those rows would first have to be joined back to their input files.
+Then the same on the freshest ground truth, when there is any: the input rows the champion scored
+whose labels have arrived (`modules.evaluate.labeled_inputs`, found through the champion's last
+`maas evaluate`). The candidate must not be worse on those either.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class ChampionDecision(BaseModel):
     champion_metric: float | None = Field(description="The champion's metric on the rows; None if it could not.")
     candidate_metric: float | None = Field(description="The candidate's served int8 metric on the same rows.")
     rows: int = Field(description="Rows compared.")
-    data_uri: str = Field(description="The rows: the candidate's test split.")
+    data_uri: str = Field(description="The rows: the candidate's test split, or the labels they came with.")
     max_champion_drop: float = Field(description="Accuracy points (or relative RMSE rise) the candidate may lose.")
     compared: bool = Field(description="False when the champion could not score the rows (the other gate decided).")
     passed: bool
@@ -50,8 +51,10 @@ def challenge(
     data_uri: str,
     metric: Literal["accuracy", "rmse"],
     max_drop: float,
+    rows_are: str = "test rows",
 ) -> ChampionDecision:
-    """Score `frame` (raw rows with the target column) with both models and judge the candidate."""
+    """Score `frame` (raw rows with the target column, `rows_are` says which) with both models and judge
+    the candidate."""
     decision = {"champion": champion_ref, "metric": metric, "rows": len(frame), "data_uri": data_uri}
     decision["max_champion_drop"] = max_drop
     ours = _score(candidate, frame, data_uri)
@@ -65,7 +68,7 @@ def challenge(
     except InputError as exc:
         return ChampionDecision(
             **decision, champion_metric=None, candidate_metric=ours, compared=False, passed=True,
-            reason=f"not compared: {champion_ref} cannot score the candidate's test split ({exc}); "
+            reason=f"not compared: {champion_ref} cannot score the {rows_are} ({exc}); "
             "the compression gate alone decides",
         )  # fmt: skip
     drop = metric_drop(metric, theirs, ours)
@@ -78,7 +81,7 @@ def challenge(
         detail += f"({drop * 100:+.2f}%, allowed +{max_drop * 100:.2f}%)"
     return ChampionDecision(
         **decision, champion_metric=theirs, candidate_metric=ours, compared=True, passed=passed,
-        reason=("passed: " if passed else "refused: ") + f"{detail} on {len(frame)} test rows",
+        reason=("passed: " if passed else "refused: ") + f"{detail} on {len(frame)} {rows_are}",
     )  # fmt: skip
 
 

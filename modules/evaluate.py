@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 
 from modules import formats, plots, registry, storage
 from modules.config import Settings
-from modules.errors import InputError
+from modules.errors import InputError, ObjectNotFound
 from modules.score import FileManifest
 
 PREDICTION = "prediction"  # the column modules.engines writes: the label or the value
@@ -90,6 +90,7 @@ class MetricsRecord(BaseModel):
 class EvaluateResult(BaseModel):
     model_ref: str
     task: Task
+    on: str = Field("id", description="The id column labels were joined on.")
     predictions_uri: str
     labels_uri: str
     output_uri: str
@@ -153,6 +154,7 @@ def evaluate(params: EvaluateParams) -> EvaluateResult:
     result = EvaluateResult(
         model_ref=model_ref,
         task=task,
+        on=params.on,
         predictions_uri=predictions_uri,
         labels_uri=labels_uri,
         output_uri=output_uri,
@@ -170,6 +172,43 @@ def evaluate(params: EvaluateParams) -> EvaluateResult:
     )
     storage.write_json(result.manifest_uri, result)
     return result
+
+
+LABELED_ROWS = 50_000  # the most recently scored labeled rows a challenger is compared on
+
+
+def labeled_inputs(
+    bucket: str, name: str, version: int, max_rows: int = LABELED_ROWS
+) -> tuple[pd.DataFrame, str] | None:
+    """The input rows `name/version` scored whose labels have arrived, with the true target as a column:
+    the freshest ground truth, for the champion gate, and the labels' URI. Found through that version's
+    last evaluation (its labels, id column and predictions prefix), newest scored files first; None
+    before any evaluation or while no scored row has its label."""
+    try:
+        evaluation = storage.read_model(storage.join(bucket, "monitoring", name, "evaluations", f"{version}.json"),
+                                        EvaluateResult)  # fmt: skip
+    except ObjectNotFound:
+        return None
+    card = registry.load_card(registry.card_uri(bucket, name, version))
+    labels, _ = _read_labels(evaluation.labels_uri, evaluation.on, card.target, evaluation.task)
+    if card.classes is not None:  # labels are compared as text; the model's encoder wants its own class values
+        classes = dict(zip(_text(pd.Series(card.classes)), card.classes))
+        labels = labels[labels.isin(classes)].map(classes)
+    manifests = sorted(_manifests(evaluation.predictions_uri, f"{name}/{version}"), key=lambda m: m.started_at)
+    parts, rows = [], 0
+    for manifest in reversed(manifests):
+        try:
+            for batch in formats.iter_frames(manifest.input_uri, BATCH_ROWS):
+                if evaluation.on not in batch.columns or rows >= max_rows:
+                    break
+                found = labels.index.get_indexer(_text(batch[evaluation.on]))
+                hit = found >= 0
+                if hit.any():
+                    parts.append(batch[hit].assign(**{card.target: labels.to_numpy()[found[hit]]}))
+                    rows += int(hit.sum())
+        except ObjectNotFound:  # an input deleted since: its rows are gone
+            continue
+    return (pd.concat(parts, ignore_index=True).iloc[:max_rows], evaluation.labels_uri) if parts else None
 
 
 def history(bucket: str | None, name: str, output_uri: str | None = None) -> list[MetricsRecord]:

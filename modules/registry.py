@@ -103,6 +103,11 @@ class ModelCard(BaseModel):
     training: dict
     lineage: Lineage
     packages: dict[str, str]
+    champion_labeled: ChampionDecision | None = Field(
+        None,
+        description="The champion gate on the newest ground truth: the rows production scored whose labels arrived "
+        "(None: no evaluated labels yet).",
+    )
     champion: ChampionDecision | None = Field(
         None, description="The champion gate: this version against production when it was registered (None: none)."
     )
@@ -115,7 +120,7 @@ class ModelCard(BaseModel):
     @property
     def promotable(self) -> bool:
         """Passed the compression gate and, where there was a production version, the champion gate."""
-        return self.gate.passed and (self.champion is None or self.champion.passed)
+        return self.gate.passed and all(d is None or d.passed for d in (self.champion, self.champion_labeled))
 
 
 class RegisterParams(BaseModel):
@@ -401,8 +406,8 @@ def register(params: RegisterParams) -> RegisterResult:
     storage.write_bytes(model_uri(bucket, name, str(version), BASELINE), baseline)
     report = compressed.report_uri.rsplit("/", 1)[-1]
     storage.write_bytes(model_uri(bucket, name, str(version), report), storage.read_bytes(compressed.report_uri))
-    champion = _challenge_production(bucket, name, engine, test, prep.splits["test"], compressed, params)
-    passed = compressed.gate.passed and (champion is None or champion.passed)
+    champion, labeled = _challenge_production(bucket, name, engine, test, prep.splits["test"], compressed, params)
+    passed = compressed.gate.passed and all(d is None or d.passed for d in (champion, labeled))
     held = passed and read_policy(bucket, name).require_approval
 
     card = ModelCard(
@@ -442,6 +447,7 @@ def register(params: RegisterParams) -> RegisterResult:
         ),
         packages=_package_versions(),
         champion=champion,
+        champion_labeled=labeled,
         approval=Approval(status="pending", requested_at=datetime.now(timezone.utc)) if held else None,
     )
     location = card_uri(bucket, name, version)
@@ -487,19 +493,28 @@ def _challenge_production(
     test_uri: str,
     compressed: CompressResult,
     params: RegisterParams,
-) -> ChampionDecision | None:
-    """The champion gate against the production version as it is now; None when there is none to beat, or
-    when the compression gate already refused (production stays either way).
+) -> tuple[ChampionDecision | None, ChampionDecision | None]:
+    """The champion gate against the production version as it is now, on the candidate's test split and on
+    the newest labeled rows production scored; None when there is none to beat (or no labels yet), or when
+    the compression gate already refused (production stays either way).
 
     A registration racing a promotion may be judged against the version production pointed at just
     before; the compare-and-swap still never moves production back past a newer version."""
+    from modules.evaluate import labeled_inputs  # evaluate reads cards through this module: imported late
+
     head = _alias_head(bucket, name, "production")
     if head is None or not compressed.gate.passed:
-        return None
+        return None, None
+    champion_ref = f"{name}/{head.version}"
     _, champion = load_engine(card_uri(bucket, name, head.version))  # checksum-verified
-    return challenge(
-        f"{name}/{head.version}", champion, candidate, test, test_uri, compressed.metric, params.max_champion_drop
-    )
+    on_test = challenge(champion_ref, champion, candidate, test, test_uri, compressed.metric, params.max_champion_drop)
+    labeled = labeled_inputs(bucket, name, head.version)
+    if labeled is None:
+        return on_test, None
+    rows, labels_uri = labeled
+    on_labels = challenge(champion_ref, champion, candidate, rows, labels_uri, compressed.metric,
+                          params.max_champion_drop, f"labeled rows {champion_ref} scored")  # fmt: skip
+    return on_test, on_labels
 
 
 def _baseline(spec: FeatureSpec, prep: PreprocessResult, engine: Engine, test: pd.DataFrame) -> bytes:

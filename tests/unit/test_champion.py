@@ -126,3 +126,35 @@ def test_with_approval_required_a_passing_version_waits_until_approved(trained) 
     forced = registry.load_card(refused.card_uri).approval
     assert forced is not None and forced.forced and forced.requested_at is None
     assert registry.aliases(bucket, "gated")["production"] == 2
+
+
+def test_labels_that_arrived_for_productions_predictions_are_a_second_yardstick(trained) -> None:
+    from sklearn.metrics import accuracy_score
+
+    from modules import formats
+    from modules.evaluate import EvaluateParams, evaluate
+    from modules.score import ScoreParams, plan, score_file
+
+    bucket, weak, good = trained
+    _register(bucket, good, "fresh")
+    week = synthetic_classification(200, seed=7)
+    formats.write_frame(week.drop(columns=["label"]), storage.join(bucket, "fresh-in", "week.csv"))
+    job = plan(ScoreParams(model="fresh@production", bucket=bucket, input_uri=storage.join(bucket, "fresh-in"),
+                           output_uri=storage.join(bucket, "fresh-out")))  # fmt: skip
+    scored = score_file(job, job.files[0])
+    formats.write_frame(week[["id", "label"]].iloc[:150], storage.join(bucket, "fresh-labels", "week.csv"))
+    evaluate(EvaluateParams(model="fresh@production", bucket=bucket, on="id",
+                            predictions_uri=storage.join(bucket, "fresh-out"),
+                            labels_uri=storage.join(bucket, "fresh-labels")))  # fmt: skip
+    joined = formats.read_frame(scored.output_uri).merge(week[["id", "label"]].iloc[:150], on="id")
+
+    refused = registry.load_card(_register(bucket, weak, "fresh").card_uri)
+    on_labels = refused.champion_labeled
+    assert on_labels is not None and on_labels.compared and not on_labels.passed and on_labels.rows == 150
+    assert on_labels.champion_metric == pytest.approx(accuracy_score(joined["label"], joined["prediction"]))
+    assert on_labels.data_uri == storage.join(bucket, "fresh-labels") and "150 labeled rows fresh/1" in on_labels.reason
+    assert registry.aliases(bucket, "fresh")["production"] == 1
+
+    again = registry.load_card(_register(bucket, good, "fresh").card_uri)  # the same model: a tie on both
+    assert again.champion_labeled is not None and again.champion_labeled.passed and again.promotable
+    assert again.champion_labeled.champion_metric == again.champion_labeled.candidate_metric
