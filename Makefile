@@ -2,17 +2,23 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# CPU torch where there is no NVIDIA driver (a CUDA build is several GB); users with a GPU get the default build.
-TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+# torch: with an NVIDIA driver, the default (CUDA) build; without one, the CPU build, from a local wheel cache when pip
+# is configured with one (find-links), else from PyTorch's CPU wheel index. A CUDA build on a CPU machine costs several GB.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test up down docs clean
+.PHONY: demo test up down docs lock clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install --quiet "torch>=2.5"; \
+	elif ! $(BIN)/python -m pip install --quiet --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null; then \
+		$(BIN)/python -m pip install --quiet --no-deps --index-url "$(TORCH_CPU_INDEX)" "torch==$(TORCH_VERSION)"; \
+	fi
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 demo: $(STAMP)
@@ -30,6 +36,11 @@ down: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -m modules.reference > docs/configuration.md
+
+# Rewrites constraints.txt from a working .venv (after changing pyproject's dependencies); torch stays out of it.
+lock: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .maas
