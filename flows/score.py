@@ -29,7 +29,7 @@ from flows import progress
 from flows.events import emit_drift
 from flows.retries import IO_RETRIES
 from modules import score as scoring
-from modules.errors import MaasError, one_line
+from modules.errors import MaasError, PartialFailure, one_line
 from modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
 from modules.storage import ObjectInfo
 
@@ -135,7 +135,7 @@ def score(params: ScoreParams) -> ScoreResult:
     if spent:
         counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
         failed = [o.input_uri for o in result.files if o.status in ("failed", "quarantined")][:10]
-        raise RuntimeError(f"error budget spent: {spent} ({counts}; see {result.summary_uri}): {failed}")
+        raise PartialFailure(f"error budget spent: {spent} ({counts}; see {result.summary_uri}): {failed}", result)
     return result
 
 

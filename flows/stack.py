@@ -40,7 +40,7 @@ class StackError(MaasError):
 class StackParams(BaseModel):
     home: Path = Field(Path(".maas/stack"), description="Where the stack keeps its state, database and logs.")
     host: str = Field("127.0.0.1", description="Address the server binds to; 0.0.0.0 exposes it to the network.")
-    port: int = Field(4200, ge=1, le=65535)
+    port: int = Field(4200, ge=1, le=65535, description="Port of the Prefect API and UI.")
     database_url: str | None = Field(None, description="PostgreSQL URL (postgresql+asyncpg://...); default SQLite.")
     bucket: str | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
     watch_interval: float = Field(5, gt=0, description="Seconds between two listings of incoming/ and labels/.")
@@ -110,6 +110,19 @@ def down(home: Path) -> list[str]:
     stopped = _stop(info.pids)
     state.unlink()
     return stopped
+
+
+def running_api(home: Path | str) -> str | None:
+    """The API address of the stack started from `home`, when its server answers now; else None."""
+    state = Path(home).resolve() / "stack.json"
+    if not state.exists():
+        return None
+    api_url = StackInfo.model_validate_json(state.read_text()).api_url
+    try:
+        with urllib.request.urlopen(_request(f"{api_url}/health"), timeout=2) as reply:
+            return api_url if json.loads(reply.read()) is True else None
+    except (OSError, ValueError):
+        return None
 
 
 def _environment(params: StackParams, home: Path, bucket: str, api_url: str) -> dict[str, str]:

@@ -38,6 +38,17 @@ class LeaseLost(MaasError):
     """A claim's lease ran out or another run took the claim over: this attempt must not publish."""
 
 
+class PartialFailure(MaasError):
+    """A run finished but some of its work failed: `result` says which (the CLI prints it before the error)."""
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple:  # Prefect persists a failed flow's exception: keep the result through pickling
+        return (type(self), (str(self), self.result))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether trying again may help: outages yes, problems the user must fix no."""
     return isinstance(exc, StorageUnavailable) or not isinstance(exc, MaasError)

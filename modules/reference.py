@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 
 from modules.compress import CompressParams
 from modules.evaluate import EvaluateParams
+from modules.fields import FACTORY_DEFAULTS, leaf_fields
 from modules.pipeline import PipelineParams
 from modules.preprocess import PreprocessParams
 from modules.registry import RegisterParams
@@ -33,7 +34,6 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("compress", CompressParams, "`maas compress`; the `compress` deployment"),
     ("register", RegisterParams, "`maas register`; the `register` deployment"),
 ]
-FACTORY_DEFAULTS = {"parallel_files": "the core count"}
 
 
 def render() -> str:
@@ -51,22 +51,17 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+def _rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
     rows = []
-    for name, field in model.model_fields.items():
-        path = prefix + name
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += _rows(annotation, path + ".")
-            continue
+    for path, field in leaf_fields(model):
         if field.default is not PydanticUndefined:
             default = f"`{json.dumps(_plain(field.default))}`"
         elif field.default_factory is not None:
-            default = FACTORY_DEFAULTS.get(name, "see meaning")
+            default = FACTORY_DEFAULTS.get(path[-1], "see meaning")
         else:
             default = "**required**"
         meaning = (field.description or field.title or "").replace("|", "\\|").replace("\n", " ")
-        rows.append((path, _type_name(annotation), default, meaning))
+        rows.append((".".join(path), _type_name(field.annotation), default, meaning))
     return rows
 
 

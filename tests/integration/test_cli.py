@@ -168,8 +168,13 @@ def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_pa
     register(RegisterParams(compress_manifest=train_and_compress(bucket, "run-1"), bucket=bucket, name="tiny"))
     frame = synthetic_classification(80, seed=5)
     formats.write_frame(frame.drop(columns=["label"]), storage.join(bucket, "incoming", "batch.csv"))
-    scored = _maas("score", "--model", "tiny/1", "--json", cwd=tmp_path)
-    assert scored.returncode == 0, scored.stderr[-3000:]
+    storage.write_bytes(storage.join(bucket, "incoming", "z-bad.csv"), b"id,x1\nq,1.0\n")  # no x2, no color
+    one_at_a_time = ("--parallel-files", "1", "--group-bytes", "0", "--max-quarantined-files", "0")
+    scored = _maas("score", "--model", "tiny/1", *one_at_a_time, "--json", cwd=tmp_path)
+    # A partly failed run: exit code 1 and one error line, and its JSON line all the same.
+    assert scored.returncode == 1 and "error: error budget spent" in scored.stderr, scored.stderr[-3000:]
+    counts = json.loads(scored.stdout.splitlines()[-1])["counts"]
+    assert (counts["scored"], counts["quarantined"]) == (1, 1)
 
     labels = frame[["id", "label"]].iloc[10:].copy()  # the first 10 predictions get no label
     labels.loc[labels.index[::3], "label"] = "b"  # truths the model misses

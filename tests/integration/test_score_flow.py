@@ -10,6 +10,7 @@ import pytest
 
 from flows.score import score, task_runner
 from modules import formats, storage
+from modules.errors import PartialFailure
 from modules.registry import RegisterParams, register
 from modules.score import ScoreParams
 from tests.conftest import synthetic_classification
@@ -73,7 +74,10 @@ def test_an_error_budget_stops_starting_files_and_fails_the_run_with_counts(s3_b
         formats.write_frame(frame, storage.join(s3_bucket, "incoming", f"b-{i}.parquet"))
     params = ScoreParams(model="toy@production", bucket=s3_bucket, parallel_files=1, group_bytes=0,
                          max_quarantined_files=0)  # fmt: skip
-    with pytest.raises(RuntimeError, match=r"error budget spent: 1 file\(s\) quarantined.*1 quarantined, 3 deferred"):
+    with pytest.raises(
+        PartialFailure, match=r"error budget spent: 1 file\(s\) quarantined.*1 quarantined, 3 deferred"
+    ) as spent:
         score(params)
+    assert (spent.value.result.counts["quarantined"], spent.value.result.counts["deferred"]) == (1, 3)
     tried = score(params.model_copy(update={"max_quarantined_files": None}))  # no budget: every file is tried
     assert (tried.counts["scored"], tried.counts["skipped"]) == (3, 1)

@@ -1,0 +1,124 @@
+"""What every command shares: the console, `--json`, and errors the user can fix printed as one line.
+
+Prefect, torch and the step modules are imported inside the commands that need them, so a command
+pays only for its own imports (`maas models list` never loads torch or starts a Prefect API).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+
+# Piped output (logs, CI, scripts without --json) gets 120 columns instead of rich's 80, so tables stay whole.
+console = Console() if sys.stdout.isatty() else Console(width=120)
+state = {"debug": False}
+STACK_HOME = ".maas/stack"  # `maas up`'s default --home: its server is reused by commands that run flows
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+bucket_option = click.option("--bucket", help="Bucket URI; default MAAS_BUCKET, else ./.maas/bucket.")
+
+
+class _UserErrorsInOneLine(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback; for a user's mistake the message is the news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from modules.errors import MaasError
+
+        if record.exc_info and isinstance(record.exc_info[1], MaasError):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+class _NoTemporaryServerNotice(logging.Filter):
+    """Prefect announces starting and stopping its ephemeral API on every command; that is not the user's news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Starting temporary server", "Stopping temporary server"))
+
+
+def run(action: Callable[[], BaseModel], as_json: bool, show: Callable, runs_flows: bool = True) -> None:
+    """Run a command (flows, unless `runs_flows` is False); user errors become one line and exit code 1.
+
+    A run that partly failed (`PartialFailure`) still prints its result (the JSON line with `--json`)
+    before its one-line error, so a script learns which files failed from the exit code and the line.
+    """
+    from modules.errors import MaasError, PartialFailure
+
+    if runs_flows:
+        _use_running_stack()
+        if not state["debug"]:
+            import prefect  # noqa: F401  (configures Prefect's loggers, which the filter then joins)
+
+            for name in ("prefect.flow_runs", "prefect.task_runs"):
+                logging.getLogger(name).addFilter(_UserErrorsInOneLine())
+            logging.getLogger("prefect").addFilter(_NoTemporaryServerNotice())
+    try:
+        result = action()
+    except (MaasError, ValidationError) as exc:
+        if state["debug"]:
+            raise
+        if isinstance(exc, PartialFailure):
+            _print(exc.result, as_json, show)
+        message = str(exc).splitlines()[0] if isinstance(exc, MaasError) else validation_line(exc)
+        click.echo(f"error: {message}", err=True)
+        raise SystemExit(1) from None
+    _print(result, as_json, show)
+
+
+def _print(result: BaseModel, as_json: bool, show: Callable) -> None:
+    if as_json:
+        click.echo(result.model_dump_json())
+    else:
+        show(result)
+
+
+def validation_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"invalid parameter {where}: {first['msg']}"
+
+
+def _use_running_stack() -> None:
+    """Flows report to the server `maas up` runs here, when it answers, instead of starting a temporary one.
+
+    Prefect's ephemeral API costs a process start and a database migration check, ~10 s on 2 cores;
+    a running stack answers at once, and its UI then shows the CLI's runs too. An explicit
+    PREFECT_API_URL, or a stack that does not answer, is left alone.
+    """
+    if os.environ.get("PREFECT_API_URL") or _profile_api_url():
+        return
+    from flows.stack import running_api
+
+    api_url = running_api(STACK_HOME)
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+
+
+def _profile_api_url() -> str | None:
+    """PREFECT_API_URL of the active Prefect profile (read without importing Prefect, which fixes its settings)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: no reader at hand; profiles there are not consulted
+        return None
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+
+
+def bucket_of(bucket: str | None) -> str:
+    from modules.config import Settings
+
+    return Settings.of(bucket).bucket

@@ -1,0 +1,194 @@
+"""The training commands: `pipeline`, each step on its own (`preprocess`, `train`, `compress`,
+`register`), `evaluate` and `demo`. Each takes its flow's parameter model as options."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import click
+from pydantic import BaseModel
+from rich.table import Table
+
+from flows.cli.common import console, run
+from flows.cli.options import params_command
+
+
+def _flow(module: str, name: str, show: Callable[[BaseModel], None]) -> Callable[[Callable[[], BaseModel], bool], None]:
+    """An action running the flow `name` of `module` on the params the user gave (imported only when it runs)."""
+
+    def action(params: Callable[[], BaseModel], as_json: bool) -> None:
+        run(lambda: getattr(importlib.import_module(module), name)(params()), as_json, show)
+
+    return action
+
+
+def pipeline() -> click.Command:
+    from modules.pipeline import PipelineParams
+
+    return params_command(
+        "pipeline", PipelineParams, _flow("flows.pipeline", "pipeline", show_pipeline),
+        aliases={"data_uri": ["--data"]},
+        help="""Preprocess, train, compress and register a model.
+
+        \b
+        Example: maas pipeline --data s3://my-bucket/raw/churn.csv --target churned --exclude customer_id""",
+    )  # fmt: skip
+
+
+def preprocess() -> click.Command:
+    from modules.preprocess import PreprocessParams
+
+    return params_command(
+        "preprocess", PreprocessParams, _flow("flows.steps", "preprocess", lambda r: console.print(
+            f"{r.task}, splits {r.rows}\nmanifest: {r.manifest_uri}")),
+        aliases={"data_uri": ["--data"], "output_uri": ["--output"]},
+        help="""Step 1 alone: validate, split, fit the preprocessing.
+
+        Prints the manifest URI for `maas train`.
+
+        \b
+        Example: maas preprocess --data s3://my-bucket/raw/churn.csv --target churned --exclude customer_id""",
+    )  # fmt: skip
+
+
+def train() -> click.Command:
+    from modules.train import TrainParams
+
+    return params_command(
+        "train", TrainParams, _flow("flows.steps", "train", lambda r: console.print(
+            f"best epoch {r.best_epoch} of {r.epochs_run}: test {r.metric} {r.test_metric:.4f}\n"
+            f"manifest: {r.manifest_uri}")),
+        aliases={"preprocess_manifest": ["--preprocessed"], "optim.lr": ["--lr"],
+                 "optim.schedule.name": ["--scheduler"], "hardware.accelerator": ["--accelerator"],
+                 "hardware.precision": ["--precision"]},
+        help="Step 2 alone: train with Lightning.\n\nPrints the manifest URI for `maas compress`.",
+    )  # fmt: skip
+
+
+def compress() -> click.Command:
+    from modules.compress import CompressParams
+
+    return params_command(
+        "compress", CompressParams, _flow("flows.steps", "compress", lambda r: console.print(
+            f"gate {r.gate.reason}\nmanifest: {r.manifest_uri}")),
+        aliases={"train_manifest": ["--trained"]},
+        help="""Step 3 alone: prune, fine-tune, quantize to int8 and measure.
+
+        Prints the manifest URI for `maas register`.
+
+        \b
+        Example: maas compress --trained .maas/bucket/runs/<id>/train/manifest.json --sparsity 0.75""",
+    )  # fmt: skip
+
+
+def register() -> click.Command:
+    from modules.registry import RegisterParams
+
+    def show(r: BaseModel) -> None:
+        console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}")
+        if r.champion:
+            console.print(f"champion gate: {r.champion}")
+
+    return params_command(
+        "register", RegisterParams, _flow("flows.steps", "register_model", show),
+        aliases={"compress_manifest": ["--compressed"], "name": ["--model-name"]},
+        help="Step 4 alone: publish the next version and move its aliases.\n\n"
+        "latest always; production if it passed the gates.",
+    )  # fmt: skip
+
+
+def evaluate() -> click.Command:
+    from modules.evaluate import EvaluateParams
+
+    return params_command(
+        "evaluate", EvaluateParams, _flow("flows.evaluate", "evaluate", show_evaluation),
+        aliases={"labels_uri": ["--labels"], "predictions_uri": ["--predictions"], "output_uri": ["--output"]},
+        help="""Join ground truth to what a model version predicted; record its metrics.
+
+        Metrics are kept per day under monitoring/<name>/.
+
+        \b
+        Example: maas evaluate --model churn@production --labels s3://my-bucket/labels/ --on customer_id""",
+    )  # fmt: skip
+
+
+def demo() -> click.Command:
+    from flows.demo import DemoParams
+
+    return params_command(
+        "demo",
+        DemoParams,
+        _flow("flows.demo", "run_demo", _show_demo),
+        help="The main job: digits -> pipeline -> int8 model -> files in incoming/ scored.",
+    )
+
+
+def _variants_table(result: BaseModel) -> Table:
+    table = Table(title=f"{result.model_ref}: test {result.compressed.metric} by variant")
+    for column in ("variant", result.compressed.metric, "val", "parameters", "bytes", "rows/s", "engine"):
+        table.add_column(column, justify="left" if column in ("variant", "engine") else "right", no_wrap=True)
+    for v in result.compressed.variants:
+        table.add_row(
+            v.name + (" *" if v.name == result.compressed.served else ""),
+            f"{v.metric:.4f}",
+            "" if v.val_metric is None else f"{v.val_metric:.4f}",
+            f"{v.parameters:,}",
+            f"{v.size_bytes:,}",
+            f"{v.rows_per_s:,.0f}",
+            v.engine,
+        )
+    return table
+
+
+def show_pipeline(result: BaseModel) -> None:
+    console.print(_variants_table(result))
+    console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
+    if result.registered.champion:
+        console.print(f"champion gate: {result.registered.champion}")
+    if result.registered.pending:
+        console.print(f"waits for approval: maas models approve {result.registered.name}/{result.registered.version}")
+    console.print(f"model card: {result.card_uri}\nrun outputs: {result.run_uri}")
+
+
+def metrics_table(records: list, title: str) -> Table:
+    names = list(dict.fromkeys(m for r in records for m in r.metrics))
+    table = Table(title=title)
+    for column in ("version", "day", "rows", "unlabeled", *names):
+        table.add_column(column, justify="left" if column == "day" else "right", no_wrap=True)
+    for r in records:
+        values = ["n/a" if r.metrics.get(m) is None else f"{r.metrics[m]:.4f}" for m in names]
+        table.add_row(str(r.version), str(r.day), f"{r.rows:,}", f"{r.unlabeled_predictions:,}", *values)
+    return table
+
+
+def show_evaluation(result: BaseModel) -> None:
+    from modules import storage
+    from modules.evaluate import MetricsRecord
+
+    records = [storage.read_model(uri, MetricsRecord) for uri in result.records]
+    if records:
+        console.print(metrics_table(records, f"{result.model_ref}: metrics on ground truth by day"))
+    overall = ", ".join(f"{n} {'n/a' if v is None else f'{v:.4f}'}" for n, v in result.metrics.items())
+    console.print(f"{result.model_ref}: {overall or 'no metrics (no prediction has a label yet)'}")
+    console.print(
+        f"joined {result.rows:,}; unmatched labels {result.unmatched_labels:,}; "
+        f"unlabeled predictions {result.unlabeled_predictions:,}; incomplete label rows {result.labels_incomplete:,}"
+    )
+    console.print(f"records under {result.output_uri}" + (f"; plot {result.plot_uri}" if result.plot_uri else ""),
+                  soft_wrap=True)  # fmt: skip
+    if not result.label_rows + result.labels_incomplete:
+        console.print(f"warning: no label rows under {result.labels_uri} (a path outside the bucket needs a URI)",
+                      soft_wrap=True)  # fmt: skip
+
+
+def _show_demo(result: BaseModel) -> None:
+    from flows.cli.scoring import show_score
+
+    show_pipeline(result.pipeline)
+    show_score(result.scoring)
+    console.print(f"held-out accuracy of the scored files: {result.held_out_accuracy:.4f}")
+    console.print(
+        f"next: drop files into {result.data.incoming_uri} and run `maas score --model {result.pipeline.model_ref}`",
+        soft_wrap=True,
+    )
