@@ -99,7 +99,7 @@ def _run_step(step: str, params: Callable[[], BaseModel], as_json: bool, show: C
 def _validation_line(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return f"invalid parameter {where}: {first['msg']}"
+    return f"invalid parameter {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 @app.command()

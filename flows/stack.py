@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from modules.config import Settings
+from modules.config import Location, Settings
 from modules.errors import MaasError
 
 POOL = "maas"
@@ -42,7 +42,7 @@ class StackParams(BaseModel):
     host: str = Field("127.0.0.1", description="Address the server binds to; 0.0.0.0 exposes it to the network.")
     port: int = Field(4200, ge=1, le=65535)
     database_url: str | None = Field(None, description="PostgreSQL URL (postgresql+asyncpg://...); default SQLite.")
-    bucket: str | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
+    bucket: Location | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
     watch_interval: float = Field(5, gt=0, description="Seconds between two listings of incoming/ and labels/.")
     start_timeout: float = Field(180, gt=0, description="Seconds to wait for the server to answer.")
 

@@ -49,6 +49,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 from s3fs.utils import FileExpired
 
+from modules.config import check_location
 from modules.errors import ObjectChanged, ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
@@ -115,8 +116,12 @@ def relative_key(prefix: str, uri: str) -> str:
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem serving `uri` and the path within it."""
-    return fsspec.core.url_to_fs(uri)
+    """The filesystem serving `uri` and the path within it; an unknown scheme is a `ConfigError` (never retried)."""
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except (ValueError, ImportError):
+        check_location(uri)
+        raise
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 from pytorch_lightning.loggers import CSVLogger
 
 from modules import plots, storage
-from modules.config import sibling_output
+from modules.config import Location, sibling_output
 from modules.manifests import PreprocessResult, TrainResult
 from modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
 from modules.preprocess import FeatureSpec
@@ -41,10 +41,10 @@ class Hardware(BaseModel):
 
 
 class TrainParams(BaseModel):
-    preprocess_manifest: str = Field(
+    preprocess_manifest: Location = Field(
         title="Preprocess manifest URI", description="manifest.json written by preprocess."
     )
-    output_uri: str | None = Field(None, description="Default: a train folder beside the preprocess output.")
+    output_uri: Location | None = Field(None, description="Default: a train folder beside the preprocess output.")
     model: MLPConfig = MLPConfig()
     optim: OptimConfig = OptimConfig()
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
