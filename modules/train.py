@@ -35,7 +35,11 @@ class Hardware(BaseModel):
     """Where and how training runs; shared by training and compression's fine-tune."""
 
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: a GPU when there is one.")
-    devices: int | Literal["auto"] = Field("auto", description="How many devices Lightning uses.")
+    devices: int | Literal["auto"] = Field(
+        1,
+        description="Devices Lightning trains on. More than 1 (or auto on a multi-GPU machine) means DDP, which "
+        "starts the whole command again once per device: ask for it, it is not a default.",
+    )
     precision: Precision = Field("auto", description="auto: bf16-mixed on a GPU that supports it, else 32-true.")
     seed: int = Field(42, description="Seed of weights and batches: CPU runs repeat exactly.")
 
