@@ -323,8 +323,22 @@ def _check_conditional_create(fs: fsspec.AbstractFileSystem, uri: str) -> None:
         _checked_stores.add(store)
 
 
+def _umask() -> int:
+    """The process's umask, read from /proc on Linux (setting it to read it races other threads' files)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_local(path: str, fill, *, exclusive: bool) -> bool:
-    """Write through a temp file in the target folder, then publish it in one rename (or link)."""
+    """Write through a temp file in the target folder, then publish it in one rename (or link).
+
+    mkstemp creates the temp file 0600; it gets the mode a plain `open` would have given (0666 less the
+    umask) before it is published, so outputs are as readable as any other file the user writes."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX)
@@ -333,6 +347,7 @@ def _write_local(path: str, fill, *, exclusive: bool) -> bool:
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         if not exclusive:
             os.replace(tmp, path)
             return True
