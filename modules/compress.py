@@ -8,7 +8,7 @@
   quantized on the fly) on the unpruned network (`int8`) and on the pruned one
   (`pruned-int8-dynamic`), ONNX Runtime static on the pruned one (`pruned-int8-static`: activation
   ranges calibrated on a sample of the training split, QDQ), and torch dynamic
-  (`pruned-torch-int8`, for hosts without ONNX Runtime);
+  (`pruned-torch-int8`, served by `--engine torch`);
 - measured for every variant: metric on the validation and on the test split, non-zero
   parameters, multiply-adds per row, artifact size (plain and gzipped), and rows/s on the engine
   it would be served with (informative: wall-clock speed depends on how busy the machine is);
