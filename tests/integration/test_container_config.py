@@ -169,3 +169,9 @@ def test_a_docker_flow_run_gets_the_bucket_from_the_pools_env_and_refuses_to_run
         assert state.type == StateType.FAILED, output
         assert "MAAS_BUCKET is not set, and MAAS_REQUIRE_BUCKET=1" in state.message
         assert not cursor and not (home / ".maas").exists()  # nothing written to the container's own disk
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_every_image_requires_a_bucket(dockerfile: str) -> None:
+    image = _image_environment(ROOT / "docker" / dockerfile)
+    assert image["MAAS_REQUIRE_BUCKET"] == "1" and not image.get("MAAS_BUCKET")
