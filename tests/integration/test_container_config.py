@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -130,7 +129,6 @@ def _start_container(environment: dict[str, str], home: Path) -> subprocess.Comp
     (no MAAS_BUCKET or AWS_* of this machine); the repository stands for the package installed in the image."""
     home.mkdir()
     environment = environment | {"HOME": str(home), "PYTHONPATH": str(ROOT)}
-    environment |= {k: os.environ[k] for k in ("PREFECT_HOME",)}
     command = [str(Path(sys.executable).parent / "prefect"), "flow-run", "execute"]
     return subprocess.run(command, env=environment, cwd=home, capture_output=True, text=True, timeout=300)
 
