@@ -13,13 +13,13 @@ from flows.pipeline import pipeline
 from flows.retries import IO_RETRIES
 from flows.score import score
 from modules import demo
-from modules.config import Settings
+from modules.config import Location, Settings
 from modules.pipeline import PipelineParams, PipelineResult
 from modules.score import ScoreParams, ScoreResult
 
 
 class DemoParams(BaseModel):
-    bucket: str | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
+    bucket: Location | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
     model_name: str | None = Field(
         None, description="Default MAAS_MODEL or 'default': the model the score deployment uses."
     )

@@ -3,7 +3,10 @@ every deployment of deployments/prefect.yaml, and watchers on the bucket's incom
 scored) and labels/ prefix (ground truth is evaluated).
 
 Each is a detached subprocess (its own session, so `down` stops it with its children) logging to
-`<home>/logs/`; their process ids and the API address are kept in `<home>/stack.json`. The server
+`<home>/logs/`; their process ids, start times and command lines and the API address are kept in
+`<home>/stack.json`. A process id alone is no proof: after a crash or a reboot it may name an unrelated
+process, so `down` (and `up`'s "already running" check) only count a process whose start time and
+command line are still the recorded ones. The server
 binds to 127.0.0.1 unless told otherwise and keeps SQLite under `<home>/prefect` unless given a
 PostgreSQL URL. The CLI's environment (MAAS_BUCKET, AWS_*) is handed down to the worker and the
 watcher, so flow runs see the same bucket.
@@ -22,9 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel, Field
 
-from modules.config import Settings
+from modules.config import Location, Settings
 from modules.errors import MaasError
 
 POOL = "maas"
@@ -42,9 +46,16 @@ class StackParams(BaseModel):
     host: str = Field("127.0.0.1", description="Address the server binds to; 0.0.0.0 exposes it to the network.")
     port: int = Field(4200, ge=1, le=65535, description="Port of the Prefect API and UI.")
     database_url: str | None = Field(None, description="PostgreSQL URL (postgresql+asyncpg://...); default SQLite.")
-    bucket: str | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
+    bucket: Location | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
     watch_interval: float = Field(5, gt=0, description="Seconds between two listings of incoming/ and labels/.")
     start_timeout: float = Field(180, gt=0, description="Seconds to wait for the server to answer.")
+
+
+class ProcessIdentity(BaseModel):
+    """What tells the process `up` started from a later one that got the same id."""
+
+    started: float = Field(description="Start time, seconds since the epoch (psutil's create_time).")
+    command: list[str] = Field(description="Its command line as the OS reports it.")
 
 
 class StackInfo(BaseModel):
@@ -55,6 +66,9 @@ class StackInfo(BaseModel):
     labels_uri: str
     home: Path
     pids: dict[str, int]
+    identities: dict[str, ProcessIdentity] = Field(
+        default_factory=dict, description="Per process name; a process without one is never signalled."
+    )
     deployments: list[str]
 
 
@@ -94,6 +108,7 @@ def up(params: StackParams) -> StackInfo:
         labels_uri=Settings(bucket=bucket).uri("labels"),
         home=home,
         pids=pids,
+        identities={name: identity for name, pid in pids.items() if (identity := _identity(pid))},
         deployments=sorted(d["name"] for d in _api(api_url, "deployments/filter")),
     )
     (home / "stack.json").write_text(info.model_dump_json(indent=2))
@@ -107,7 +122,7 @@ def down(home: Path) -> list[str]:
     if not state.exists():
         return []
     info = StackInfo.model_validate_json(state.read_text())
-    stopped = _stop(info.pids)
+    stopped = _stop(_still_ours(info))
     state.unlink()
     return stopped
 
@@ -203,9 +218,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _identity(pid: int) -> ProcessIdentity | None:
+    try:
+        process = psutil.Process(pid)
+        return ProcessIdentity(started=process.create_time(), command=process.cmdline())
+    except psutil.Error:  # gone, a zombie, or not ours to inspect
+        return None
+
+
+def _still_ours(info: StackInfo) -> dict[str, int]:
+    """The recorded processes that still run as recorded: same start time and command line."""
+    ours = {}
+    for name, pid in info.pids.items():
+        recorded, now = info.identities.get(name), _identity(pid)
+        if recorded and now and now.command == recorded.command and abs(now.started - recorded.started) < 1:
+            ours[name] = pid
+    return ours
+
+
 def _running(home: Path) -> bool:
     state = home / "stack.json"
-    return state.exists() and any(_alive(p) for p in StackInfo.model_validate_json(state.read_text()).pids.values())
+    return state.exists() and any(
+        _alive(p) for p in _still_ours(StackInfo.model_validate_json(state.read_text())).values()
+    )
 
 
 def _stop(pids: dict[str, int]) -> list[str]:

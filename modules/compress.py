@@ -8,7 +8,7 @@
   quantized on the fly) on the unpruned network (`int8`) and on the pruned one
   (`pruned-int8-dynamic`), ONNX Runtime static on the pruned one (`pruned-int8-static`: activation
   ranges calibrated on a sample of the training split, QDQ), and torch dynamic
-  (`pruned-torch-int8`, for hosts without ONNX Runtime);
+  (`pruned-torch-int8`, served by `--engine torch`);
 - measured for every variant: metric on the validation and on the test split, non-zero
   parameters, multiply-adds per row, artifact size (plain and gzipped), and rows/s on the engine
   it would be served with (informative: wall-clock speed depends on how busy the machine is);
@@ -43,7 +43,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from pydantic import BaseModel, Field
 
 from modules import plots, pruning, storage
-from modules.config import sibling_output
+from modules.config import Location, sibling_output
 from modules.engines import OnnxEngine, TorchEngine
 from modules.manifests import ArtifactRef, CompressResult, GateDecision, TrainResult, VariantReport
 from modules.metrics import keeps_metric, metric_drop, metric_of
@@ -58,8 +58,8 @@ THROUGHPUT_BATCH = 8_192
 
 
 class CompressParams(BaseModel):
-    train_manifest: str = Field(title="Train manifest URI", description="manifest.json written by train.")
-    output_uri: str | None = Field(None, description="Default: a compress folder beside the train output.")
+    train_manifest: Location = Field(title="Train manifest URI", description="manifest.json written by train.")
+    output_uri: Location | None = Field(None, description="Default: a compress folder beside the train output.")
     pruning: Literal["structured", "unstructured", "none"] = Field(
         "structured",
         description="structured: remove whole hidden units (smaller and faster); unstructured: zero single "

@@ -13,6 +13,10 @@ class InputError(MaasError, ValueError):
     """The data is unusable as given: unreadable file, missing column, wrong types."""
 
 
+class ConfigError(MaasError, ValueError):
+    """A setting to fix before anything can run: no bucket where one is required, an unknown URI scheme."""
+
+
 class StorageError(MaasError, OSError):
     """Object storage refused: missing bucket or object, bad credentials, unreachable endpoint."""
 

@@ -38,7 +38,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from modules import formats, plots, registry, storage
-from modules.config import Settings
+from modules.config import Location, Settings
 from modules.errors import InputError, ObjectNotFound
 from modules.score import FileManifest
 
@@ -53,20 +53,20 @@ class EvaluateParams(BaseModel):
         description="NAME@ALIAS or NAME/VERSION: the version whose predictions are evaluated; "
         "default <MAAS_MODEL or default>@production.",
     )
-    predictions_uri: str | None = Field(
+    predictions_uri: Location | None = Field(
         None,
         description="Prefix holding scoring outputs and their manifests, or one predictions file or manifest; "
         "default predictions/ in the bucket.",
     )
-    labels_uri: str | None = Field(
+    labels_uri: Location | None = Field(
         None, description="Labels file or prefix of files (CSV, TSV, Parquet, JSONL); default labels/ in the bucket."
     )
     on: str = Field("id", description="Id column joining labels to predictions (a passthrough column of scoring).")
     target: str | None = Field(None, description="Column of the true values in the labels; default the model's target.")
-    bucket: str | None = Field(
+    bucket: Location | None = Field(
         None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
     )
-    output_uri: str | None = Field(None, description="Where metrics go; default monitoring/<name>/ in the bucket.")
+    output_uri: Location | None = Field(None, description="Where metrics go; default monitoring/<name>/ in the bucket.")
 
 
 class MetricsRecord(BaseModel):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from modules import registry, storage
 from modules.compress import CompressParams
-from modules.config import Settings, new_run_id, sibling_output
+from modules.config import Location, Settings, new_run_id, sibling_output
 from modules.errors import InputError
 from modules.manifests import CompressResult
 from modules.model import MLPConfig, OptimConfig
@@ -25,7 +25,7 @@ from modules.train import Hardware, TrainParams
 
 
 class PipelineParams(BaseModel):
-    data_uri: str | None = Field(
+    data_uri: Location | None = Field(
         None,
         title="Dataset URI",
         description="Labeled CSV, TSV, Parquet or JSONL (gzip allowed). Empty: retrain the model on the data its "
@@ -40,7 +40,7 @@ class PipelineParams(BaseModel):
     )
     exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
     model_name: str | None = Field(None, description="Registry name; default MAAS_MODEL or 'default'.")
-    bucket: str | None = Field(
+    bucket: Location | None = Field(
         None, description="Bucket for runs and the registry; default MAAS_BUCKET or the local bucket."
     )
     scheduler: ScheduleName = Field("onecycle", description="Learning-rate schedule.")

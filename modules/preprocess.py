@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from modules import formats, storage
-from modules.config import step_output
+from modules.config import Location, step_output
 from modules.errors import InputError
 from modules.manifests import PreprocessResult
 
@@ -263,7 +263,7 @@ def split_indices(
 class PreprocessParams(BaseModel):
     """Which table to learn from and how to split it."""
 
-    data_uri: str = Field(
+    data_uri: Location = Field(
         title="Dataset URI", description="CSV, TSV, Parquet or JSONL (gzip allowed) with a target column."
     )
     target: str = Field(title="Target column", description="The column to predict.")
@@ -274,7 +274,7 @@ class PreprocessParams(BaseModel):
         None, description="Feature columns; default: every column but the target and `exclude`."
     )
     exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
-    output_uri: str | None = Field(
+    output_uri: Location | None = Field(
         None, description="Where the splits go; default runs/<new run id>/preprocess in the bucket."
     )
     val_fraction: float = Field(

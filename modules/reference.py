@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from modules.compress import CompressParams
+from modules.config import Location
 from modules.evaluate import EvaluateParams
 from modules.fields import FACTORY_DEFAULTS, leaf_fields
 from modules.pipeline import PipelineParams
@@ -70,6 +71,8 @@ def _plain(value: Any) -> Any:
 
 
 def _type_name(annotation: Any) -> str:
+    if annotation == Location:
+        return "URI"
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return " \\| ".join(f"`{v}`" for v in typing.get_args(annotation))

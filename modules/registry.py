@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from modules import formats, storage
 from modules.champion import ChampionDecision, challenge
-from modules.config import Settings, sibling_output
+from modules.config import Location, Settings, sibling_output
 from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
 from modules.errors import ObjectNotFound, RegistryError
 from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
@@ -124,8 +124,8 @@ class ModelCard(BaseModel):
 
 
 class RegisterParams(BaseModel):
-    compress_manifest: str = Field(title="Compress manifest URI", description="manifest.json written by compress.")
-    bucket: str | None = Field(
+    compress_manifest: Location = Field(title="Compress manifest URI", description="manifest.json written by compress.")
+    bucket: Location | None = Field(
         None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
     )
     name: str | None = Field(None, description="Model name; default MAAS_MODEL or 'default'.")
@@ -135,7 +135,7 @@ class RegisterParams(BaseModel):
         description="Champion gate: accuracy points (0.01 = 1 point) or relative RMSE rise the new version may lose "
         "against the production version on its test split; 0: it must not be worse.",
     )
-    output_uri: str | None = Field(None, description="Where the result manifest goes; default beside compress's.")
+    output_uri: Location | None = Field(None, description="Where the result manifest goes; default beside compress's.")
 
 
 class RegisterResult(BaseModel):

@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from modules import formats, plots, registry, storage
 from modules.claims import Claims, Lease
-from modules.config import Settings, new_run_id
+from modules.config import Location, Settings, new_run_id
 from modules.engines import Engine
 from modules.errors import (
     InputError,
@@ -77,11 +77,15 @@ class ScoreParams(BaseModel):
     model: str | None = Field(
         None, description="NAME@ALIAS or NAME/VERSION; default <MAAS_MODEL or default>@production."
     )
-    input_uri: str | None = Field(None, description="A file or a prefix to score; default incoming/ in the bucket.")
-    output_uri: str | None = Field(None, description="Prefix for predictions; default predictions/ in the bucket.")
-    quarantine_uri: str | None = Field(None, description="Prefix for error reports; default quarantine/ in the bucket.")
-    state_uri: str | None = Field(None, description="Prefix for claims; default state/ in the bucket.")
-    bucket: str | None = Field(
+    input_uri: Location | None = Field(
+        None, description="A file or a prefix to score; default incoming/ in the bucket."
+    )
+    output_uri: Location | None = Field(None, description="Prefix for predictions; default predictions/ in the bucket.")
+    quarantine_uri: Location | None = Field(
+        None, description="Prefix for error reports; default quarantine/ in the bucket."
+    )
+    state_uri: Location | None = Field(None, description="Prefix for claims; default state/ in the bucket.")
+    bucket: Location | None = Field(
         None, description="Bucket holding the registry; default MAAS_BUCKET or the local bucket."
     )
     modified_after: datetime | None = Field(

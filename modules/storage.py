@@ -49,6 +49,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 from s3fs.utils import FileExpired
 
+from modules.config import check_location
 from modules.errors import ObjectChanged, ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
@@ -115,8 +116,12 @@ def relative_key(prefix: str, uri: str) -> str:
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem serving `uri` and the path within it."""
-    return fsspec.core.url_to_fs(uri)
+    """The filesystem serving `uri` and the path within it; an unknown scheme is a `ConfigError` (never retried)."""
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except (ValueError, ImportError):
+        check_location(uri)
+        raise
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -318,8 +323,22 @@ def _check_conditional_create(fs: fsspec.AbstractFileSystem, uri: str) -> None:
         _checked_stores.add(store)
 
 
+def _umask() -> int:
+    """The process's umask, read from /proc on Linux (setting it to read it races other threads' files)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_local(path: str, fill, *, exclusive: bool) -> bool:
-    """Write through a temp file in the target folder, then publish it in one rename (or link)."""
+    """Write through a temp file in the target folder, then publish it in one rename (or link).
+
+    mkstemp creates the temp file 0600; it gets the mode a plain `open` would have given (0666 less the
+    umask) before it is published, so outputs are as readable as any other file the user writes."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX)
@@ -328,6 +347,7 @@ def _write_local(path: str, fill, *, exclusive: bool) -> bool:
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         if not exclusive:
             os.replace(tmp, path)
             return True

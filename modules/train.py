@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 from pytorch_lightning.loggers import CSVLogger
 
 from modules import plots, storage
-from modules.config import sibling_output
+from modules.config import Location, sibling_output
 from modules.manifests import PreprocessResult, TrainResult
 from modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
 from modules.preprocess import FeatureSpec
@@ -35,16 +35,20 @@ class Hardware(BaseModel):
     """Where and how training runs; shared by training and compression's fine-tune."""
 
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: a GPU when there is one.")
-    devices: int | Literal["auto"] = Field("auto", description="How many devices Lightning uses.")
+    devices: int | Literal["auto"] = Field(
+        1,
+        description="Devices Lightning trains on. More than 1 (or auto on a multi-GPU machine) means DDP, which "
+        "starts the whole command again once per device: ask for it, it is not a default.",
+    )
     precision: Precision = Field("auto", description="auto: bf16-mixed on a GPU that supports it, else 32-true.")
     seed: int = Field(42, description="Seed of weights and batches: CPU runs repeat exactly.")
 
 
 class TrainParams(BaseModel):
-    preprocess_manifest: str = Field(
+    preprocess_manifest: Location = Field(
         title="Preprocess manifest URI", description="manifest.json written by preprocess."
     )
-    output_uri: str | None = Field(None, description="Default: a train folder beside the preprocess output.")
+    output_uri: Location | None = Field(None, description="Default: a train folder beside the preprocess output.")
     model: MLPConfig = MLPConfig()
     optim: OptimConfig = OptimConfig()
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")

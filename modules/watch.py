@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from modules import storage
 from modules.claims import new_owner
-from modules.config import Settings
+from modules.config import Location, Settings
 from modules.errors import InputError, ObjectNotFound
 
 EVENT_NAME = "maas.object.created"
@@ -222,9 +222,9 @@ def from_s3_notification(
 
 
 class WatchParams(BaseModel):
-    prefix: str | None = Field(None, description="Prefix to watch; default incoming/ in the bucket.")
-    state_uri: str | None = Field(None, description="Prefix for the cursor; default state/ in the bucket.")
-    bucket: str | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
+    prefix: Location | None = Field(None, description="Prefix to watch; default incoming/ in the bucket.")
+    state_uri: Location | None = Field(None, description="Prefix for the cursor; default state/ in the bucket.")
+    bucket: Location | None = Field(None, description="Default MAAS_BUCKET or the local bucket.")
     interval_seconds: float = Field(10, gt=0, description="Seconds between two listings of the prefix.")
     run_seconds: float | None = Field(
         None, ge=0, description="Stop after this long (0: poll once); default: until stopped."

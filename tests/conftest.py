@@ -26,7 +26,8 @@ os.environ.update(
         "AWS_DEFAULT_REGION": "us-east-1",
     }
 )
-for _name in ("PREFECT_API_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "MAAS_BUCKET", "MAAS_MODEL"):
+_UNSET = ("PREFECT_API_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "MAAS_BUCKET", "MAAS_MODEL", "MAAS_REQUIRE_BUCKET")
+for _name in _UNSET:
     os.environ.pop(_name, None)
 
 

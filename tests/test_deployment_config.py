@@ -85,9 +85,23 @@ def test_credentials_come_from_the_worker_environment_never_from_deployments() -
     for name, deployment in _deployments().items():
         assert "env" not in deployment["work_pool"]["job_variables"], name
         assert not re.search(r"secret|password|token|access_key", json.dumps(deployment.get("parameters", {})), re.I)
-    for pool in ("docker", "kubernetes"):
-        template = json.loads((DEPLOYMENTS / "work-pools" / f"{pool}.json").read_text())
-        assert template["variables"]["properties"]["env"]["default"] == {}
+    docker = json.loads((DEPLOYMENTS / "work-pools" / "docker.json").read_text())["variables"]["properties"]
+    assert docker["env"]["default"] == {  # Prefect variables, resolved by the worker for each run
+        "MAAS_BUCKET": "{{ prefect.variables.maas_bucket }}",
+        "MAAS_MODEL": "{{ prefect.variables.maas_model }}",
+    }
+    kubernetes = json.loads((DEPLOYMENTS / "work-pools" / "kubernetes.json").read_text())["variables"]["properties"]
+    assert kubernetes["env"]["default"] == {}  # the ConfigMap and the Secret hold it all
+
+
+def test_a_kubernetes_flow_run_container_reads_the_config_map_and_the_storage_secret() -> None:
+    """The same `maas-config` as the worker and the watchers (tests/integration/test_container_config.py
+    renders it for a real deployment and resolves the pod's environment)."""
+    container = _render("kubernetes", "score")["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "maas-config"}},  # not optional: without it the pod does not start
+        {"secretRef": {"name": "maas-storage", "optional": True}},
+    ]
 
 
 def _fires(deployment: str, prefix: str) -> bool:

@@ -83,7 +83,7 @@ def _print(result: BaseModel, as_json: bool, show: Callable) -> None:
 def validation_line(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return f"invalid parameter {where}: {first['msg']}"
+    return f"invalid parameter {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def _use_running_stack() -> None:

@@ -63,11 +63,10 @@ def _option(path: tuple[str, ...], field: FieldInfo, aliases: list[str]) -> clic
         return click.Option([f"{name}/{negative}", dest], default=None, help=help_text)
     if typing.get_origin(annotation) is list:
         return click.Option([name, *aliases, dest], multiple=True, required=required, help=help_text + " (repeatable)")
-    choices = _literal_values(annotation)
-    kind: click.ParamType = click.STRING
-    if choices and all(isinstance(c, str) for c in choices):
-        kind = click.Choice([*choices, *([NONE] if _allows_none(field.annotation) else [])])
-    return click.Option([name, *aliases, dest], type=kind, default=None, required=required, help=help_text)
+    # Choices are shown, not enforced by click: the model refuses a bad value in one line, like any other.
+    choices = [str(c) for c in _literal_values(annotation)] + ([NONE] if _allows_none(field.annotation) else [])
+    metavar = f"[{'|'.join(choices)}]" if _literal_values(annotation) else None
+    return click.Option([name, *aliases, dest], default=None, required=required, help=help_text, metavar=metavar)
 
 
 def _default_text(name: str, field: FieldInfo) -> str:

@@ -139,3 +139,19 @@ def test_bad_credentials_are_a_clear_error(s3_bucket: str, s3_endpoint: str) -> 
             storage.read_bytes(storage.join(s3_bucket, "x.csv"))
     finally:
         set_auth(b"inf")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_local_outputs_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """As `open()` would create them, not 0600 as the temp file they are published from."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"x")
+    previous = os.umask(umask)
+    try:
+        storage.write_bytes((tmp_path / "out" / "written.bin").as_uri(), b"data")
+        assert storage.create_bytes((tmp_path / "out" / "created.bin").as_uri(), b"data")
+        storage.upload(source, (tmp_path / "out" / "uploaded.bin").as_uri())
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == dict.fromkeys(["written.bin", "created.bin", "uploaded.bin"], 0o666 & ~umask)

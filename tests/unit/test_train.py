@@ -73,3 +73,17 @@ def test_a_terminal_gets_an_epoch_progress_bar(prepared: str, monkeypatch: pytes
     result = run_training(TrainParams(preprocess_manifest=prepared, max_epochs=2))
     assert result.epochs_run == 2
     assert "epochs" in capsys.readouterr().err
+
+
+def test_training_uses_one_device_unless_asked(tmp_path) -> None:
+    """More than one device means DDP, which re-executes the whole `maas pipeline` command per GPU."""
+    from pytorch_lightning.strategies import SingleDeviceStrategy
+
+    from modules.train import Hardware, build_trainer
+
+    assert (
+        Hardware().devices == 1
+        and TrainParams.model_json_schema()["$defs"]["Hardware"]["properties"]["devices"]["default"] == 1
+    )
+    trainer = build_trainer(Hardware(), tmp_path, max_epochs=1, callbacks=[], logger=False)
+    assert trainer.num_devices == 1 and isinstance(trainer.strategy, SingleDeviceStrategy)
