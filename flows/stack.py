@@ -91,12 +91,10 @@ def up(params: StackParams) -> StackInfo:
         pids["worker"] = _spawn(
             home, "worker", [_prefect(), "worker", "start", "--pool", POOL, "--type", "process"], env
         )
-        pids["watcher"] = _spawn(home, "watcher", [sys.executable, "-m", "flows.cli", "watch", "--interval",
-                                                   str(params.watch_interval)], env)  # fmt: skip
+        watch = [sys.executable, "-m", "flows.cli", "watch", "--interval", str(params.watch_interval)]
+        pids["watcher"] = _spawn(home, "watcher", watch, env)
         labels = Settings(bucket=bucket).uri("labels")
-        pids["labels-watcher"] = _spawn(home, "labels-watcher", [sys.executable, "-m", "flows.cli", "watch", "--prefix",
-                                                                 labels, "--interval", str(params.watch_interval)],
-                                        env)  # fmt: skip
+        pids["labels-watcher"] = _spawn(home, "labels-watcher", [*watch, "--prefix", labels], env)
     except BaseException:
         _stop(pids)
         raise
