@@ -31,6 +31,31 @@ for _name in _UNSET:
     os.environ.pop(_name, None)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability suite's tally line; under pytest-xdist the workers' tallies are added up first."""
+    from tests.reliability.tally import summary_line
+
+    line = summary_line()
+    if line:
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)  # set on an xdist worker only
+    if output is not None:
+        from tests.reliability.tally import TALLY
+
+        output["tally"] = dict(TALLY)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """On the xdist controller: a worker finished; its tally joins the controller's."""
+    from tests.reliability.tally import record
+
+    record(**getattr(node, "workeroutput", {}).get("tally", {}))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

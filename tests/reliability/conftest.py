@@ -1,18 +1,11 @@
-"""The reliability suite's model bucket, and its summary line at the end of the run (see `tally`)."""
+"""The reliability suite's model bucket (its summary line is printed by the root conftest, see `tally`)."""
 
 from __future__ import annotations
 
 import pytest
 
 from modules.registry import RegisterParams, register
-from tests.reliability.tally import summary_line
 from tests.unit.conftest import train_and_compress
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    line = summary_line()
-    if line:
-        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
