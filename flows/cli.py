@@ -293,6 +293,12 @@ def score(
         str,
         typer.Option(help="Challenger scored on the same rows into shadow/: REF, auto (the challenger alias) or none."),
     ] = "auto",
+    explain: Annotated[
+        bool, typer.Option(help="Add attr_<column> per input column: how much it moved each row's prediction.")
+    ] = False,
+    explain_top: Annotated[
+        Optional[int], typer.Option(help="Instead, each row's K largest attributions (top<i>_feature, top<i>_attr).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score every file under a prefix that this model version has not scored yet.
@@ -311,7 +317,8 @@ def score(
             output_format=output_format, passthrough=passthrough, include_features=include_features,
             max_error_rate=max_error_rate, missing_values=missing_values, batch_rows=batch_rows, engine=engine,
             drift=drift, missing_columns=missing_columns, lease_seconds=lease_seconds,
-            max_failed_files=max_failed_files, shadow=None if shadow == "none" else shadow,
+            max_failed_files=max_failed_files, shadow=None if shadow == "none" else shadow, explain=explain,
+            explain_top=explain_top,
         )  # fmt: skip
         if parallel_files:
             options["parallel_files"] = parallel_files
@@ -625,6 +632,8 @@ def models_show(
         from modules.evaluate import history
 
         console.print_json(card.model_dump_json())
+        if card.explanations is not None:
+            console.print(_importance_table(card))
         records = history(_bucket(bucket), card.name)
         if records:
             console.print(_metrics_table(records, f"{card.name}: metrics on ground truth by version and day"))
@@ -817,6 +826,20 @@ def _show_score(result) -> None:
         console.print(line + (f"  ({outcome.error})" if outcome.error else ""), soft_wrap=True)
     if len(shown) > SHOWN_FILES:
         console.print(f"  … and {len(shown) - SHOWN_FILES} more (--json lists them all)")
+
+
+def _importance_table(card, shown: int = 15) -> Table:
+    """The columns that matter most to this version: permutation importance and mean |attribution| (test split)."""
+    report = card.explanations
+    table = Table(title=f"{card.ref}: global importance on {report.rows:,} test rows (plot: {report.plot})")
+    drop = "accuracy lost (points)" if report.metric == "accuracy" else "RMSE rise"
+    for column in ("feature", f"shuffled: {drop}", "±", f"mean |attribution| ({report.output})"):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    scale = 100 if report.metric == "accuracy" else 1
+    for f in report.importance[:shown]:
+        table.add_row(f.feature, f"{f.permutation * scale:.2f}", f"{f.permutation_std * scale:.2f}",
+                      f"{f.mean_abs_attribution:.4f}")  # fmt: skip
+    return table
 
 
 def _metrics_table(records: list, title: str) -> Table:
