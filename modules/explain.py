@@ -59,7 +59,13 @@ def frame(attributions: np.ndarray, names: list[str], index: pd.Index, top: int 
     for the K largest absolute attributions of each row, largest first."""
     if top is None:
         return pd.DataFrame(attributions, index=index, columns=[f"attr_{name}" for name in names])
-    order = np.argsort(-np.abs(attributions), axis=1, kind="stable")[:, :top]
+    magnitude = np.abs(attributions)
+    if top < magnitude.shape[1]:  # the K largest first (a partial sort), then those K in order: ties by column
+        candidates = np.sort(np.argpartition(-magnitude, top - 1, axis=1)[:, :top], axis=1)
+    else:
+        candidates = np.broadcast_to(np.arange(magnitude.shape[1]), magnitude.shape)
+    ranked = np.argsort(-np.take_along_axis(magnitude, candidates, axis=1), axis=1, kind="stable")
+    order = np.take_along_axis(candidates, ranked, axis=1)
     columns: dict[str, np.ndarray] = {}
     for i in range(order.shape[1]):
         columns[f"top{i + 1}_feature"] = np.asarray(names, dtype=object)[order[:, i]]

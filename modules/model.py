@@ -219,17 +219,19 @@ class AttributionHead(nn.Module):
         self.hidden = nn.ModuleList(hidden)
         self.register_buffer("reference", reference.detach().float().clone())
         with torch.no_grad():
-            pre, h = [], self.reference[None]
-            for layer in self.hidden:
-                pre.append(layer(h)[0])
-                h = torch.relu(pre[-1])[None]
-        for i, value in enumerate(pre):
-            self.register_buffer(f"reference_pre_{i}", value)
-        scale = spec.target_scale if spec.task == "regression" else 1.0
+            h = self.reference[None]
+            for i, layer in enumerate(self.hidden):
+                pre = layer(h)[0]
+                self.register_buffer(f"reference_pre_{i}", pre)
+                self.register_buffer(f"reference_post_{i}", torch.relu(pre))
+                h = torch.relu(pre)[None]
+        self.scale = spec.target_scale if spec.task == "regression" else 1.0
+        # Columns of the network's input -> raw columns: numbers map one to one, a category's levels sum.
+        self.grouped = bool(spec.categorical)
         groups = torch.zeros(self.transform.out_features, spec.width)
         column = 0
         for feature, width in enumerate([1] * len(spec.numeric) + [len(f.categories) + 1 for f in spec.categorical]):
-            groups[column : column + width, feature] = scale
+            groups[column : column + width, feature] = self.scale
             column += width
         self.register_buffer("groups", groups)
 
@@ -247,9 +249,8 @@ class AttributionHead(nn.Module):
             h = torch.relu(pre[-1])
         g = self.last.weight[target]  # d output / d last hidden activation, per row
         for i in range(len(self.hidden) - 1, -1, -1):
-            reference = getattr(self, f"reference_pre_{i}")
-            delta = pre[i] - reference
-            close = delta.abs() < self.EPS
-            secant = (torch.relu(pre[i]) - torch.relu(reference)) / torch.where(close, torch.ones_like(delta), delta)
-            g = (g * torch.where(close, (pre[i] > 0).float(), secant)) @ self.hidden[i].weight
-        return (g * (z - self.reference)) @ self.groups
+            delta = pre[i] - getattr(self, f"reference_pre_{i}")
+            secant = (torch.relu(pre[i]) - getattr(self, f"reference_post_{i}")) / delta  # inf/nan only where unused
+            g = (g * torch.where(delta.abs() < self.EPS, (pre[i] > 0).float(), secant)) @ self.hidden[i].weight
+        contributions = g * (z - self.reference)
+        return contributions @ self.groups if self.grouped else contributions * self.scale
