@@ -309,7 +309,8 @@ def explain_cost(args: argparse.Namespace) -> None:
         "",
         f"Kernels on 65,536-row batches: the served int8 model {served:,.0f} rows/s, the attribution graph "
         f"(DeepLIFT on the fp32 network {card.model['hidden_sizes']}) {explained:,.0f} rows/s "
-        f"({explained / served:.2f} of it).",
+        f"({explained / served:.2f} of it). Load average at the end: {os.getloadavg()[0]:.1f} (other work on the "
+        "machine slows every mode; compare ratios within one run).",
         "",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
