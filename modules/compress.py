@@ -379,8 +379,7 @@ def _explanations(
 
     with torch.no_grad():
         explained, baseline = in_output_units(net(torch.from_numpy(test_x))), in_output_units(net.mlp(reference[None]))
-    pruned = "" if served == "int8" else "pruned, "
-    explains = f"the fp32 network that {served} quantizes ({pruned}hidden layers {pruning.widths(net)})"
+    explains = f"the fp32 network that {served} quantizes (hidden layers {pruning.widths(net)})"
     explainer = Explainer(spec, (root / "explain.onnx").read_bytes())
     run = _onnx_runner(spec, root / f"{served}.onnx")
     return explain.report(spec, explainer, run, test_x, test_y, explained, baseline[0], explains, seed)
