@@ -42,7 +42,7 @@ def main() -> None:
     net.load_state_dict(torch.load(io.BytesIO(registry.read_artifact(card_uri, card, "torch")), weights_only=True))
     net.eval()
     splits = storage.read_model(card.lineage.preprocess_manifest, PreprocessResult).splits
-    test = spec.encode(formats.read_frame(splits["test"]), splits["test"])
+    test = np.require(spec.encode(formats.read_frame(splits["test"]), splits["test"]), requirements="W")
     train = torch.from_numpy(spec.encode(formats.read_frame(splits["train"]), splits["train"]))
     reference = AttributionHead.reference_of(net, train)
     groups = AttributionHead(net, spec, reference).groups

@@ -125,7 +125,7 @@ def test_attributions_match_captum_on_the_fp32_network(model) -> None:
     rows = spec.encode(two_signals(300, 3), "rows")
     explainer = registry.load_explainer(card_uri, card)
     net = _fp32_net(card, card_uri)
-    x = torch.from_numpy(rows)
+    x = torch.from_numpy(np.require(rows, requirements="W"))
     with torch.no_grad():
         logits = net(x)
         inputs = net.transform(x)
@@ -158,15 +158,16 @@ def _reference(net: TabularNet, spec, card: ModelCard) -> torch.Tensor:
     return reference
 
 
-def test_regression_attributions_are_in_the_targets_units(tmp_path) -> None:
-    """An untrained regression network with a category: the ONNX graph equals the torch module, one attribution
-    per raw column, and they add up to the predicted value minus its baseline in the target's own units."""
+@pytest.mark.parametrize("columns", [["f0", "f1", "f2", "f3", "shop"], ["f0", "f1", "f2", "f3"]])
+def test_regression_attributions_are_in_the_targets_units(tmp_path, columns: list[str]) -> None:
+    """An untrained regression network, with and without a category: the ONNX graph equals the torch module, one
+    attribution per raw column, and they add up to the predicted value minus its baseline in the target's units."""
     frame = synthetic_regression(300).assign(shop=lambda f: np.where(f["f0"] > 0, "big", "small"))
-    spec = fit_spec(frame, "price", "regression", ["f0", "f1", "f2", "f3", "shop"], 10)
+    spec = fit_spec(frame, "price", "regression", columns, 10)
     torch.manual_seed(0)
     net = TabularNet(spec, MLPConfig(hidden_sizes=[16, 8])).eval()
     rows = spec.encode(frame, "t")
-    x = torch.from_numpy(rows)
+    x = torch.from_numpy(np.require(rows, requirements="W"))
     head = AttributionHead(net, spec, AttributionHead.reference_of(net, x))
     export_attributions(head, spec.width, tmp_path / "explain.onnx")
     explainer = Explainer(spec, (tmp_path / "explain.onnx").read_bytes())
@@ -174,7 +175,7 @@ def test_regression_attributions_are_in_the_targets_units(tmp_path) -> None:
         values = (net(x) * spec.target_scale + spec.target_mean).numpy()
         baseline = (net.mlp(head.reference[None])[0] * spec.target_scale + spec.target_mean).numpy()
     ours = explainer.attributions(rows, values)
-    assert ours.shape == (300, 5)
+    assert ours.shape == (300, len(columns))
     np.testing.assert_allclose(ours, head(x, torch.zeros(300, dtype=torch.long)).detach().numpy(), atol=1e-5)
     errors = completeness_error(ours, values, baseline, np.zeros(300, dtype=np.int64))
     assert errors.max() <= COMPLETENESS_TOLERANCE
