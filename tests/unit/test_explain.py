@@ -187,6 +187,8 @@ def test_top_columns_are_the_largest_in_absolute_value() -> None:
     top = explain.frame(attributions, names, pd.RangeIndex(2), top=3)
     assert top.iloc[0].tolist() == ["f1", -3.0, "f2", 2.0, "f0", pytest.approx(0.1)]
     assert top.iloc[1].tolist() == ["f3", 4.0, "f0", 1.0, "f1", 0.5]
+    every = explain.frame(attributions, names, pd.RangeIndex(2), top=4)  # K = all columns: a full sort
+    assert every["top4_feature"].tolist() == ["f3", "f2"] and every["top1_feature"].tolist() == ["f1", "f3"]
     assert list(explain.frame(attributions, names, pd.RangeIndex(2)).columns) == [f"attr_{n}" for n in names]
 
 
