@@ -3,7 +3,8 @@
 Run: .venv/bin/python benchmarks/score_bench.py [--files 4 --rows 250000 --big-csv-gb 1.0]
 Prints each figure as it is measured and writes benchmarks/results/score.json and score.md.
 `--drift-only` measures just the cost of drift checks (scoring with drift on and off, alternated, on
-the local bucket) and writes benchmarks/results/drift.md.
+the local bucket) and writes benchmarks/results/drift.md; `--explain-only` the cost of explanations
+(plain, `--explain` and `--explain-top 3`, rotated) and writes benchmarks/results/explain.md.
 Everything is measured in the same run on the same machine; ratios are against the baseline
 measured alongside. A moto S3 server on 127.0.0.1 stands in for S3.
 """
@@ -144,16 +145,9 @@ def kernel_rows_per_s(card_uri: str) -> dict:
     features = synthetic(65_536, seed=3)[FEATURES].to_numpy(np.float32)
     session = ort.InferenceSession(registry.read_artifact(card_uri, card, "int8"), providers=["CPUExecutionProvider"])
 
-    runs = {"maas": lambda: engine.run(features), "raw": lambda: session.run(None, {"features": features})}
-    best = dict.fromkeys(runs, float("inf"))
-    for run in runs.values():
-        run()  # warm-up
-    for _ in range(7):  # interleaved, so that both see the same machine state
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    maas, raw = len(features) / best["maas"], len(features) / best["raw"]
+    maas, raw = _best_rows_per_s(
+        lambda: engine.run(features), lambda: session.run(None, {"features": features}), rows=len(features)
+    )
     return {"maas_engine_rows_per_s": maas, "raw_onnxruntime_rows_per_s": raw, "ratio": maas / raw}
 
 
@@ -164,10 +158,13 @@ def main() -> None:
     parser.add_argument("--big-csv-gb", type=float, default=1.0, help="size of the larger CSV for peak RSS")
     parser.add_argument("--small-files", type=int, default=1000, help="files for the per-file overhead")
     parser.add_argument("--drift-only", action="store_true", help="only drift on vs off (results/drift.md)")
-    parser.add_argument("--repeats", type=int, default=3, help="drift on/off pairs with --drift-only")
+    parser.add_argument("--explain-only", action="store_true", help="only explanations' cost (results/explain.md)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the compared modes with --*-only")
     args = parser.parse_args()
     if args.drift_only:
         return drift_cost(args)
+    if args.explain_only:
+        return explain_cost(args)
 
     from moto.server import ThreadedMotoServer
 
@@ -239,23 +236,32 @@ def main() -> None:
     print((RESULTS / "score.md").read_text())
 
 
-def drift_cost(args: argparse.Namespace) -> None:
-    """Rows/s of the score flow with drift checks on and off, alternated on the same files and model."""
+def alternated(args: argparse.Namespace, modes: dict[str, dict]) -> tuple[str, dict[str, dict[str, list[float]]]]:
+    """Rows/s of the score flow in each mode (ScoreParams overrides), on the same files and model of a local
+    bucket: one unmeasured run, then `args.repeats` rounds with the order rotated, so no mode always goes
+    first. Returns the card URI and, per format, each mode's rows/s."""
     bucket = (Path(tempfile.mkdtemp(prefix="maas-bench-")) / "bucket").as_uri()
-    train_model(bucket)
+    card_uri = train_model(bucket)
+    names = list(modes)
     figures: dict[str, dict[str, list[float]]] = {}
     for kind in ("parquet", "csv"):
         prefix = storage.join(bucket, f"in-{kind}")
         for i in range(args.files):
             formats.write_frame(synthetic(args.rows, seed=100 + i), storage.join(prefix, f"part-{i}.{kind}"))
-        figures[kind] = {"on": [], "off": []}
+        figures[kind] = {name: [] for name in names}
         maas_score(bucket, prefix, storage.join(bucket, f"out-{kind}-warm-up"), rescore=True)  # caches, imports
         for repeat in range(args.repeats):
-            for mode in ("on", "off") if repeat % 2 == 0 else ("off", "on"):  # ABBA: neither mode always goes first
-                output = storage.join(bucket, f"out-{kind}-{mode}-{repeat}")
-                result = maas_score(bucket, prefix, output, drift=mode == "on", rescore=True)
-                figures[kind][mode].append(result["rows_per_s"])
-                print(f"[drift {mode}] {kind}: {result['rows_per_s']:,.0f} rows/s", flush=True)
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                output = storage.join(bucket, f"out-{kind}-{name}-{repeat}")
+                result = maas_score(bucket, prefix, output, rescore=True, **modes[name])
+                figures[kind][name].append(result["rows_per_s"])
+                print(f"[{name}] {kind}: {result['rows_per_s']:,.0f} rows/s", flush=True)
+    return card_uri, figures
+
+
+def drift_cost(args: argparse.Namespace) -> None:
+    """Rows/s of the score flow with drift checks on and off, alternated on the same files and model."""
+    _, figures = alternated(args, {"on": {"drift": True}, "off": {"drift": False}})
     lines = [
         "# Cost of drift checks",
         "",
@@ -272,6 +278,57 @@ def drift_cost(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "drift.md").write_text("\n".join(lines) + "\n")
     print((RESULTS / "drift.md").read_text())
+
+
+def explain_cost(args: argparse.Namespace) -> None:
+    """Rows/s of the score flow plain, with every row explained (`--explain`) and with its top 3 (`--explain-top
+    3`), rotated on the same files and model; and the attribution graph's own speed against the served model's."""
+    modes = {"plain": {}, "explain": {"explain": True}, "explain-top-3": {"explain_top": 3}}
+    card_uri, figures = alternated(args, modes)
+    card, engine = registry.load_engine(card_uri, "onnxruntime")
+    explainer = registry.load_explainer(card_uri, card)
+    features = synthetic(65_536, seed=3)[FEATURES].to_numpy(np.float32)
+    outputs = engine.run(features)
+    runs = (lambda: engine.run(features), lambda: explainer.attributions(features, outputs))
+    served, explained = _best_rows_per_s(*runs, rows=len(features))
+    lines = [
+        "# Cost of explanations",
+        "",
+        f"{os.cpu_count()} CPUs; {args.files} files per format of {args.rows:,} rows x 64 features; the score flow "
+        f"(defaults: drift on, int8 on ONNX Runtime) plain, with `--explain` (64 `attr_` columns) and with "
+        f"`--explain-top 3`, rotated {args.repeats} times on the same files after one unmeasured run. Median rows/s; "
+        "the ratio is against plain scoring in the same run (target: at least 0.25).",
+        "",
+        "| format | plain | --explain | ratio | --explain-top 3 | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind, runs in figures.items():
+        plain, every, top = (float(np.median(runs[m])) for m in modes)
+        lines.append(f"| {kind} | {plain:,.0f} | {every:,.0f} | {every / plain:.2f} | {top:,.0f} | {top / plain:.2f} |")
+    lines += [
+        "",
+        f"Kernels on 65,536-row batches: the served int8 model {served:,.0f} rows/s, the attribution graph "
+        f"(DeepLIFT on the fp32 network {card.model['hidden_sizes']}) {explained:,.0f} rows/s "
+        f"({explained / served:.2f} of it). Load average at the end: {os.getloadavg()[0]:.1f} (other work on the "
+        "machine slows every mode; compare ratios within one run).",
+        "",
+    ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "explain.md").write_text("\n".join(lines))
+    print((RESULTS / "explain.md").read_text())
+
+
+def _best_rows_per_s(*runs, rows: int, rounds: int = 7) -> list[float]:
+    """Best time of each run over `rounds`, interleaved so that all see the same machine state, as rows/s."""
+    best = [float("inf")] * len(runs)
+    for run in runs:
+        run()  # warm-up
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [rows / b for b in best]
 
 
 def markdown(results: dict) -> str:

@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.events import emit_alias_moved
 from modules.compress import CompressParams, run_compress
-from modules.manifests import CompressResult, PreprocessResult, TrainResult
+from modules.manifests import CompressResult, ExplanationReport, PreprocessResult, TrainResult
 from modules.preprocess import PreprocessParams, run_preprocess
 from modules.registry import RegisterParams, RegisterResult, register
 from modules.train import TrainParams, run_training
@@ -75,12 +75,28 @@ def compress(params: CompressParams) -> CompressResult:
         for v in result.variants
     ]  # fmt: skip
     create_table_artifact(key="compression", table=rows, description=f"Gate {result.gate.reason}")
+    if result.explanations is not None:
+        _importance_artifact(result.explanations)
     create_markdown_artifact(
         key="compression-gate",
         markdown=f"**Gate {result.gate.reason}**\n\nTrade-off plot: `{result.report_uri}`",
         description="Quality gate decision",
     )
     return result
+
+
+def _importance_artifact(report: ExplanationReport) -> None:
+    """Global importance of the compressed model's raw columns, as a table on the flow run's page."""
+    rows = [
+        {"feature": f.feature, f"{report.metric} drop when shuffled": round(f.permutation, 4),
+         "std": round(f.permutation_std, 4), "mean |attribution|": round(f.mean_abs_attribution, 4)}
+        for f in report.importance
+    ]  # fmt: skip
+    description = (
+        f"Global importance on {report.rows} test rows ({report.repeats} shuffles per column); attributions: "
+        f"{report.method} on {report.explains}, in {report.output}; chart: {report.plot}"
+    )
+    create_table_artifact(key="importance", table=rows, description=description)
 
 
 @flow(name="register")

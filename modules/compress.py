@@ -42,12 +42,21 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from pydantic import BaseModel, Field
 
-from modules import plots, pruning, storage
+from modules import explain, plots, pruning, storage
 from modules.config import Location, sibling_output
 from modules.engines import OnnxEngine, TorchEngine
-from modules.manifests import ArtifactRef, CompressResult, GateDecision, TrainResult, VariantReport
+from modules.explain import Explainer
+from modules.manifests import ArtifactRef, CompressResult, ExplanationReport, GateDecision, TrainResult, VariantReport
 from modules.metrics import keeps_metric, metric_drop, metric_of
-from modules.model import MLPConfig, OptimConfig, ScoringHead, TabularDataModule, TabularModule, TabularNet
+from modules.model import (
+    AttributionHead,
+    MLPConfig,
+    OptimConfig,
+    ScoringHead,
+    TabularDataModule,
+    TabularModule,
+    TabularNet,
+)
 from modules.preprocess import FeatureSpec
 from modules.pruning import Importance
 from modules.schedules import ScheduleConfig
@@ -122,17 +131,26 @@ def torch_runner(head: ScoringHead) -> Callable[[np.ndarray], np.ndarray]:
 
 def export_onnx(head: ScoringHead, width: int, path: Path) -> None:
     """Export with a dynamic batch axis; the TorchScript-based exporter needs no extra packages."""
-    head.eval()
+    _export(head, {"features": torch.zeros(2, width)}, "output", path)
+
+
+def export_attributions(head: AttributionHead, width: int, path: Path) -> None:
+    """The attribution graph: raw rows and the output to explain per row in, attributions per raw column out."""
+    _export(head, {"features": torch.zeros(2, width), "target": torch.zeros(2, dtype=torch.long)}, "attributions", path)
+
+
+def _export(module: torch.nn.Module, inputs: dict[str, torch.Tensor], output: str, path: Path) -> None:
+    module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            head,
-            (torch.zeros(2, width),),
+            module,
+            tuple(inputs.values()),
             str(path),
             dynamo=False,
-            input_names=["features"],
-            output_names=["output"],
-            dynamic_axes={"features": {0: "rows"}, "output": {0: "rows"}},
+            input_names=list(inputs),
+            output_names=[output],
+            dynamic_axes={name: {0: "rows"} for name in [*inputs, output]},
         )
 
 
@@ -305,10 +323,12 @@ def run_compress(params: CompressParams) -> CompressResult:
 
         served = choose_served(trained.metric, fp32, [int8, *pruned_int8], params)
         served_net, served_fp32 = (dense, "dense.fp32.onnx") if served == "int8" else (net, "pruned.fp32.onnx")
+        explanations = _explanations(served_net, spec, served, root, train_x, test_x, test_y, params.hardware.seed)
         files = {
             "int8": ("model.int8.onnx", (root / f"{served}.onnx").read_bytes()),
             "fp32": ("model.fp32.onnx", (root / served_fp32).read_bytes()),
             "torch": ("model.pt", _state_dict(served_net)),
+            "explain": ("model.explain.onnx", (root / "explain.onnx").read_bytes()),
         }
         artifacts = {}
         for variant, (file, data_bytes) in files.items():
@@ -320,6 +340,7 @@ def run_compress(params: CompressParams) -> CompressResult:
     variants = [fp32, int8, pruned, *pruned_int8, torch_variant]
     report_uri = storage.join(output, "tradeoff.png")
     storage.write_bytes(report_uri, plots.compression_tradeoff(variants, trained.metric))
+    storage.write_bytes(storage.join(output, explanations.plot), plots.importance(explanations))
     result = CompressResult(
         train_manifest=params.train_manifest,
         pruning=params.pruning,
@@ -331,10 +352,37 @@ def run_compress(params: CompressParams) -> CompressResult:
         artifacts=artifacts,
         gate=decide(trained.metric, fp32, {v.name: v for v in variants}[served], params.max_metric_drop),
         report_uri=report_uri,
+        explanations=explanations,
         manifest_uri=storage.join(output, "manifest.json"),
     )
     storage.write_json(result.manifest_uri, result)
     return result
+
+
+def _explanations(
+    net: TabularNet,
+    spec: FeatureSpec,
+    served: str,
+    root: Path,
+    train_x: torch.Tensor,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    seed: int,
+) -> ExplanationReport:
+    """Export the attribution graph of the served network (fp32) to `root/explain.onnx`, against the training
+    means, and measure it on the test split: completeness, permutation importance, mean |attribution|."""
+    reference = AttributionHead.reference_of(net, train_x)
+    export_attributions(AttributionHead(net, spec, reference), spec.width, root / "explain.onnx")
+
+    def in_output_units(out: torch.Tensor) -> np.ndarray:
+        return (out if spec.classes is not None else out * spec.target_scale + spec.target_mean).numpy()
+
+    with torch.no_grad():
+        explained, baseline = in_output_units(net(torch.from_numpy(test_x))), in_output_units(net.mlp(reference[None]))
+    explains = f"the fp32 network that {served} quantizes (hidden layers {pruning.widths(net)})"
+    explainer = Explainer(spec, (root / "explain.onnx").read_bytes())
+    run = _onnx_runner(spec, root / f"{served}.onnx")
+    return explain.report(spec, explainer, run, test_x, test_y, explained, baseline[0], explains, seed)
 
 
 def _onnx_runner(spec: FeatureSpec, path: Path) -> Callable[[np.ndarray], np.ndarray]:

@@ -59,15 +59,8 @@ class OnnxEngine(Engine):
     variant = "int8"
 
     def __init__(self, spec: FeatureSpec, onnx_model: bytes, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         super().__init__(spec)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_model, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def _run_batch(self, features: np.ndarray) -> np.ndarray:
@@ -98,6 +91,18 @@ class TorchEngine(Engine):
     def _run_batch(self, features: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
             return self.model(self._torch.from_numpy(np.require(features, requirements="W"))).numpy()
+
+
+def onnx_session(onnx_model: bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session; `threads` caps its intra-op threads (files scored at once share the cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
 
 
 def onnxruntime_available() -> bool:

@@ -88,6 +88,47 @@ class ArtifactRef(BaseModel):
     size_bytes: int
 
 
+class FeatureImportance(BaseModel):
+    feature: str = Field(description="A raw input column (a category is one column, whatever its levels).")
+    permutation: float = Field(
+        description="How much the served model's test metric drops when this column's values are shuffled among "
+        "the test rows (mean over the repeats): accuracy points, or the relative rise of the RMSE."
+    )
+    permutation_std: float = Field(description="Standard deviation of that drop over the repeats.")
+    mean_abs_attribution: float = Field(
+        description="Mean |attribution| of this column over the test rows, in the explained output's units."
+    )
+
+
+class ExplanationReport(BaseModel):
+    """What the per-row attributions (`model.explain.onnx`) are, how exact, and the global importance."""
+
+    method: str = Field(
+        description="deeplift-rescale: DeepLIFT's Rescale rule on the ReLU network, exact for it: the attributions "
+        "of a row add up to f(row) - f(baseline)."
+    )
+    explains: str = Field(description="The network the attributions are computed on.")
+    output: str = Field(description="The output explained: the predicted class's logit, or the predicted value.")
+    baseline: str = Field(description="The reference point the attributions are measured from.")
+    baseline_output: list[float] = Field(
+        description="f(baseline) per class (logits) or the predicted value there: a row's attributions add up to "
+        "its output minus this (at the row's predicted class)."
+    )
+    completeness_tolerance: float = Field(
+        description="Promised bound: |sum of a row's attributions - (f(row) - f(baseline))| <= this x max(1, "
+        "|f(row) - f(baseline)|)."
+    )
+    completeness_max_error: float = Field(
+        description="Largest |sum of attributions - (f(row) - f(baseline))| / max(1, |f(row) - f(baseline)|) "
+        "measured on the test split."
+    )
+    metric: Literal["accuracy", "rmse"] = Field(description="The metric permutation importance is the drop of.")
+    rows: int = Field(description="Test rows the importance was measured on.")
+    repeats: int = Field(description="Shuffles per column.")
+    importance: list[FeatureImportance] = Field(description="Every raw column, most important (permutation) first.")
+    plot: str = Field(description="Bar chart (PNG) of the importance, beside the manifest or in the version folder.")
+
+
 class CompressResult(BaseModel):
     train_manifest: str
     pruning: str = Field(description="structured, unstructured or none.")
@@ -100,10 +141,14 @@ class CompressResult(BaseModel):
     )
     model: dict = Field(description="Layer sizes of the compressed network (MLPConfig), for the torch engine.")
     artifacts: dict[str, ArtifactRef] = Field(
-        description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine)."
+        description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine), "
+        "explain (the attribution graph of the fp32 network, ONNX)."
     )
     gate: GateDecision
     report_uri: str = Field(description="PNG: test metric vs size and vs rows/s for every variant.")
+    explanations: ExplanationReport | None = Field(
+        None, description="The attribution graph and global importance (None: compressed before explanations)."
+    )
     manifest_uri: str
 
     def variant(self, name: str) -> VariantReport:

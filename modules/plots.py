@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from modules import monitor
-from modules.manifests import VariantReport
+from modules.manifests import ExplanationReport, VariantReport
 from modules.monitor import Baseline, CategoricalBaseline, DriftReport, NumericBaseline, RunDrift
 
 
@@ -58,6 +58,23 @@ def compression_tradeoff(variants: list[VariantReport], metric: str) -> bytes:
     speed.legend(loc="best")
     size.set(title=f"test {metric} vs artifact size", xlabel="KiB", ylabel=metric)
     speed.set(title=f"test {metric} vs throughput", xlabel="rows/s", ylabel=metric)
+    return _png(plt, figure)
+
+
+def importance(report: ExplanationReport, top: int = 20) -> bytes:
+    """The most important raw columns: permutation importance (with its spread over the shuffles) beside the
+    mean |attribution| on the test split."""
+    shown = report.importance[:top][::-1]
+    names = [f.feature for f in shown]
+    plt, figure, (permuted, attributed) = _figure(2)
+    unit = "accuracy points" if report.metric == "accuracy" else "relative RMSE rise"
+    scale = 100 if report.metric == "accuracy" else 1
+    permuted.barh(names, [f.permutation * scale for f in shown], xerr=[f.permutation_std * scale for f in shown])
+    permuted.set(title=f"permutation importance (top {len(shown)})", xlabel=f"test {unit} lost when shuffled")
+    attributed.barh(names, [f.mean_abs_attribution for f in shown], color="tab:orange")
+    attributed.set(title="mean |attribution| on the test split", xlabel=report.output)
+    for axes in (permuted, attributed):
+        axes.tick_params(axis="y", labelsize=7)
     return _png(plt, figure)
 
 

@@ -40,7 +40,15 @@ from modules.champion import ChampionDecision, challenge
 from modules.config import Location, Settings, sibling_output
 from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
 from modules.errors import ObjectNotFound, RegistryError
-from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
+from modules.explain import Explainer
+from modules.manifests import (
+    CompressResult,
+    ExplanationReport,
+    GateDecision,
+    PreprocessResult,
+    TrainResult,
+    VariantReport,
+)
 from modules.monitor import Baseline, build_baseline
 from modules.preprocess import FeatureSpec
 
@@ -99,6 +107,11 @@ class ModelCard(BaseModel):
     served: str = Field(description="The variant measured in `metrics` that the int8 artifact is.")
     model: dict = Field(description="Layer sizes of the compressed network (the torch engine rebuilds it).")
     report: str | None = Field(None, description="The compression trade-off plot (PNG) in the version folder.")
+    explanations: ExplanationReport | None = Field(
+        None,
+        description="What the per-row attributions (the `explain` artifact) describe, their completeness, and the "
+        "global importance of each raw column (None: registered before explanations).",
+    )
     gate: GateDecision
     training: dict
     lineage: Lineage
@@ -379,6 +392,20 @@ def load_engine(card_location: str, engine: str = "auto", threads: int | None = 
     raise RegistryError(f"unknown engine {engine!r}: use auto, onnxruntime or torch")
 
 
+def require_explanations(card: ModelCard) -> None:
+    """Explanations need the version's attribution graph and ONNX Runtime to run it."""
+    if "explain" not in card.artifacts:
+        raise RegistryError(f"{card.ref} was registered before explanations existed; compress and register it again")
+    if not onnxruntime_available():
+        raise RegistryError("explanations run on ONNX Runtime, which is not installed here")
+
+
+def load_explainer(card_location: str, card: ModelCard, threads: int | None = None) -> Explainer:
+    """The version's attribution graph on ONNX Runtime (checksum-verified), whatever engine serves it."""
+    require_explanations(card)
+    return Explainer(card.features, read_artifact(card_location, card, "explain"), threads=threads)
+
+
 def register(params: RegisterParams) -> RegisterResult:
     """Publish a compressed model as the next version; move `latest`, and `production` (or `pending`, when the
     model's policy requires approval) if it passed the compression gate and the champion gate."""
@@ -406,6 +433,10 @@ def register(params: RegisterParams) -> RegisterResult:
     storage.write_bytes(model_uri(bucket, name, str(version), BASELINE), baseline)
     report = compressed.report_uri.rsplit("/", 1)[-1]
     storage.write_bytes(model_uri(bucket, name, str(version), report), storage.read_bytes(compressed.report_uri))
+    if compressed.explanations is not None:  # the importance chart, beside the trade-off plot
+        plot = compressed.explanations.plot
+        source = storage.join(compressed.manifest_uri.rsplit("/", 1)[0], plot)
+        storage.write_bytes(model_uri(bucket, name, str(version), plot), storage.read_bytes(source))
     champion, labeled = _challenge_production(bucket, name, engine, test, prep.splits["test"], compressed, params)
     passed = compressed.gate.passed and all(d is None or d.passed for d in (champion, labeled))
     held = passed and read_policy(bucket, name).require_approval
@@ -423,6 +454,7 @@ def register(params: RegisterParams) -> RegisterResult:
         served=compressed.served,
         model=compressed.model,
         report=report,
+        explanations=compressed.explanations,
         gate=compressed.gate,
         training=trained.model_dump(
             include={

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from modules import formats, plots, registry, storage
+from modules import explain, formats, plots, registry, storage
 from modules.claims import Claims, Lease
 from modules.config import Location, Settings, new_run_id
 from modules.engines import Engine
@@ -57,6 +57,7 @@ from modules.errors import (
     StorageUnavailable,
     one_line,
 )
+from modules.explain import Explainer
 from modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettings, RunDrift, summarize_run
 from modules.registry import ModelCard
 from modules.shadow import Agreement, ShadowReport, combined
@@ -128,6 +129,18 @@ class ScoreParams(BaseModel):
         "reference, 'auto' (the model's `challenger` alias when it has one) or null for none.",
     )
     shadow_uri: str | None = Field(None, description="Prefix for the challenger's predictions; default shadow/.")
+    explain: bool = Field(
+        False,
+        description="Explain every row: one attr_<column> per raw input column (a category is one column), how much "
+        "it moved the prediction away from the training means (DeepLIFT, on ONNX Runtime; in the predicted class's "
+        "logit, or the predicted value): they add up to the output minus its baseline (the card's `explanations`).",
+    )
+    explain_top: int | None = Field(
+        None,
+        ge=1,
+        description="Instead of every attr_ column, the K largest absolute attributions of each row: top<i>_feature "
+        "and top<i>_attr for i = 1..K (implies explain).",
+    )
     engine: Literal["auto", "onnxruntime", "torch"] = Field("auto", description="auto: ONNX Runtime if installed.")
     parallel_files: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Files scored at once.")
     threads: int | None = Field(
@@ -154,6 +167,10 @@ class ScoreParams(BaseModel):
         description="Once more files than this were quarantined (unusable content), the run starts no more files "
         "and ends Failed; default no limit (a bad upload is reported, not an outage).",
     )
+
+    @property
+    def explains(self) -> bool:
+        return self.explain or self.explain_top is not None
 
     @field_validator("output_name")
     @classmethod
@@ -194,6 +211,9 @@ class FileManifest(BaseModel):
     input_etag: str
     model_ref: str
     model_sha256: str
+    explain_sha256: str | None = Field(
+        None, description="sha256 of the attribution graph behind the attr_/top columns; None without explanations."
+    )
     engine: str
     output_uri: str
     output_sha256: str
@@ -262,6 +282,8 @@ def plan(params: ScoreParams) -> ScoreJob:
             raise
         model_ref, card = f"{requested} (not registered yet)", ""
     shadow_ref = _challenger(settings.bucket, params.shadow, model_ref) if card else None
+    if card and params.explains:
+        _check_explainable(registry.load_card(card), params)
     at_once = max(1, min(len(files), params.parallel_files))
     job = ScoreJob(
         params=params,
@@ -280,6 +302,14 @@ def plan(params: ScoreParams) -> ScoreJob:
     )
     _refuse_shared_outputs(job)
     return job
+
+
+def _check_explainable(card: ModelCard, params: ScoreParams) -> None:
+    """Refuse explanations the version cannot give before any file is claimed."""
+    registry.require_explanations(card)
+    width = card.features.width
+    if params.explain_top is not None and params.explain_top > width:
+        raise InputError(f"explain_top {params.explain_top} exceeds the {width} input columns of {card.ref}")
 
 
 def _challenger(bucket: str, shadow: str | None, model_ref: str) -> str | None:
@@ -318,6 +348,12 @@ def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine,
     """One loaded, checksum-verified model (and its training baseline) per process, shared by its files."""
     card, loaded = registry.load_engine(card_uri, engine, threads)
     return card, loaded, registry.load_baseline(card_uri, card)
+
+
+@lru_cache(maxsize=4)
+def _explainer(card_uri: str, threads: int) -> Explainer:
+    """The version's attribution graph, loaded once per process like the model."""
+    return registry.load_explainer(card_uri, registry.load_card(card_uri), threads)
 
 
 class _Locations(BaseModel):
@@ -392,6 +428,7 @@ class _Pass:
     """What one streaming pass over a file produced; the outputs themselves are in the scratch folder."""
 
     lease: Lease
+    explainer: Explainer | None = None
     challenger: Engine | None = None
     agreement: Agreement | None = None
     shadow_error: str | None = None
@@ -416,7 +453,7 @@ def _score(
     drift = DriftAccumulator(baseline, job.params.drift_settings) if job.params.drift and baseline else None
     fmt = job.params.output_format
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
-    state = _Pass(lease)
+    state = _Pass(lease, explainer=_explainer(job.card_uri, job.threads) if job.params.explains else None)
     if job.shadow_card_uri:
         _load_challenger(job, card, state)
     try:
@@ -459,6 +496,7 @@ def _score(
         input_etag=obj.etag,
         model_ref=job.model_ref,
         model_sha256=card.artifacts[engine.variant].sha256,
+        explain_sha256=card.artifacts["explain"].sha256 if state.explainer is not None else None,
         engine=engine.name,
         output_uri=where.output,
         output_sha256=_file_sha256(scratch / f"output.{fmt}"),
@@ -570,8 +608,9 @@ def _stream(
                     rows = state.rows_in + np.flatnonzero(encoded.rejected)
                     rejected.write(raw[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
                     state.rows_rejected += len(encoded.reasons)
-                predictions = engine.frame(engine.run(features), kept.index)
-                output.write(_joined(kept, predictions))
+                outputs = engine.run(features)
+                predictions = engine.frame(outputs, kept.index)
+                output.write(_joined(kept, _explained(state.explainer, params, features, outputs, predictions)))
                 if shadow is not None and state.shadow_error is None:
                     _shadow_batch(state, shadow, frame, kept, encoded.rejected, predictions, obj.uri)
                 if drift is not None:
@@ -584,6 +623,21 @@ def _stream(
         for writer in (rejected, shadow):
             if writer is not None:
                 writer.close()
+
+
+def _explained(
+    explainer: Explainer | None,
+    params: ScoreParams,
+    features: np.ndarray,
+    outputs: np.ndarray,
+    predictions: pd.DataFrame,
+) -> pd.DataFrame:
+    """The predictions, followed by each row's attributions when asked for."""
+    if explainer is None:
+        return predictions
+    attributions = explainer.attributions(features, outputs)
+    names = explainer.spec.feature_names
+    return pd.concat([predictions, explain.frame(attributions, names, predictions.index, params.explain_top)], axis=1)
 
 
 def _shadow_batch(

@@ -64,6 +64,8 @@ def models_show(ref: str, bucket: str | None, as_json: bool) -> None:
         from modules.evaluate import history
 
         console.print_json(card.model_dump_json())
+        if card.explanations is not None:
+            console.print(_importance_table(card))
         records = history(bucket_of(bucket), card.name)
         if records:
             console.print(metrics_table(records, f"{card.name}: metrics on ground truth by version and day"))
@@ -155,6 +157,20 @@ def models_policy(name: str, require_approval: bool | None, bucket: str | None, 
         return policy
 
     run(action, as_json, lambda p: console.print(f"{name}: require_approval={p.require_approval}"), runs_flows=False)
+
+
+def _importance_table(card: BaseModel, shown: int = 15) -> Table:
+    """The columns that matter most to this version: permutation importance and mean |attribution| (test split)."""
+    report = card.explanations
+    table = Table(title=f"{card.ref}: global importance on {report.rows:,} test rows (plot: {report.plot})")
+    drop = "accuracy lost (points)" if report.metric == "accuracy" else "RMSE rise"
+    for column in ("feature", f"shuffled: {drop}", "±", f"mean |attribution| ({report.output})"):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    scale = 100 if report.metric == "accuracy" else 1
+    for f in report.importance[:shown]:
+        table.add_row(f.feature, f"{f.permutation * scale:.2f}", f"{f.permutation_std * scale:.2f}",
+                      f"{f.mean_abs_attribution:.4f}")  # fmt: skip
+    return table
 
 
 def _os_user() -> str:

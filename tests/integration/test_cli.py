@@ -170,11 +170,13 @@ def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_pa
     formats.write_frame(frame.drop(columns=["label"]), storage.join(bucket, "incoming", "batch.csv"))
     storage.write_bytes(storage.join(bucket, "incoming", "z-bad.csv"), b"id,x1\nq,1.0\n")  # no x2, no color
     one_at_a_time = ("--parallel-files", "1", "--group-bytes", "0", "--max-quarantined-files", "0")
-    scored = _maas("score", "--model", "tiny/1", *one_at_a_time, "--json", cwd=tmp_path)
+    scored = _maas("score", "--model", "tiny/1", *one_at_a_time, "--explain-top", "2", "--json", cwd=tmp_path)
     # A partly failed run: exit code 1 and one error line, and its JSON line all the same.
     assert scored.returncode == 1 and "error: error budget spent" in scored.stderr, scored.stderr[-3000:]
     counts = json.loads(scored.stdout.splitlines()[-1])["counts"]
     assert (counts["scored"], counts["quarantined"]) == (1, 1)
+    explained = formats.read_frame(storage.join(bucket, "predictions", "batch.csv.predictions.parquet"))
+    assert set(explained["top1_feature"]) <= {"x1", "x2", "color"} and "top2_attr" in explained.columns
 
     labels = frame[["id", "label"]].iloc[10:].copy()  # the first 10 predictions get no label
     labels.loc[labels.index[::3], "label"] = "b"  # truths the model misses
@@ -204,6 +206,7 @@ def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_pa
     shown = _maas("models", "show", "tiny@latest", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "metrics on ground truth by version and day" in shown.stdout
+    assert "tiny/1: global importance on" in shown.stdout and "mean |attribution|" in shown.stdout
     assert [line for line in shown.stdout.splitlines() if day in line and accuracy in line and " 70 " in line]
     card = json.loads(_maas("models", "show", "tiny/1", "--json", cwd=tmp_path).stdout.splitlines()[-1])
     assert card["name"] == "tiny" and card["version"] == 1  # --json still prints the card alone

@@ -91,7 +91,7 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     for png in (storage.join(result.run_uri, "train", "curves.png"), result.compressed.report_uri):
         assert storage.read_bytes(png)[:4] == b"\x89PNG"
     if bucket.startswith("file://"):
-        assert _artifact_keys() >= {"training", "compression", "compression-gate", "scoring"}
+        assert _artifact_keys() >= {"training", "compression", "compression-gate", "importance", "scoring"}
 
     again = score(ScoreParams(model="digits@production", bucket=bucket))
     assert again.counts == {
