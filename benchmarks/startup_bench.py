@@ -42,6 +42,7 @@ def maas(code: Path, args: list[str], cwd: Path, env: dict[str, str]) -> float:
 def checkout(ref: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "flows", "modules", "deployments"],
                              capture_output=True, check=True).stdout  # fmt: skip
+    into.mkdir()
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
