@@ -129,6 +129,13 @@ class ScoreParams(BaseModel):
     shadow_uri: str | None = Field(None, description="Prefix for the challenger's predictions; default shadow/.")
     engine: Literal["auto", "onnxruntime", "torch"] = Field("auto", description="auto: ONNX Runtime if installed.")
     parallel_files: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Files scored at once.")
+    memory_budget: int = Field(
+        1 << 30,
+        ge=0,
+        description="Bytes the files scored at once may take together, estimated from their sizes (a file streams in "
+        "batches, so a large one counts as 256 MiB whatever its size): fewer large files are scored at once; one "
+        "always is.",
+    )
     threads: int | None = Field(
         None, ge=1, description="Engine threads per file; default: the cores shared among the files scored at once."
     )
@@ -685,6 +692,16 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# A file streams in record batches: however large, it holds about this much at once (batches, per-column
+# read buffers, writers); a small one a few times its size.
+STREAMED_FILE_BYTES = 256 << 20
+
+
+def memory_estimate(files: list[storage.ObjectInfo]) -> int:
+    """What scoring a group (its files one after the other) may hold at once: what its largest file does."""
+    return max((min(o.size * 4, STREAMED_FILE_BYTES) for o in files), default=0)
 
 
 def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[storage.ObjectInfo]]:

@@ -8,7 +8,15 @@ import pytest
 from modules import formats, registry, storage
 from modules.errors import RegistryError
 from modules.registry import RegisterParams, register
-from modules.score import ScoreParams, ScoreResult, plan, score_file, summarize
+from modules.score import (
+    STREAMED_FILE_BYTES,
+    ScoreParams,
+    ScoreResult,
+    memory_estimate,
+    plan,
+    score_file,
+    summarize,
+)
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 
@@ -170,3 +178,12 @@ def test_a_challenger_scores_in_the_shadow_and_the_run_reports_agreement(tmp_pat
     assert manifest["shadow"]["model_ref"] == f"duo/{challenger.version}"
     no_shadow = plan(ScoreParams(model="duo@production", bucket=bucket, shadow=None))
     assert no_shadow.shadow_ref is None
+
+
+def test_a_group_is_estimated_by_its_largest_file_and_a_large_file_by_what_streaming_holds() -> None:
+    def files(*sizes: int) -> list[storage.ObjectInfo]:
+        return [storage.ObjectInfo(uri=f"memory://m/{n}", size=size, etag="e") for n, size in enumerate(sizes)]
+
+    assert memory_estimate(files(1_000, 3_000)) == 12_000  # scored one after the other: the largest counts
+    assert memory_estimate(files(10 << 30)) == memory_estimate(files(100 << 20)) == STREAMED_FILE_BYTES
+    assert memory_estimate([]) == 0
