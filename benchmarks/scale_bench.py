@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a loaded 2-core machine
 
 from benchmarks.score_bench import synthetic  # noqa: E402
 from modules import formats  # noqa: E402
@@ -118,7 +119,10 @@ outcomes = [score_file(job, obj) for obj in job.files]
 result = summarize(job, outcomes, time.perf_counter() - started)
 seconds = time.perf_counter() - started
 requests = json.loads(urllib.request.urlopen(endpoint + "/__bench/count").read())
+listing = time.perf_counter()  # the bare listing of the prefix, on its own: what the store takes for the LIST pass
+storage.list_objects(f"s3://bench-in/{prefix}")
 print(json.dumps({"seconds": round(seconds, 2), "plan_seconds": round(planned, 2), "requests": requests,
+                  "list_seconds": round(time.perf_counter() - listing, 2),
                   "counts": result.counts, "summary_bytes": len(storage.read_bytes(result.summary_uri))}))
 """
 
@@ -142,8 +146,8 @@ def _drop_new(prefix: str, tag: str) -> None:
         formats.write_frame(synthetic(100, seed=i), f"s3://{INPUTS}/{prefix}/new-{tag}-{i}.csv")
 
 
-def _baseline_code(rev: str, into: Path) -> str:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "modules"], capture_output=True, check=True)
+def _baseline_code(rev: str, into: Path, folders: tuple[str, ...] = ("modules",)) -> str:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *folders], capture_output=True, check=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
     return str(into)
@@ -193,8 +197,61 @@ def index_bench(args: argparse.Namespace) -> dict:
     return results
 
 
+FLOW_CLIENT = """
+import json, sys, time
+from flows.score import score, task_runner
+from modules.score import ScoreParams
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) // 1024
+bucket, input_uri, out, extra = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+params = ScoreParams(model="bench@production", bucket=bucket, input_uri=input_uri, output_uri=out + "/predictions",
+                     state_uri=out + "/state", quarantine_uri=out + "/quarantine", shadow=None, **extra)
+before = status("VmRSS")
+started = time.perf_counter()
+result = score.with_options(task_runner=task_runner(params.parallel_files))(params)
+print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "rss_mib_before_scoring": before,
+                  "peak_rss_mib": status("VmHWM"), "counts": {k: v for k, v in result.counts.items() if v}}))
+"""
+
+
 def memory_bench(args: argparse.Namespace) -> dict:
-    raise NotImplementedError
+    """Peak RSS of the score flow over `--files` single-row-group Parquet files of `--rows` x 65 columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.score_bench import train_model
+
+    results: dict = {"files": args.files, "rows": args.rows, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        bucket = Path(tmp, "bucket").as_uri()
+        started = time.perf_counter()
+        train_model(bucket, rows=2_000, epochs=1)
+        print(f"model trained and registered in {time.perf_counter() - started:.0f} s", flush=True)
+        inputs = Path(tmp, "bucket", "big")
+        inputs.mkdir()
+        for i in range(args.files):
+            table = pa.Table.from_pandas(synthetic(args.rows, seed=i), preserve_index=False)
+            pq.write_table(table, inputs / f"f{i}.parquet", row_group_size=args.rows)
+        sizes = [p.stat().st_size for p in inputs.iterdir()]
+        results["file_mib"] = round(sum(sizes) / len(sizes) / 2**20, 1)
+        baseline = _baseline_code(args.baseline_rev, Path(tmp, "before"), ("modules", "flows"))
+        variants = [
+            ("before", baseline, {"parallel_files": args.files}),
+            ("after", str(ROOT), {"parallel_files": args.files}),
+            ("after", str(ROOT), {"parallel_files": args.files, "memory_budget": 4 << 30}),
+        ]
+        for n, (name, code, extra) in enumerate(variants):
+            out = subprocess.run(
+                [sys.executable, "-c", FLOW_CLIENT, bucket, inputs.as_uri(), Path(tmp, f"out{n}").as_uri(),
+                 json.dumps(extra)],
+                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code}, cwd=code, check=False,
+            )  # fmt: skip
+            if out.returncode:
+                raise RuntimeError(out.stderr[-3000:])
+            measured = json.loads(out.stdout.strip().splitlines()[-1]) | {"code": name, "params": extra}
+            print(json.dumps(measured), flush=True)
+            results["runs"].append(measured)
+    return results
 
 
 def markdown(results: dict) -> str:
@@ -209,9 +266,9 @@ def markdown(results: dict) -> str:
             "(plan, score the new files, summary; the Prefect flow adds its own fixed start-up cost). Requests are "
             "those the moto server answered (its own process). `before` is the code before the index.",
             "",
-            "| code | already scored | run | requests | GET | PUT | LIST/HEAD/other | wall s | plan s | "
-            "summary bytes | counts |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| code | already scored | run | requests | GET (LIST included) | PUT | HEAD/other | wall s | plan s | "
+            "bare LIST pass s | summary bytes | counts |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in index["runs"]:
             other = r["requests_total"] - r["requests"].get("GET", 0) - r["requests"].get("PUT", 0)
@@ -219,11 +276,28 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {r['code']} | {r['already_scored']:,} | {r['run']} | {r['requests_total']:,} | "
                 f"{r['requests'].get('GET', 0):,} | {r['requests'].get('PUT', 0):,} | {other:,} | {r['seconds']} | "
-                f"{r['plan_seconds']} | {r['summary_bytes']:,} | {counts} |"
+                f"{r['plan_seconds']} | {r.get('list_seconds', 'n/a')} | {r['summary_bytes']:,} | {counts} |"
             )
         lines += ["", *index.get("notes", []), ""]
     if "memory" in results:
-        lines += ["## Memory on single-row-group Parquet files", "", *results["memory"]["lines"], ""]
+        memory = results["memory"]
+        lines += [
+            "## Memory on single-row-group Parquet files",
+            "",
+            f"`benchmarks/scale_bench.py memory` on {results['machine']}: the score flow (threads, ephemeral Prefect "
+            f"API) in a fresh process over {memory['files']} Parquet files of {memory['rows']:,} rows x 65 columns, "
+            f"each one row group ({memory['file_mib']} MiB each). Peak RSS is the process's VmHWM.",
+            "",
+            "| code | params | RSS before scoring MiB | peak RSS MiB | wall s | counts |",
+            "| --- | --- | ---: | ---: | ---: | --- |",
+        ]
+        for r in memory["runs"]:
+            counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
+            lines.append(
+                f"| {r['code']} | {r['params']} | {r['rss_mib_before_scoring']} | {r['peak_rss_mib']} | "
+                f"{r['seconds']} | {counts} |"
+            )
+        lines += ["", *memory.get("notes", []), ""]
     return "\n".join(lines)
 
 

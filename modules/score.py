@@ -133,7 +133,7 @@ class ScoreParams(BaseModel):
         1 << 30,
         ge=0,
         description="Bytes the files scored at once may take together, estimated from their sizes (a file streams in "
-        "batches, so a large one counts as 256 MiB whatever its size): fewer large files are scored at once; one "
+        "batches, so a large one counts as 640 MiB whatever its size): fewer large files are scored at once; one "
         "always is.",
     )
     threads: int | None = Field(
@@ -694,14 +694,17 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# A file streams in record batches: however large, it holds about this much at once (batches, per-column
-# read buffers, writers); a small one a few times its size.
-STREAMED_FILE_BYTES = 256 << 20
+# A file streams in record batches: however large, it holds about this much at once (pyarrow's page,
+# dictionary and read buffers per column, the batch through pandas, the engine and the writers: about
+# 600 MiB measured for 65 columns in 65,536-row batches, benchmarks/results/scale.md); a small one a
+# few times its size (a 95 MiB Parquet file already holds the 600 MiB).
+STREAMED_FILE_BYTES = 640 << 20
+SMALL_FILE_FACTOR = 8
 
 
 def memory_estimate(files: list[storage.ObjectInfo]) -> int:
     """What scoring a group (its files one after the other) may hold at once: what its largest file does."""
-    return max((min(o.size * 4, STREAMED_FILE_BYTES) for o in files), default=0)
+    return max((min(o.size * SMALL_FILE_FACTOR, STREAMED_FILE_BYTES) for o in files), default=0)
 
 
 def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[storage.ObjectInfo]]:
