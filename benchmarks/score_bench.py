@@ -46,20 +46,20 @@ def synthetic(rows: int, seed: int, labeled: bool = False) -> pd.DataFrame:
     return frame
 
 
-def train_model(bucket: str) -> str:
+def train_model(bucket: str, rows: int = 20_000, epochs: int = 5) -> str:
     from modules.compress import CompressParams, run_compress
     from modules.preprocess import PreprocessParams, run_preprocess
     from modules.registry import RegisterParams, register
     from modules.train import TrainParams, run_training
 
     raw = storage.join(bucket, "raw", "train.parquet")
-    formats.write_frame(synthetic(20_000, seed=0, labeled=True), raw)
+    formats.write_frame(synthetic(rows, seed=0, labeled=True), raw)
     prep = run_preprocess(
         PreprocessParams(
             data_uri=raw, target="label", exclude=["id"], output_uri=storage.join(bucket, "runs", "bench", "preprocess")
         )
     )
-    trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=5))
+    trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=epochs))
     compressed = run_compress(CompressParams(train_manifest=trained.manifest_uri, finetune_epochs=1))
     return register(RegisterParams(compress_manifest=compressed.manifest_uri, bucket=bucket, name="bench")).card_uri
 

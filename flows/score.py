@@ -1,6 +1,8 @@
 """Batch scoring: resolve the model once, list the input files, score them in parallel tasks.
 
-At most `parallel_files` tasks are in flight at once, on the flow's task runner: threads by
+At most `parallel_files` tasks are in flight at once, and no more than their estimated memory
+allows (`memory_budget`: a large file streams, so it counts as a fixed amount, see
+`modules.score.memory_estimate`), on the flow's task runner: threads by
 default, or a Dask cluster (`score.with_options(task_runner=DaskTaskRunner(...))`, which the CLI's
 `--dask-workers`/`--dask-address` set up) to spread files over processes and machines. Small files are
 packed several to a task (`group_bytes`) so that per-task overhead does not dominate; each task is
@@ -81,9 +83,11 @@ def score(params: ScoreParams) -> ScoreResult:
     progress.planned(len(job.files))
     outcomes: dict[str, FileOutcome] = {}
     in_flight: dict[PrefectFuture, list[ObjectInfo]] = {}
+    memory: dict[PrefectFuture, int] = {}  # what each task in flight is estimated to hold
 
     def collect(future: PrefectFuture) -> None:  # a task that crashed outright fails only its own files
         objs = in_flight.pop(future)
+        memory.pop(future)
         future.wait()  # as_completed can yield before the future's final state is recorded
         if future.state.is_completed():
             outcomes.update((o.input_uri, o) for o in future.result())
@@ -95,11 +99,15 @@ def score(params: ScoreParams) -> ScoreResult:
 
     task_job = job.without_files()
     for group in scoring.group_files(job.files, params.group_bytes):
-        if len(in_flight) >= params.parallel_files:
+        need = scoring.memory_estimate(group)
+        while in_flight and (
+            len(in_flight) >= params.parallel_files or sum(memory.values()) + need > params.memory_budget
+        ):
             collect(next(as_completed(list(in_flight))))
         if scoring.over_budget(params, list(outcomes.values())):
             break
-        in_flight[score_files.submit(task_job, group)] = group
+        future = score_files.submit(task_job, group)
+        in_flight[future], memory[future] = group, need
     for future in as_completed(list(in_flight)):
         collect(future)
 

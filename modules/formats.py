@@ -35,6 +35,10 @@ _SUFFIXES: dict[str, Kind] = {
 }
 _COMPRESSIONS = {".gz": "gzip"}
 CSV_BLOCK_BYTES = 1 << 20
+# Parquet row groups up to this size (uncompressed) are read a column chunk at a time; larger ones
+# through a buffer of PARQUET_BUFFER_BYTES per column (see `_parquet_frames`).
+PARQUET_WHOLE_CHUNKS_BYTES = 32 << 20
+PARQUET_BUFFER_BYTES = 1 << 20
 
 # pandas writes JSON numbers with 10 decimal places by default: a probability of 1e-07 would lose
 # most of its digits. 15 is the most it allows.
@@ -104,13 +108,32 @@ def iter_frames(uri: str, batch_rows: int, float_columns: Collection[str] = ()) 
 
 
 def _parquet_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
+    """Record batches of `batch_rows`. pyarrow decodes a row group's pages batch by batch, but by default
+    reads each column chunk whole first: memory would follow the producer's row-group size (a single
+    10 GB row group, 10 GB). A file with large row groups is read through a small buffer per column
+    instead (`PARQUET_BUFFER_BYTES`), unbuffered below it, so memory stays bounded by the columns
+    and the batch; files with small row groups keep the whole-chunk reads (fewer, larger requests)."""
     with storage.open_read(uri) as stream:
-        parquet = pq.ParquetFile(stream)
-        if parquet.metadata.num_rows == 0:
-            yield parquet.schema_arrow.empty_table().to_pandas()
+        metadata = pq.ParquetFile(stream).metadata
+        if _largest_row_group(metadata) <= PARQUET_WHOLE_CHUNKS_BYTES:
+            yield from _batches(pq.ParquetFile(stream, metadata=metadata, pre_buffer=False), batch_rows)
             return
-        for batch in parquet.iter_batches(batch_size=batch_rows):
-            yield batch.to_pandas()
+    # Unbuffered: the per-column buffers do the buffering (s3fs would read ahead 50 MB per seek).
+    with storage.open_read(uri, cache_type="none") as stream:
+        parquet = pq.ParquetFile(stream, metadata=metadata, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+        yield from _batches(parquet, batch_rows)
+
+
+def _batches(parquet: pq.ParquetFile, batch_rows: int) -> Iterator[pd.DataFrame]:
+    if parquet.metadata.num_rows == 0:
+        yield parquet.schema_arrow.empty_table().to_pandas()
+        return
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        yield batch.to_pandas()
+
+
+def _largest_row_group(metadata: pq.FileMetaData) -> int:
+    return max((metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)), default=0)
 
 
 def _jsonl_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:

@@ -5,7 +5,9 @@ the run is scored by the same model even if an alias moves meanwhile, and the in
 Then each file is scored on its own (`score_file`), which is what the flow maps in parallel:
 
 - the unit of work is (object URI, etag, model version), whatever prefix or single file the run was
-  pointed at: a unit with a completion record is skipped (unless `rescore`), and a run claims a
+  pointed at: a unit with a completion record is skipped (unless `rescore`); the units an earlier run
+  over the same prefix finished are known from its index (`modules.index`) without a request per
+  file, so a run's cost follows its new objects, not the prefix's history; a run claims a
   unit before working on it (`modules.claims`), so concurrent runs never score a file twice, a
   crashed run's file is taken up again when its lease expires, and a run that stalled past its
   lease cannot publish (fencing);
@@ -58,6 +60,7 @@ from modules.errors import (
     one_line,
 )
 from modules.explain import Explainer
+from modules.index import COMPACT_AFTER, DoneIndex
 from modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettings, RunDrift, summarize_run
 from modules.registry import ModelCard
 from modules.shadow import Agreement, ShadowReport, combined
@@ -143,6 +146,13 @@ class ScoreParams(BaseModel):
     )
     engine: Literal["auto", "onnxruntime", "torch"] = Field("auto", description="auto: ONNX Runtime if installed.")
     parallel_files: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="Files scored at once.")
+    memory_budget: int = Field(
+        1 << 30,
+        ge=0,
+        description="Bytes the files scored at once may take together, estimated from their sizes (a file streams in "
+        "batches, so a large one counts as 640 MiB whatever its size): fewer large files are scored at once; one "
+        "always is.",
+    )
     threads: int | None = Field(
         None, ge=1, description="Engine threads per file; default: the cores shared among the files scored at once."
     )
@@ -199,7 +209,8 @@ class ScoreJob(BaseModel):
     shadow_card_uri: str | None = None
     shadow_uri: str
     threads: int
-    files: list[storage.ObjectInfo]
+    files: list[storage.ObjectInfo] = Field(description="The listed files to look at: those not indexed as finished.")
+    skipped: int = Field(0, description="Listed files the index knows finished by this model version: not scored.")
 
     def without_files(self) -> ScoreJob:
         """What a task needs: everything but the run's file list (each task is given its own files)."""
@@ -261,7 +272,9 @@ class ScoreResult(BaseModel):
     drift: RunDrift | None = Field(None, description="Drift over the run's scored files; None with drift off.")
     drift_report_uri: str | None = Field(None, description="PNG beside the summary: drift per feature, worst first.")
     shadow: ShadowReport | None = Field(None, description="The challenger's agreement over the run's files.")
-    files: list[FileOutcome]
+    files: list[FileOutcome] = Field(
+        description="What happened to each file this run worked on; files already finished are only counted (skipped)."
+    )
 
 
 def plan(params: ScoreParams) -> ScoreJob:
@@ -269,7 +282,8 @@ def plan(params: ScoreParams) -> ScoreJob:
     not an error: a scheduled run on a fresh bucket has simply nothing to do."""
     settings = Settings.of(params.bucket)
     input_uri = params.input_uri or settings.uri("incoming")
-    files = storage.list_objects(input_uri)
+    state_uri = params.state_uri or settings.uri("state")
+    files = listed = storage.list_objects(input_uri)
     if params.modified_after:
         since = params.modified_after.timestamp()
         files = [o for o in files if o.mtime is None or o.mtime >= since]
@@ -284,6 +298,9 @@ def plan(params: ScoreParams) -> ScoreJob:
     shadow_ref = _challenger(settings.bucket, params.shadow, model_ref) if card else None
     if card and params.explains:
         _check_explainable(registry.load_card(card), params)
+    skipped = 0
+    if files and not params.rescore:
+        files, skipped = _unindexed(DoneIndex(state_uri, input_uri, model_ref), files, listed, params)
     at_once = max(1, min(len(files), params.parallel_files))
     job = ScoreJob(
         params=params,
@@ -292,13 +309,14 @@ def plan(params: ScoreParams) -> ScoreJob:
         input_uri=input_uri,
         output_uri=params.output_uri or settings.uri("predictions"),
         quarantine_uri=params.quarantine_uri or settings.uri("quarantine"),
-        state_uri=params.state_uri or settings.uri("state"),
+        state_uri=state_uri,
         summary_uri=settings.uri("runs", new_run_id(), "score", "summary.json"),
         shadow_ref=shadow_ref,
         shadow_card_uri=registry.card_uri(settings.bucket, *shadow_ref.split("/")) if shadow_ref else None,
         shadow_uri=params.shadow_uri or settings.uri("shadow"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
         files=files,
+        skipped=skipped,
     )
     _refuse_shared_outputs(job)
     return job
@@ -310,6 +328,18 @@ def _check_explainable(card: ModelCard, params: ScoreParams) -> None:
     width = card.features.width
     if params.explain_top is not None and params.explain_top > width:
         raise InputError(f"explain_top {params.explain_top} exceeds the {width} input columns of {card.ref}")
+
+
+def _unindexed(
+    index: DoneIndex, files: list[storage.ObjectInfo], listed: list[storage.ObjectInfo], params: ScoreParams
+) -> tuple[list[storage.ObjectInfo], int]:
+    """The files the index does not know finished, and how many it does; compacts the index when due
+    (forgetting the versions no longer listed, unless the listing was narrowed by `modified_after`)."""
+    snapshot = index.load()
+    new = [o for o in files if (o.uri, o.etag) not in snapshot.done]
+    if len(snapshot.segments) >= COMPACT_AFTER:
+        index.compact(snapshot, None if params.modified_after else {(o.uri, o.etag) for o in listed})
+    return new, len(files) - len(new)
 
 
 def _challenger(bucket: str, shadow: str | None, model_ref: str) -> str | None:
@@ -722,6 +752,19 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# A file streams in record batches: however large, it holds about this much at once (pyarrow's page,
+# dictionary and read buffers per column, the batch through pandas, the engine and the writers: about
+# 600 MiB measured for 65 columns in 65,536-row batches, benchmarks/results/scale.md); a small one a
+# few times its size (a 95 MiB Parquet file already holds the 600 MiB).
+STREAMED_FILE_BYTES = 640 << 20
+SMALL_FILE_FACTOR = 8
+
+
+def memory_estimate(files: list[storage.ObjectInfo]) -> int:
+    """What scoring a group (its files one after the other) may hold at once: what its largest file does."""
+    return max((min(o.size * SMALL_FILE_FACTOR, STREAMED_FILE_BYTES) for o in files), default=0)
+
+
 def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[storage.ObjectInfo]]:
     """Consecutive files packed into groups of at most `group_bytes` (a larger file is a group alone)."""
     groups: list[list[storage.ObjectInfo]] = []
@@ -749,8 +792,14 @@ def over_budget(params: ScoreParams, outcomes: list[FileOutcome], finished: bool
 
 
 def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> ScoreResult:
-    """The run's result, also written to `job.summary_uri` so the bucket keeps a record of every run."""
+    """The run's result, also written to `job.summary_uri` so the bucket keeps a record of every run.
+
+    Its size follows the run's work: files already finished are counted, not listed. The units seen
+    finished are added to the index, so the next run skips them without asking their records.
+    """
     counts = {status: sum(o.status == status for o in outcomes) for status in Status.__args__}
+    counts["skipped"] += job.skipped
+    _index_finished(job, outcomes)
     rows = sum(o.rows_out for o in outcomes)
     result = ScoreResult(
         model_ref=job.model_ref,
@@ -763,7 +812,7 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
         seconds=seconds,
         rows_per_s=rows / seconds if seconds > 0 else 0.0,
         retries=sum(o.retries for o in outcomes),
-        files=outcomes,
+        files=[o for o in outcomes if o.status != "skipped"],
     )
     result.shadow = combined([o.shadow for o in outcomes if o.shadow is not None])
     reports = [o.drift for o in outcomes if o.drift is not None]
@@ -778,3 +827,20 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
             log.warning("no drift plot for %s", job.summary_uri, exc_info=True)
     storage.write_json(job.summary_uri, result)
     return result
+
+
+def _index_finished(job: ScoreJob, outcomes: list[FileOutcome]) -> None:
+    """Index the versions whose completion record exists now (a cache: failing to write it costs the next run
+    one request per file, so it never fails the run)."""
+    etags = {o.uri: o.etag for o in job.files}
+    finished = [
+        (o.input_uri, etags[o.input_uri])
+        for o in outcomes
+        if o.status in ("scored", "quarantined", "skipped") and o.input_uri in etags
+    ]
+    if not finished or not job.card_uri:
+        return
+    try:
+        DoneIndex(job.state_uri, job.input_uri, job.model_ref).append(finished)
+    except StorageError as exc:
+        log.warning("the index of finished files was not updated (%s); the next run asks their records", exc)

@@ -249,12 +249,13 @@ def read_bytes(uri: str) -> bytes:
 
 
 @contextlib.contextmanager
-def open_read(uri: str, compression: str | None = None) -> Iterator[IO[bytes]]:
-    """A binary stream over the object, decompressed when `compression` is given (e.g. "gzip")."""
+def open_read(uri: str, compression: str | None = None, **options: Any) -> Iterator[IO[bytes]]:
+    """A binary stream over the object, decompressed when `compression` is given (e.g. "gzip"); `options`
+    go to the filesystem's `open` (e.g. `cache_type="none"` for a reader that seeks about and buffers itself)."""
     with _translated(uri):
         fs, path = filesystem(uri)
         _fresh(fs, path)
-        with fsspec.open(uri, "rb", compression=compression) as stream:
+        with fsspec.open(uri, "rb", compression=compression, **options) as stream:
             yield stream
 
 

@@ -2,10 +2,15 @@
 
 Two ways in, one event out:
 - **polling** (`Watcher`): works on any store, including the local bucket and S3 stores without
-  notifications. A cursor in the bucket (`state/watch/<prefix id>/<generation>.json`) holds the
-  etag of every object seen under the prefix, so a restarted watcher resumes where it stopped, an
-  object listed after the cursor is never missed (listing order and upload times do not matter),
-  and a (key, etag) is never reported twice. A changed object (new etag) is reported again.
+  notifications. A cursor in the bucket (`state/watch/<prefix id>/<generation>.json`) holds a
+  high-water mark (the newest last-modified time seen) and the etags of the objects modified within
+  `overlap` before it; objects older than that were seen. So its size follows the upload rate, not
+  the prefix's history; a restarted watcher resumes where it stopped, an object listed late (key
+  order, an upload finishing after newer ones) is not missed as long as its last-modified time is
+  within `overlap` of the mark, and a (key, etag) is never reported twice. A changed object (new
+  etag) is reported again. An upload that took longer than `overlap` (S3 dates a multipart upload by
+  its start) is not reported by the watcher; the scheduled scoring run, which lists everything, still
+  scores it.
 - **push** (`from_s3_notification`): the S3 event notification records that AWS sends through SQS
   (possibly wrapped in SNS) and that MinIO and other S3-compatible stores POST to a webhook.
 
@@ -27,7 +32,7 @@ from typing import Any, Literal
 from urllib.parse import unquote_plus
 from uuid import UUID, uuid5
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from modules import storage
 from modules.claims import new_owner
@@ -37,6 +42,8 @@ from modules.errors import InputError, ObjectNotFound
 EVENT_NAME = "maas.object.created"
 GENERATIONS_KEPT = 3
 RESUME_AFTER_SECONDS = 60.0
+# How far before the high-water mark the cursor still keeps keys: covers uploads listed late.
+OVERLAP_SECONDS = 3600.0
 # How far before an event's object the triggered scoring run starts looking: covers objects of
 # the same burst whose upload began earlier (S3 dates a multipart upload by its start).
 SCAN_MARGIN = timedelta(minutes=5)
@@ -80,7 +87,14 @@ class ObjectEvent(BaseModel):
 class Cursor(BaseModel):
     prefix: str
     generation: int = 0
-    seen: dict[str, str] = Field({}, description="Key below the prefix -> etag, for every object seen.")
+    mark: float | None = Field(None, description="The newest last-modified time seen (store clock, epoch seconds).")
+    recent: dict[str, str] = Field(
+        {},
+        # `seen` (every key ever seen) is how cursors were written before the mark: read as recent keys.
+        validation_alias=AliasChoices("recent", "seen"),
+        description="Key below the prefix -> etag, for the objects modified within the overlap before the mark "
+        "(and those without a time); every older object counts as seen.",
+    )
     pending: list[ObjectEvent] = Field([], description="Written but not yet reported (a crash resumes them).")
     owner: str | None = Field(None, description="The watcher that wrote this generation.")
     updated_at: datetime | None = None
@@ -98,9 +112,12 @@ def _idle(cursor: Cursor) -> Cursor:
 class Watcher:
     """Polls one prefix; `poll()` returns the new object versions, `commit()` records them reported."""
 
-    def __init__(self, prefix: str, state_uri: str, resume_after: float = RESUME_AFTER_SECONDS) -> None:
+    def __init__(
+        self, prefix: str, state_uri: str, resume_after: float = RESUME_AFTER_SECONDS, overlap: float = OVERLAP_SECONDS
+    ) -> None:
         self.prefix = prefix.rstrip("/")
         self.resume_after = resume_after
+        self.overlap = overlap
         self.owner = new_owner()
         self.folder = storage.join(state_uri, "watch", hashlib.sha256(self.prefix.encode()).hexdigest()[:24])
 
@@ -130,20 +147,30 @@ class Watcher:
                 return cursor
             if _now() - (cursor.updated_at or _now()) < timedelta(seconds=self.resume_after):
                 return _idle(cursor)
-            return self._advance(cursor, cursor.seen, cursor.pending)
+            return self._advance(cursor, cursor.mark, cursor.recent, cursor.pending)
         listing = storage.list_objects(self.prefix)
         current = {storage.relative_key(self.prefix, o.uri): o for o in listing}
-        new = [o for key, o in current.items() if cursor.seen.get(key) != o.etag]
-        if not new and current.keys() == cursor.seen.keys():
+        new = [o for key, o in current.items() if self._recent(o, cursor.mark) and cursor.recent.get(key) != o.etag]
+        times = [t for t in (cursor.mark, *(o.mtime for o in listing)) if t is not None]
+        mark = max(times, default=None)
+        recent = {key: o.etag for key, o in current.items() if self._recent(o, mark)}
+        if not new and (mark, recent) == (cursor.mark, cursor.recent):
             return cursor
         new.sort(key=lambda o: (o.mtime or 0, o.uri))
-        return self._advance(cursor, {key: o.etag for key, o in current.items()}, [self._event(o) for o in new])
+        return self._advance(cursor, mark, recent, [self._event(o) for o in new])
 
-    def _advance(self, cursor: Cursor, seen: dict[str, str], pending: list[ObjectEvent]) -> Cursor:
+    def _recent(self, obj: storage.ObjectInfo, mark: float | None) -> bool:
+        """Whether the cursor keeps `obj`'s key: everything older than the overlap before the mark counts as seen."""
+        return mark is None or obj.mtime is None or obj.mtime >= mark - self.overlap
+
+    def _advance(
+        self, cursor: Cursor, mark: float | None, recent: dict[str, str], pending: list[ObjectEvent]
+    ) -> Cursor:
         following = Cursor(
             prefix=self.prefix,
             generation=cursor.generation + 1,
-            seen=seen,
+            mark=mark,
+            recent=recent,
             pending=pending,
             owner=self.owner,
             updated_at=_now(),

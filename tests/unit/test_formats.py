@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from modules import formats, storage
@@ -105,3 +111,35 @@ def test_batch_writer_reports_a_column_that_changes_type(tmp_path) -> None:
         with formats.BatchWriter(tmp_path / "o.parquet", "parquet", "src") as writer:
             writer.write(pd.DataFrame({"id": [1, 2]}))
             writer.write(pd.DataFrame({"id": ["x", "y"]}))
+
+
+WRITE_ONE_ROW_GROUP = """
+import sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+rows = int(sys.argv[2])
+rng = np.random.default_rng(0)
+table = pa.table({f"c{i}": rng.random(rows) for i in range(8)})  # random: the file is as large as the data
+pq.write_table(table, sys.argv[1], row_group_size=rows, compression="none", use_dictionary=False)
+"""
+READ_AND_REPORT_PEAK = """
+import sys
+from modules import formats
+rows = sum(len(frame) for frame in formats.iter_frames(sys.argv[1], 65_536))
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(rows, peak // 1024)
+"""
+
+
+@pytest.mark.memory
+def test_a_single_row_group_larger_than_the_budget_is_read_within_it(tmp_path) -> None:
+    """A 400 MB Parquet file written as one row group, read in batches by a fresh process: its peak RSS
+    (imports included) stays under 300 MB. pyarrow's default reads each column chunk whole (50 MB here)."""
+    path, rows = tmp_path / "one-group.parquet", 6_400_000
+    subprocess.run([sys.executable, "-c", WRITE_ONE_ROW_GROUP, str(path), str(rows)], check=True)
+    assert path.stat().st_size > 400e6 and pq.ParquetFile(path).metadata.num_row_groups == 1
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run(
+        [sys.executable, "-c", READ_AND_REPORT_PEAK, str(path)], env=env, check=True, capture_output=True, text=True
+    )
+    read, peak_mib = map(int, out.stdout.split())
+    assert read == rows and peak_mib < 300, f"peak RSS {peak_mib} MiB"

@@ -8,16 +8,26 @@ import pytest
 from modules import formats, registry, storage
 from modules.errors import RegistryError
 from modules.registry import RegisterParams, register
-from modules.score import ScoreParams, plan, score_file, summarize
+from modules.score import (
+    STREAMED_FILE_BYTES,
+    ScoreParams,
+    ScoreResult,
+    memory_estimate,
+    plan,
+    score_file,
+    summarize,
+)
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 
 
-def _score_all(params: ScoreParams) -> dict[str, str]:
+def _run(params: ScoreParams) -> ScoreResult:
     job = plan(params)
-    outcomes = [score_file(job, obj) for obj in job.files]
-    result = summarize(job, outcomes, 1.0)
-    return {o.input_uri.rsplit("/", 1)[-1]: o.status for o in result.files}
+    return summarize(job, [score_file(job, obj) for obj in job.files], 1.0)
+
+
+def _score_all(params: ScoreParams) -> dict[str, str]:
+    return {o.input_uri.rsplit("/", 1)[-1]: o.status for o in _run(params).files}
 
 
 @pytest.fixture
@@ -69,9 +79,12 @@ def test_malformed_file_is_quarantined_with_a_report_and_left_in_place(incoming)
 def test_rerun_skips_what_this_version_did_and_rescores_changed_files(incoming) -> None:
     prefix, params = incoming
     _score_all(params)
-    assert set(_score_all(params).values()) == {"skipped"}
+    again = _run(params)  # files already finished are counted, not listed: the summary follows the run's work
+    assert again.files == [] and again.counts["skipped"] == 4
+    summary = storage.read_json(again.summary_uri)
+    assert summary["files"] == [] and summary["counts"]["skipped"] == 4
     formats.write_frame(synthetic_classification(5, seed=9).drop(columns=["label"]), storage.join(prefix, "a.csv"))
-    assert _score_all(params)["a.csv"] == "scored"
+    assert _score_all(params) == {"a.csv": "scored"}
     assert len(formats.read_frame(storage.join(params.output_uri, "a.csv.predictions.parquet"))) == 5
     forced = params.model_copy(update={"rescore": True})
     assert set(_score_all(forced).values()) == {"scored", "quarantined"}
@@ -165,3 +178,12 @@ def test_a_challenger_scores_in_the_shadow_and_the_run_reports_agreement(tmp_pat
     assert manifest["shadow"]["model_ref"] == f"duo/{challenger.version}"
     no_shadow = plan(ScoreParams(model="duo@production", bucket=bucket, shadow=None))
     assert no_shadow.shadow_ref is None
+
+
+def test_a_group_is_estimated_by_its_largest_file_and_a_large_file_by_what_streaming_holds() -> None:
+    def files(*sizes: int) -> list[storage.ObjectInfo]:
+        return [storage.ObjectInfo(uri=f"memory://m/{n}", size=size, etag="e") for n, size in enumerate(sizes)]
+
+    assert memory_estimate(files(1_000, 3_000)) == 24_000  # scored one after the other: the largest counts
+    assert memory_estimate(files(10 << 30)) == memory_estimate(files(1 << 30)) == STREAMED_FILE_BYTES
+    assert memory_estimate([]) == 0

@@ -196,3 +196,34 @@ def test_notifications_that_are_not_drops_under_the_prefix_are_skipped(body: dic
 def test_bodies_that_are_not_notifications_are_refused_clearly(body: str) -> None:
     with pytest.raises(InputError, match="S3 event"):
         from_s3_notification(body, "s3://drops/incoming", "webhook")
+
+
+def test_the_cursor_stays_bounded_over_ten_thousand_objects_and_misses_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 objects arrive 1,000 per poll, one second apart (fake listings, the cursor in memory); some
+    are listed one poll late, after objects modified later than them, within the overlap."""
+    prefix, state = "memory://bounded/incoming", "memory://bounded/state"
+    listing: list[storage.ObjectInfo] = []
+    real = storage.list_objects
+    monkeypatch.setattr(storage, "list_objects", lambda uri: list(listing) if uri == prefix else real(uri))
+    watcher = Watcher(prefix, state, overlap=300)
+    reported: list[str] = []
+    largest = 0
+    late: list[storage.ObjectInfo] = []
+    for n in range(10_000):
+        obj = storage.ObjectInfo(uri=f"{prefix}/f{n:05d}.csv", size=1, etag=f"e{n}", mtime=1e9 + n)
+        (late if n % 1000 >= 900 and n % 7 == 0 else listing).append(obj)
+        if n % 1000 == 999:
+            reported += _keys_of(watcher, prefix)
+            listing += late
+            late = []
+            largest = max(largest, len(storage.read_bytes(watcher._uri(watcher.load().generation))))
+    reported += _keys_of(watcher, prefix)
+    assert sorted(reported) == [f"f{n:05d}.csv" for n in range(10_000)]  # each once: none missed, none repeated
+    assert len(watcher.load().recent) <= 301  # the overlap's worth of keys, not the history's
+    assert largest < 40_000  # bytes: ~100 per key within the overlap (10,000 keys would be ~400,000)
+
+
+def _keys_of(watcher: Watcher, prefix: str) -> list[str]:
+    cursor = watcher.poll()
+    watcher.commit(cursor)
+    return [e.uri.removeprefix(prefix + "/") for e in cursor.pending]

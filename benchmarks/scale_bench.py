@@ -1,0 +1,324 @@
+"""Scale benchmark: a run's cost with a long history behind it, and memory on single-row-group Parquet files.
+
+Run: .venv/bin/python benchmarks/scale_bench.py index [--old 100000 --baseline-old 10000 --baseline-rev main]
+     .venv/bin/python benchmarks/scale_bench.py memory [--files 4 --rows 250000]
+Each writes its part of benchmarks/results/scale.json and rewrites benchmarks/results/scale.md.
+
+`index`: a moto S3 server in its own process, wrapped so that it counts the requests it answers.
+A prefix holds N objects already scored (their completion records and the index a history of runs
+leaves, written into the server directly: uploading 200,000 objects through HTTP takes longer than
+the benchmark) and 10 new ones. One scoring run (plan, score each file, summary; no Prefect) is
+measured: requests answered and wall time. The baseline is the code of `--baseline-rev` (extracted
+with `git archive`), which asks one completion record per listed file; it runs on its own prefix
+of `--baseline-old` objects, since at 100,000 it would take many minutes.
+
+`memory`: peak RSS (VmHWM) of a fresh process running the score flow over Parquet files written as a
+single row group each, all scored at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a loaded 2-core machine
+
+from benchmarks.score_bench import synthetic  # noqa: E402
+from modules import formats  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+INPUTS, STATE = "bench-in", "bench-state"
+NEW_FILES = 10
+
+
+def serve(port: int, root: str) -> None:
+    """The moto server, counting requests; `/__bench/count` answers and resets the count, `/__bench/seed`
+    writes already-scored objects straight into the store."""
+    sys.path.insert(0, root)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    counts: Counter[str] = Counter()
+
+    def counting(environ, start_response):  # noqa: ANN001, ANN202
+        path = environ["PATH_INFO"]
+        if path.startswith("/__bench/"):
+            query = dict(part.split("=", 1) for part in environ["QUERY_STRING"].split("&") if part)
+            if path == "/__bench/seed":
+                _seed(s3_backends[DEFAULT_ACCOUNT_ID]["aws"], query["prefix"], int(query["n"]), query["model"])
+            body = json.dumps(dict(counts)).encode()
+            counts.clear()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        counts[environ["REQUEST_METHOD"]] += 1
+        return app(environ, start_response)
+
+    make_server("127.0.0.1", port, counting, threaded=True).serve_forever()
+
+
+def _seed(backend, prefix: str, n: int, model_ref: str) -> None:  # noqa: ANN001
+    """N scored objects under INPUTS/prefix: the objects, a completion record each, and the index (one
+    compacted segment, as a long history of runs leaves it)."""
+    from modules.claims import Done, unit_key
+    from modules.index import DoneIndex, _segment
+
+    versions = []
+    for i in range(n):
+        key = f"{prefix}/old-{i:06d}.csv"
+        etag = backend.put_object(INPUTS, key, f"id,f0\n{i},0.5\n".encode()).etag.strip('"')
+        uri = f"s3://{INPUTS}/{key}"
+        done = Done(input_uri=uri, input_etag=etag, model_ref=model_ref, status="scored", attempt=1, owner="seed",
+                    record_uri=f"s3://{INPUTS}/predictions/{key}.manifest.json", output_uri=None,
+                    finished_at="2026-01-01T00:00:00Z")  # fmt: skip
+        backend.put_object(STATE, f"state/done/{unit_key(uri, etag, model_ref)}.json", done.model_dump_json().encode())
+        versions.append((uri, etag))
+    folder = DoneIndex(f"s3://{STATE}/state", f"s3://{INPUTS}/{prefix}", model_ref).folder
+    backend.put_object(STATE, f"{folder.split('/', 3)[3]}/{1:012d}.compact.jsonl.gz", _segment(versions))
+
+
+def _control(endpoint: str, path: str) -> dict:
+    with urllib.request.urlopen(f"{endpoint}/__bench/{path}", timeout=3600) as answer:
+        return json.loads(answer.read())
+
+
+CLIENT = """
+import json, sys, time, urllib.request
+from modules import storage
+from modules.score import ScoreParams, plan, score_file, summarize
+endpoint, bucket, state, prefix = sys.argv[1:5]
+urllib.request.urlopen(endpoint + "/__bench/count").read()
+started = time.perf_counter()
+job = plan(ScoreParams(model="bench@production", bucket=bucket, input_uri=f"s3://bench-in/{prefix}",
+           output_uri=f"s3://bench-in/predictions/{prefix}",
+           quarantine_uri="s3://bench-in/quarantine", state_uri=state, shadow=None))
+planned = time.perf_counter() - started
+outcomes = [score_file(job, obj) for obj in job.files]
+result = summarize(job, outcomes, time.perf_counter() - started)
+seconds = time.perf_counter() - started
+requests = json.loads(urllib.request.urlopen(endpoint + "/__bench/count").read())
+listing = time.perf_counter()  # the bare listing of the prefix, on its own: what the store takes for the LIST pass
+storage.list_objects(f"s3://bench-in/{prefix}")
+print(json.dumps({"seconds": round(seconds, 2), "plan_seconds": round(planned, 2), "requests": requests,
+                  "list_seconds": round(time.perf_counter() - listing, 2),
+                  "counts": result.counts, "summary_bytes": len(storage.read_bytes(result.summary_uri))}))
+"""
+
+
+def _run(endpoint: str, code_root: str, prefix: str) -> dict:
+    """One scoring run over the prefix in a fresh process running the code under `code_root`."""
+    env = {**os.environ, "PYTHONPATH": code_root}
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, endpoint, f"s3://{STATE}", f"s3://{STATE}/state", prefix],
+        capture_output=True, text=True, env=env, cwd=code_root, check=False,
+    )  # fmt: skip
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["requests_total"] = sum(result["requests"].values())
+    return result
+
+
+def _drop_new(prefix: str, tag: str) -> None:
+    for i in range(NEW_FILES):
+        formats.write_frame(synthetic(100, seed=i), f"s3://{INPUTS}/{prefix}/new-{tag}-{i}.csv")
+
+
+def _baseline_code(rev: str, into: Path, folders: tuple[str, ...] = ("modules",)) -> str:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *folders], capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return str(into)
+
+
+def index_bench(args: argparse.Namespace) -> dict:
+    import boto3
+
+    from benchmarks.score_bench import train_model
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(port, str(ROOT)), daemon=True)
+    server.start()
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    for _ in range(100):
+        try:
+            _control(endpoint, "count")
+            break
+        except OSError:
+            time.sleep(0.2)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    for bucket in (INPUTS, STATE):
+        client.create_bucket(Bucket=bucket)
+    started = time.perf_counter()
+    train_model(f"s3://{STATE}", rows=2_000, epochs=1)
+    print(f"model trained and registered in {time.perf_counter() - started:.0f} s", flush=True)
+    model_ref = "bench/1"
+    results: dict = {"new_files": NEW_FILES, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = _baseline_code(args.baseline_rev, Path(tmp))
+        plans = [("before", baseline, args.baseline_old), ("after", str(ROOT), args.baseline_old)]
+        plans.append(("after", str(ROOT), args.old))
+        for name, code, old in plans:
+            prefix = f"{name}-{old}"
+            started = time.perf_counter()
+            _control(endpoint, f"seed?prefix={prefix}&n={old}&model={model_ref}")
+            print(f"seeded {old:,} scored objects in {time.perf_counter() - started:.0f} s", flush=True)
+            for run in ("first", "second"):  # the second: the steady state of a schedule (the index has the first)
+                _drop_new(prefix, run)
+                measured = _run(endpoint, code, prefix)
+                measured.update(code=name, already_scored=old + (NEW_FILES if run == "second" else 0), run=run)
+                print(json.dumps(measured), flush=True)
+                results["runs"].append(measured)
+    server.terminate()
+    return results
+
+
+FLOW_CLIENT = """
+import json, sys, time
+from flows.score import score, task_runner
+from modules.score import ScoreParams
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) // 1024
+bucket, input_uri, out, extra = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+params = ScoreParams(model="bench@production", bucket=bucket, input_uri=input_uri, output_uri=out + "/predictions",
+                     state_uri=out + "/state", quarantine_uri=out + "/quarantine", shadow=None, **extra)
+before = status("VmRSS")
+started = time.perf_counter()
+result = score.with_options(task_runner=task_runner(params.parallel_files))(params)
+print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "rss_mib_before_scoring": before,
+                  "peak_rss_mib": status("VmHWM"), "counts": {k: v for k, v in result.counts.items() if v}}))
+"""
+
+
+def memory_bench(args: argparse.Namespace) -> dict:
+    """Peak RSS of the score flow over `--files` single-row-group Parquet files of `--rows` x 65 columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.score_bench import train_model
+
+    results: dict = {"files": args.files, "rows": args.rows, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        bucket = Path(tmp, "bucket").as_uri()
+        started = time.perf_counter()
+        train_model(bucket, rows=2_000, epochs=1)
+        print(f"model trained and registered in {time.perf_counter() - started:.0f} s", flush=True)
+        inputs = Path(tmp, "bucket", "big")
+        inputs.mkdir()
+        for i in range(args.files):
+            table = pa.Table.from_pandas(synthetic(args.rows, seed=i), preserve_index=False)
+            pq.write_table(table, inputs / f"f{i}.parquet", row_group_size=args.rows)
+        sizes = [p.stat().st_size for p in inputs.iterdir()]
+        results["file_mib"] = round(sum(sizes) / len(sizes) / 2**20, 1)
+        baseline = _baseline_code(args.baseline_rev, Path(tmp, "before"), ("modules", "flows"))
+        variants = [
+            ("before", baseline, {"parallel_files": args.files}),
+            ("after", str(ROOT), {"parallel_files": args.files}),
+            ("after", str(ROOT), {"parallel_files": args.files, "memory_budget": 4 << 30}),
+        ]
+        for n, (name, code, extra) in enumerate(variants):
+            out = subprocess.run(
+                [sys.executable, "-c", FLOW_CLIENT, bucket, inputs.as_uri(), Path(tmp, f"out{n}").as_uri(),
+                 json.dumps(extra)],
+                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code}, cwd=code, check=False,
+            )  # fmt: skip
+            if out.returncode:
+                raise RuntimeError(out.stderr[-3000:])
+            measured = json.loads(out.stdout.strip().splitlines()[-1]) | {"code": name, "params": extra}
+            print(json.dumps(measured), flush=True)
+            results["runs"].append(measured)
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Scale", ""]
+    if "index" in results:
+        index = results["index"]
+        lines += [
+            "## A run's cost with a long history",
+            "",
+            f"`benchmarks/scale_bench.py index` on {results['machine']}: a prefix with N objects already scored "
+            f"(completion records and index in place) and {index['new_files']} new ones; one scoring run "
+            "(plan, score the new files, summary; the Prefect flow adds its own fixed start-up cost). Requests are "
+            "those the moto server answered (its own process). `before` is the code before the index.",
+            "",
+            "| code | already scored | run | requests | GET (LIST included) | PUT | HEAD/other | wall s | plan s | "
+            "bare LIST pass s | summary bytes | counts |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in index["runs"]:
+            other = r["requests_total"] - r["requests"].get("GET", 0) - r["requests"].get("PUT", 0)
+            counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if v)
+            lines.append(
+                f"| {r['code']} | {r['already_scored']:,} | {r['run']} | {r['requests_total']:,} | "
+                f"{r['requests'].get('GET', 0):,} | {r['requests'].get('PUT', 0):,} | {other:,} | {r['seconds']} | "
+                f"{r['plan_seconds']} | {r.get('list_seconds', 'n/a')} | {r['summary_bytes']:,} | {counts} |"
+            )
+        lines += ["", *index.get("notes", []), ""]
+    if "memory" in results:
+        memory = results["memory"]
+        lines += [
+            "## Memory on single-row-group Parquet files",
+            "",
+            f"`benchmarks/scale_bench.py memory` on {results['machine']}: the score flow (threads, ephemeral Prefect "
+            f"API) in a fresh process over {memory['files']} Parquet files of {memory['rows']:,} rows x 65 columns, "
+            f"each one row group ({memory['file_mib']} MiB each). Peak RSS is the process's VmHWM.",
+            "",
+            "| code | params | RSS before scoring MiB | peak RSS MiB | wall s | counts |",
+            "| --- | --- | ---: | ---: | ---: | --- |",
+        ]
+        for r in memory["runs"]:
+            counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
+            lines.append(
+                f"| {r['code']} | {r['params']} | {r['rss_mib_before_scoring']} | {r['peak_rss_mib']} | "
+                f"{r['seconds']} | {counts} |"
+            )
+        lines += ["", *memory.get("notes", []), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["index", "memory"])
+    parser.add_argument("--old", type=int, default=100_000, help="Objects already scored (the new code's run).")
+    parser.add_argument("--baseline-old", type=int, default=10_000, help="Objects already scored for the baseline.")
+    parser.add_argument("--baseline-rev", default="main", help="The code to compare with (a git revision).")
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=250_000)
+    args = parser.parse_args()
+    path = RESULTS / "scale.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+    results[args.part] = (index_bench if args.part == "index" else memory_bench)(args)
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "scale.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
