@@ -775,12 +775,17 @@ def _variants_table(result) -> Table:
             f"{v.rows_per_s:,.0f}",
             v.engine,
         )
+    for b in result.compressed.baselines:  # classical models on the same split: is the network worth it?
+        val = "" if b.val_metric is None else f"{b.val_metric:.4f}"
+        table.add_row(f"baseline: {b.name}", f"{b.metric:.4f}", val, "", "", "", "scikit-learn")
     return table
 
 
 def _show_pipeline(result) -> None:
     console.print(_variants_table(result))
     console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
+    if result.compressed.baseline_warning:
+        console.print(f"[bold yellow]warning:[/] {result.compressed.baseline_warning}")
     if result.registered.champion:
         console.print(f"champion gate: {result.registered.champion}")
     if result.registered.pending:

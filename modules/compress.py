@@ -42,7 +42,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from pydantic import BaseModel, Field
 
-from modules import plots, pruning, storage
+from modules import baselines, plots, pruning, storage
 from modules.config import sibling_output
 from modules.engines import OnnxEngine, TorchEngine
 from modules.manifests import ArtifactRef, CompressResult, GateDecision, TrainResult, VariantReport
@@ -318,6 +318,7 @@ def run_compress(params: CompressParams) -> CompressResult:
         served_model = _layers(served_net, config)
 
     variants = [fp32, int8, pruned, *pruned_int8, torch_variant]
+    served_variant = {v.name: v for v in variants}[served]
     report_uri = storage.join(output, "tradeoff.png")
     storage.write_bytes(report_uri, plots.compression_tradeoff(variants, trained.metric))
     result = CompressResult(
@@ -329,7 +330,9 @@ def run_compress(params: CompressParams) -> CompressResult:
         served=served,
         model=served_model,
         artifacts=artifacts,
-        gate=decide(trained.metric, fp32, {v.name: v for v in variants}[served], params.max_metric_drop),
+        gate=decide(trained.metric, fp32, served_variant, params.max_metric_drop),
+        baselines=trained.baselines,
+        baseline_warning=baselines.warning(trained.metric, served_variant, trained.baselines, params.max_metric_drop),
         report_uri=report_uri,
         manifest_uri=storage.join(output, "manifest.json"),
     )

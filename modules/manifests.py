@@ -25,6 +25,15 @@ class PreprocessResult(BaseModel):
     manifest_uri: str
 
 
+class BaselineReport(BaseModel):
+    """A classical model fitted on the network's training rows through its preprocessing (`modules.baselines`)."""
+
+    name: str = Field(description="logistic or ridge (linear), gradient-boosting (trees).")
+    model: str = Field(description="The scikit-learn estimator.")
+    metric: float = Field(description="Metric on the test split, the one the network's variants are measured on.")
+    val_metric: float | None = Field(None, description="Metric on the validation split (None: it was trained on).")
+
+
 class TrainResult(BaseModel):
     preprocess_manifest: str
     checkpoint_uri: str = Field(description="Lightning checkpoint of the best epoch; loads with weights_only=True.")
@@ -41,6 +50,7 @@ class TrainResult(BaseModel):
     accelerator: str
     precision: str
     mean_epoch_seconds: float
+    baselines: list[BaselineReport] = Field([], description="Classical models fitted on the same rows and split.")
     manifest_uri: str
 
 
@@ -103,6 +113,10 @@ class CompressResult(BaseModel):
         description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine)."
     )
     gate: GateDecision
+    baselines: list[BaselineReport] = Field([], description="Classical models on the same split (from training).")
+    baseline_warning: str | None = Field(
+        None, description="Set when the served model is worse than the best baseline by more than the tolerance."
+    )
     report_uri: str = Field(description="PNG: test metric vs size and vs rows/s for every variant.")
     manifest_uri: str
 

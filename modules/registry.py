@@ -40,7 +40,7 @@ from modules.champion import ChampionDecision, challenge
 from modules.config import Settings, sibling_output
 from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
 from modules.errors import ObjectNotFound, RegistryError
-from modules.manifests import CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
+from modules.manifests import BaselineReport, CompressResult, GateDecision, PreprocessResult, TrainResult, VariantReport
 from modules.monitor import Baseline, build_baseline
 from modules.preprocess import FeatureSpec
 
@@ -100,6 +100,12 @@ class ModelCard(BaseModel):
     model: dict = Field(description="Layer sizes of the compressed network (the torch engine rebuilds it).")
     report: str | None = Field(None, description="The compression trade-off plot (PNG) in the version folder.")
     gate: GateDecision
+    baselines: list[BaselineReport] = Field(
+        [], description="Classical models (linear, gradient-boosted trees) fitted on the same split, test metrics."
+    )
+    baseline_warning: str | None = Field(
+        None, description="Set when the served model is worse than the best baseline by more than the gate's tolerance."
+    )
     training: dict
     lineage: Lineage
     packages: dict[str, str]
@@ -424,6 +430,8 @@ def register(params: RegisterParams) -> RegisterResult:
         model=compressed.model,
         report=report,
         gate=compressed.gate,
+        baselines=compressed.baselines,
+        baseline_warning=compressed.baseline_warning,
         training=trained.model_dump(
             include={
                 "model",

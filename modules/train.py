@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 from pytorch_lightning.loggers import CSVLogger
 
 from modules import plots, storage
+from modules.baselines import fit_baselines
 from modules.config import sibling_output
 from modules.manifests import PreprocessResult, TrainResult
 from modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
@@ -152,6 +153,8 @@ def run_training(params: TrainParams) -> TrainResult:
         trainer.fit(module, datamodule=data)
         test = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
         epochs, lr = _read_log(root / "metrics.csv")
+        split = {name: tuple(t.numpy() for t in data.datasets[name].tensors) for name in ("train", "val", "test")}
+        baselines = fit_baselines(spec, split["train"], split, params.hardware.seed)
 
         uris = {name: storage.join(output, name) for name in ("checkpoint.ckpt", "metrics.csv", "lr.csv")}
         storage.upload(checkpoint.best_model_path, uris["checkpoint.ckpt"])
@@ -177,6 +180,7 @@ def run_training(params: TrainParams) -> TrainResult:
         accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
         precision=str(trainer.precision),
         mean_epoch_seconds=float(epochs["epoch_seconds"].mean()),
+        baselines=baselines,
         manifest_uri=storage.join(output, "manifest.json"),
     )
     storage.write_json(result.manifest_uri, result)
