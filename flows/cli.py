@@ -29,6 +29,9 @@ SHOWN_FILES = 20
 state = {"debug": False}
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+BatchNormOption = Annotated[
+    bool, typer.Option(help="Batch normalization after each hidden layer (folded into the layer at export).")
+]
 BucketOption = Annotated[Optional[str], typer.Option(help="Bucket URI; default MAAS_BUCKET, else ./.maas/bucket.")]
 
 
@@ -117,6 +120,7 @@ def pipeline(
     max_metric_drop: Annotated[
         float, typer.Option(help="Gate for production: allowed accuracy drop (0.01 = 1 point) or relative RMSE rise.")
     ] = 0.01,
+    batch_norm: BatchNormOption = False,
     exclude: Annotated[Optional[list[str]], typer.Option(help="A column that is not a feature (repeatable).")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -140,6 +144,7 @@ def pipeline(
             max_epochs=max_epochs,
             exclude=exclude or [],
             max_metric_drop=max_metric_drop,
+            batch_norm=batch_norm,
         )
         return pipeline_flow(params)
 
@@ -176,18 +181,20 @@ def train(
     max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs (early stopping may end sooner).")] = 40,
     accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, 32-true, bf16-mixed or 16-mixed.")] = "auto",
+    batch_norm: BatchNormOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Step 2 alone: train with Lightning; prints the manifest URI for `maas compress`."""
 
-    from modules.model import OptimConfig
+    from modules.model import MLPConfig, OptimConfig
     from modules.schedules import ScheduleConfig
     from modules.train import Hardware, TrainParams
 
     def params() -> TrainParams:
         optim = OptimConfig(lr=lr, schedule=ScheduleConfig(name=scheduler))
         hardware = Hardware(accelerator=accelerator, precision=precision)
-        return TrainParams(preprocess_manifest=preprocessed, optim=optim, max_epochs=max_epochs, hardware=hardware)
+        return TrainParams(preprocess_manifest=preprocessed, model=MLPConfig(batch_norm=batch_norm), optim=optim,
+                           max_epochs=max_epochs, hardware=hardware)  # fmt: skip
 
     _run_step("train", params, as_json, lambda r: console.print(
         f"best epoch {r.best_epoch} of {r.epochs_run}: test {r.metric} {r.test_metric:.4f}\nmanifest: {r.manifest_uri}"

@@ -47,7 +47,15 @@ from modules.config import sibling_output
 from modules.engines import OnnxEngine, TorchEngine
 from modules.manifests import ArtifactRef, CompressResult, GateDecision, TrainResult, VariantReport
 from modules.metrics import keeps_metric, metric_drop, metric_of
-from modules.model import MLPConfig, OptimConfig, ScoringHead, TabularDataModule, TabularModule, TabularNet
+from modules.model import (
+    MLPConfig,
+    OptimConfig,
+    ScoringHead,
+    TabularDataModule,
+    TabularModule,
+    TabularNet,
+    fold_batch_norm,
+)
 from modules.preprocess import FeatureSpec
 from modules.pruning import Importance
 from modules.schedules import ScheduleConfig
@@ -262,6 +270,10 @@ def run_compress(params: CompressParams) -> CompressResult:
     module = _module(spec, config, params)
     checkpoint = torch.load(io.BytesIO(storage.read_bytes(trained.checkpoint_uri)), weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
+    if config.batch_norm:  # folded before anything is measured, pruned or exported: serving pays nothing for it
+        folded, config = fold_batch_norm(module.net, spec, config), config.model_copy(update={"batch_norm": False})
+        module = _module(spec, config, params)
+        module.net = folded
     dense_parameters = pruning.parameter_count(module.net)
 
     def measure(name: str, engine: str, net: TabularNet, run: Callable, artifact: Path) -> VariantReport:
@@ -352,7 +364,7 @@ def _state_dict(net: TabularNet) -> bytes:
 
 def _layers(net: TabularNet, config: MLPConfig) -> dict:
     """The MLPConfig that rebuilds `net` (its hidden widths after pruning)."""
-    return MLPConfig(hidden_sizes=pruning.widths(net), dropout=config.dropout).model_dump()
+    return MLPConfig(hidden_sizes=pruning.widths(net), dropout=config.dropout).model_dump()  # batch norm: folded
 
 
 def _module(spec: FeatureSpec, config: MLPConfig, params: CompressParams) -> TabularModule:

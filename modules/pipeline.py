@@ -46,6 +46,9 @@ class PipelineParams(BaseModel):
     scheduler: ScheduleName = Field("onecycle", description="Learning-rate schedule.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
+    batch_norm: bool = Field(
+        False, description="Batch normalization after each hidden layer while training (folded away at export)."
+    )
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
     pruning: Literal["structured", "unstructured", "none"] = Field(
         "structured", description="structured: remove whole hidden units; unstructured: zero single weights."
@@ -134,7 +137,7 @@ class PipelineParams(BaseModel):
         return TrainParams(
             preprocess_manifest=preprocess_manifest,
             output_uri=sibling_output(preprocess_manifest, "train"),
-            model=MLPConfig(hidden_sizes=self.hidden_sizes),
+            model=MLPConfig(hidden_sizes=self.hidden_sizes, batch_norm=self.batch_norm),
             optim=OptimConfig(lr=self.lr, schedule=ScheduleConfig(name=self.scheduler)),
             max_epochs=self.max_epochs,
             hardware=self.hardware,

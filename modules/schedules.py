@@ -33,9 +33,10 @@ def build(config: ScheduleConfig, optimizer: Optimizer, total_steps: int) -> dic
         return None
     if config.name == "onecycle":
         peak = [group["lr"] for group in optimizer.param_groups]
-        schedule = lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peak, total_steps=total_steps, pct_start=max(config.warmup_fraction, 1e-3)
-        )
+        # OneCycleLR divides by zero when its warm-up ends on the first step (10% of 10 steps, a short run
+        # on a small dataset): let it span two steps at least.
+        warm = min(max(config.warmup_fraction, 2 / total_steps), 0.5)
+        schedule = lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warm)
         return {"scheduler": schedule, "interval": "step"}
     if config.name == "cosine":
         floor = config.min_lr_ratio
