@@ -45,8 +45,16 @@ class TrainResult(BaseModel):
     metric: Literal["accuracy", "rmse"]
     best_epoch: int
     epochs_run: int
-    val_metric: float
+    val_metric: float = Field(
+        description="Validation metric at the best epoch; the folds' mean under cross-validation."
+    )
     test_metric: float
+    selection: str = Field(
+        "validation split", description="How the epochs were chosen: the validation split, or k-fold cross-validation."
+    )
+    cv_metric_mean: float | None = Field(None, description="Cross-validated metric: mean over the folds.")
+    cv_metric_std: float | None = Field(None, description="Its standard deviation over the folds.")
+    cv_fold_metrics: list[float] = Field([], description="Each fold's validation metric at its best epoch.")
     accelerator: str
     precision: str
     mean_epoch_seconds: float

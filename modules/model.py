@@ -14,7 +14,7 @@ import torch
 import torchmetrics
 from pydantic import BaseModel, Field
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from modules import formats, schedules
 from modules.preprocess import FeatureSpec
@@ -184,7 +184,8 @@ class TabularModule(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        schedule = schedules.build(self.optim.schedule, optimizer, self.trainer.estimated_stepping_batches)
+        monitor = "val_loss" if self.trainer.limit_val_batches else "train_loss"
+        schedule = schedules.build(self.optim.schedule, optimizer, self.trainer.estimated_stepping_batches, monitor)
         if schedule is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": schedule}
@@ -196,7 +197,13 @@ class TabularDataModule(pl.LightningDataModule):
     def __init__(self, spec: FeatureSpec, splits: dict[str, str], batch_size: int, seed: int) -> None:
         super().__init__()
         self.spec, self.splits, self.batch_size, self.seed = spec, splits, batch_size, seed
-        self.datasets: dict[str, TensorDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    def with_datasets(self, datasets: dict[str, Dataset]) -> TabularDataModule:
+        """The same loaders over other rows (a cross-validation fold, train+validation for a refit)."""
+        other = TabularDataModule(self.spec, {}, self.batch_size, self.seed)
+        other.datasets = dict(datasets)
+        return other
 
     def setup(self, stage: str | None = None) -> None:
         for name, uri in self.splits.items():

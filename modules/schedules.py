@@ -25,8 +25,11 @@ class ScheduleConfig(BaseModel):
     plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: LR factor at each drop.")
 
 
-def build(config: ScheduleConfig, optimizer: Optimizer, total_steps: int) -> dict[str, Any] | None:
-    """The `lr_scheduler` entry for Lightning, or None for a constant learning rate."""
+def build(
+    config: ScheduleConfig, optimizer: Optimizer, total_steps: int, monitor: str = "val_loss"
+) -> dict[str, Any] | None:
+    """The `lr_scheduler` entry for Lightning, or None for a constant learning rate. `monitor`: the loss a
+    plateau schedule watches (the training loss in a refit, which has no validation split)."""
     total_steps = max(int(total_steps), 1)
     warmup = int(total_steps * config.warmup_fraction)
     if config.name == "none":
@@ -56,4 +59,4 @@ def build(config: ScheduleConfig, optimizer: Optimizer, total_steps: int) -> dic
     schedule = lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
     )
-    return {"scheduler": schedule, "interval": "epoch", "monitor": "val_loss"}
+    return {"scheduler": schedule, "interval": "epoch", "monitor": monitor}
