@@ -29,6 +29,15 @@ SHOWN_FILES = 20
 state = {"debug": False}
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+TuneOption = Annotated[
+    bool, typer.Option(help="Search hyperparameters with Optuna first (seeded TPE, median pruning; trials as tasks).")
+]
+TrialsOption = Annotated[int, typer.Option(help="With --tune: trials in the search.")]
+TuneMinutesOption = Annotated[Optional[float], typer.Option(help="With --tune: no new trials after this many minutes.")]
+CvOption = Annotated[
+    int,
+    typer.Option(help="Below this many train+validation rows, choose epochs by k-fold CV and refit on both; 0: never."),
+]
 BatchNormOption = Annotated[
     bool, typer.Option(help="Batch normalization after each hidden layer (folded into the layer at export).")
 ]
@@ -121,6 +130,10 @@ def pipeline(
         float, typer.Option(help="Gate for production: allowed accuracy drop (0.01 = 1 point) or relative RMSE rise.")
     ] = 0.01,
     batch_norm: BatchNormOption = False,
+    tune: TuneOption = False,
+    trials: TrialsOption = 12,
+    tune_minutes: TuneMinutesOption = None,
+    cv_below_rows: CvOption = 2000,
     exclude: Annotated[Optional[list[str]], typer.Option(help="A column that is not a feature (repeatable).")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -145,6 +158,10 @@ def pipeline(
             exclude=exclude or [],
             max_metric_drop=max_metric_drop,
             batch_norm=batch_norm,
+            tune=tune,
+            tune_trials=trials,
+            tune_minutes=tune_minutes,
+            cv_below_rows=cv_below_rows,
         )
         return pipeline_flow(params)
 
@@ -182,9 +199,14 @@ def train(
     accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, 32-true, bf16-mixed or 16-mixed.")] = "auto",
     batch_norm: BatchNormOption = False,
+    tune: TuneOption = False,
+    trials: TrialsOption = 12,
+    tune_minutes: TuneMinutesOption = None,
+    cv_below_rows: CvOption = 2000,
     as_json: JsonOption = False,
 ) -> None:
-    """Step 2 alone: train with Lightning; prints the manifest URI for `maas compress`."""
+    """Step 2 alone: train with Lightning (after a hyperparameter search with --tune); prints the manifest URI for
+    `maas compress`."""
 
     from modules.model import MLPConfig, OptimConfig
     from modules.schedules import ScheduleConfig
@@ -194,10 +216,18 @@ def train(
         optim = OptimConfig(lr=lr, schedule=ScheduleConfig(name=scheduler))
         hardware = Hardware(accelerator=accelerator, precision=precision)
         return TrainParams(preprocess_manifest=preprocessed, model=MLPConfig(batch_norm=batch_norm), optim=optim,
-                           max_epochs=max_epochs, hardware=hardware)  # fmt: skip
+                           max_epochs=max_epochs, cv_below_rows=cv_below_rows, hardware=hardware)  # fmt: skip
 
-    _run_step("train", params, as_json, lambda r: console.print(
-        f"best epoch {r.best_epoch} of {r.epochs_run}: test {r.metric} {r.test_metric:.4f}\nmanifest: {r.manifest_uri}"
+    def tuned() -> TrainParams:
+        from flows.tune import tune as tune_flow
+        from modules.tune import TuneParams
+
+        result = tune_flow(TuneParams(train=params(), trials=trials, minutes=tune_minutes))
+        console.print(_search_line(result))
+        return result.train
+
+    _run_step("train", tuned if tune else params, as_json, lambda r: console.print(
+        f"{_selection_line(r)}\nmanifest: {r.manifest_uri}"
     ))  # fmt: skip
 
 
@@ -788,9 +818,34 @@ def _variants_table(result) -> Table:
     return table
 
 
+def _selection_line(trained) -> str:
+    """How the epochs were chosen and what that estimated, beside the test metric."""
+    if trained.cv_metric_mean is None:
+        return (
+            f"best epoch {trained.best_epoch} of {trained.epochs_run} on the validation split: val {trained.metric} "
+            f"{trained.val_metric:.4f}, test {trained.test_metric:.4f}"
+        )
+    return (
+        f"{trained.epochs_run} epochs chosen by {trained.selection}: cross-validated {trained.metric} "
+        f"{trained.cv_metric_mean:.4f} ± {trained.cv_metric_std:.4f}, test {trained.test_metric:.4f}"
+    )
+
+
+def _search_line(tuned) -> str:
+    pruned = sum(t.state == "pruned" for t in tuned.trials)
+    return (
+        f"search: best of {len(tuned.trials)} trials ({pruned} pruned, {tuned.selection}) is trial "
+        f"{tuned.best_number}: {tuned.best_params}; plot {tuned.plot_uri}"
+    )
+
+
 def _show_pipeline(result) -> None:
     console.print(_variants_table(result))
     console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
+    if result.trained:
+        console.print(_selection_line(result.trained))
+    if result.tuned:
+        console.print(_search_line(result.tuned))
     if result.compressed.baseline_warning:
         console.print(f"[bold yellow]warning:[/] {result.compressed.baseline_warning}")
     if result.registered.champion:

@@ -21,6 +21,7 @@ from modules.preprocess import PreprocessParams
 from modules.registry import RegisterParams
 from modules.score import ScoreParams
 from modules.train import TrainParams
+from modules.tune import TuneParams
 from modules.watch import WatchParams
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
@@ -30,6 +31,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("watch", WatchParams, "`maas watch`; the `watch` deployment"),
     ("preprocess", PreprocessParams, "`maas preprocess`; the `preprocess` deployment"),
     ("train", TrainParams, "`maas train`; the `train` deployment"),
+    ("tune", TuneParams, "`maas train --tune`, `maas pipeline --tune`; the `tune` flow"),
     ("compress", CompressParams, "`maas compress`; the `compress` deployment"),
     ("register", RegisterParams, "`maas register`; the `register` deployment"),
 ]
