@@ -36,9 +36,10 @@ def build(
         return None
     if config.name == "onecycle":
         peak = [group["lr"] for group in optimizer.param_groups]
-        # OneCycleLR divides by zero when its warm-up ends on the first step (10% of 10 steps, a short run
-        # on a small dataset): let it span two steps at least.
-        warm = min(max(config.warmup_fraction, 2 / total_steps), 0.5)
+        # OneCycleLR divides by zero when its warm-up ends exactly on the first step (10% of 10 steps: a short
+        # run on a small dataset) or spans the whole run: a warm-up of one step or less becomes 1.5 steps.
+        warmup_steps = config.warmup_fraction * total_steps
+        warm = config.warmup_fraction if warmup_steps > 1 else min(1.5 / total_steps, 0.75)
         schedule = lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warm)
         return {"scheduler": schedule, "interval": "step"}
     if config.name == "cosine":
