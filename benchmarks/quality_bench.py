@@ -124,7 +124,7 @@ def render(runs: list[dict], note: str) -> str:
     for r in runs:
         d, t = r["default"], r["tune"]
         better = 1 if r["metric"] == "accuracy" else -1
-        verdict = "at or above" if better * (t["served"] - r["linear"]) >= -1e-9 else "below"
+        verdict = "as good or better" if better * (t["served"] - r["linear"]) >= -1e-9 else "worse"
         lines.append(
             f"| {r['dataset']} | {r['seed']} | {r['metric']} | {d['served']:.4f} ({d['fp32']:.4f}) | {_cv(d)} | "
             f"{t['served']:.4f} ({t['fp32']:.4f}) | {_cv(t)} | {t['trials']} ({t['pruned']}) | {r['linear']:.4f} | "
