@@ -19,6 +19,7 @@ from prefect.states import Completed, State
 from pydantic import BaseModel
 
 from flows.steps import compress, preprocess, register_model, train
+from flows.tune import tune
 from modules import storage
 from modules.errors import MaasError
 from modules.manifests import CompressResult, PreprocessResult, TrainResult
@@ -54,7 +55,11 @@ def pipeline(params: PipelineParams) -> PipelineResult | State:
     params = params.resolved()
     run = params.isolation
     prepared = _step(preprocess, params.preprocess(), PreprocessResult, run)
-    trained = _step(train, params.train(prepared.manifest_uri), TrainResult, run)
+    training, tuned = params.train(prepared.manifest_uri), None
+    if params.tune:  # a child flow in this process (its trials are tasks on its own task runner)
+        tuned = tune(params.tuning(prepared.manifest_uri))
+        training = tuned.train
+    trained = _step(train, training, TrainResult, run)
     compressed = _step(compress, params.compress(trained.manifest_uri), CompressResult, run)
     registered = _step(register_model, params.register(compressed.manifest_uri), RegisterResult, run)
-    return PipelineResult.of(compressed, registered)
+    return PipelineResult.of(trained, compressed, registered, tuned)

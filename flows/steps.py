@@ -67,19 +67,26 @@ def compress(params: CompressParams) -> CompressResult:
                     v.name, result.metric, v.metric, v.val_metric, v.parameters, v.multiply_adds, v.size_bytes,
                     v.rows_per_s, v.engine, served)  # fmt: skip
     logger.info("gate %s", result.gate.reason)
+    for b in result.baselines:
+        logger.info("%-20s %s %.4f (baseline, %s)", b.name, result.metric, b.metric, b.model)
+    if result.baseline_warning:
+        logger.warning("%s", result.baseline_warning)
     rows = [
         {"variant": v.name + (" (served)" if v.name == result.served else ""), "engine": v.engine,
          result.metric: round(v.metric, 4), f"val_{result.metric}": round(v.val_metric, 4),
          "parameters": v.parameters, "multiply_adds": v.multiply_adds, "sparsity": round(v.sparsity, 3),
          "bytes": v.size_bytes, "gzip_bytes": v.gzip_bytes, "rows_per_s": round(v.rows_per_s)}
         for v in result.variants
-    ]  # fmt: skip
+    ] + [{"variant": f"baseline: {b.name}", "engine": "scikit-learn", result.metric: round(b.metric, 4)}
+         for b in result.baselines]  # fmt: skip
     create_table_artifact(key="compression", table=rows, description=f"Gate {result.gate.reason}")
     if result.explanations is not None:
         _importance_artifact(result.explanations)
     create_markdown_artifact(
         key="compression-gate",
-        markdown=f"**Gate {result.gate.reason}**\n\nTrade-off plot: `{result.report_uri}`",
+        markdown=f"**Gate {result.gate.reason}**\n\n"
+        + (f"**Warning: {result.baseline_warning}**\n\n" if result.baseline_warning else "")
+        + f"Trade-off plot: `{result.report_uri}`",
         description="Quality gate decision",
     )
     return result

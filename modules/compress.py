@@ -42,7 +42,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from pydantic import BaseModel, Field
 
-from modules import explain, plots, pruning, storage
+from modules import baselines, explain, plots, pruning, storage
 from modules.config import Location, sibling_output
 from modules.engines import OnnxEngine, TorchEngine
 from modules.explain import Explainer
@@ -56,6 +56,7 @@ from modules.model import (
     TabularDataModule,
     TabularModule,
     TabularNet,
+    fold_batch_norm,
 )
 from modules.preprocess import FeatureSpec
 from modules.pruning import Importance
@@ -280,6 +281,10 @@ def run_compress(params: CompressParams) -> CompressResult:
     module = _module(spec, config, params)
     checkpoint = torch.load(io.BytesIO(storage.read_bytes(trained.checkpoint_uri)), weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
+    if config.batch_norm:  # folded before anything is measured, pruned or exported: serving pays nothing for it
+        folded, config = fold_batch_norm(module.net, spec, config), config.model_copy(update={"batch_norm": False})
+        module = _module(spec, config, params)
+        module.net = folded
     dense_parameters = pruning.parameter_count(module.net)
 
     def measure(name: str, engine: str, net: TabularNet, run: Callable, artifact: Path) -> VariantReport:
@@ -338,6 +343,7 @@ def run_compress(params: CompressParams) -> CompressResult:
         served_model = _layers(served_net, config)
 
     variants = [fp32, int8, pruned, *pruned_int8, torch_variant]
+    served_variant = {v.name: v for v in variants}[served]
     report_uri = storage.join(output, "tradeoff.png")
     storage.write_bytes(report_uri, plots.compression_tradeoff(variants, trained.metric))
     storage.write_bytes(storage.join(output, explanations.plot), plots.importance(explanations))
@@ -350,7 +356,9 @@ def run_compress(params: CompressParams) -> CompressResult:
         served=served,
         model=served_model,
         artifacts=artifacts,
-        gate=decide(trained.metric, fp32, {v.name: v for v in variants}[served], params.max_metric_drop),
+        gate=decide(trained.metric, fp32, served_variant, params.max_metric_drop),
+        baselines=trained.baselines,
+        baseline_warning=baselines.warning(trained.metric, served_variant, trained.baselines, params.max_metric_drop),
         report_uri=report_uri,
         explanations=explanations,
         manifest_uri=storage.join(output, "manifest.json"),
@@ -397,7 +405,7 @@ def _state_dict(net: TabularNet) -> bytes:
 
 def _layers(net: TabularNet, config: MLPConfig) -> dict:
     """The MLPConfig that rebuilds `net` (its hidden widths after pruning)."""
-    return MLPConfig(hidden_sizes=pruning.widths(net), dropout=config.dropout).model_dump()
+    return MLPConfig(hidden_sizes=pruning.widths(net), dropout=config.dropout).model_dump()  # batch norm: folded
 
 
 def _module(spec: FeatureSpec, config: MLPConfig, params: CompressParams) -> TabularModule:

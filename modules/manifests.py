@@ -25,6 +25,15 @@ class PreprocessResult(BaseModel):
     manifest_uri: str
 
 
+class BaselineReport(BaseModel):
+    """A classical model fitted on the network's training rows through its preprocessing (`modules.baselines`)."""
+
+    name: str = Field(description="logistic or ridge (linear), gradient-boosting (trees).")
+    model: str = Field(description="The scikit-learn estimator.")
+    metric: float = Field(description="Metric on the test split, the one the network's variants are measured on.")
+    val_metric: float | None = Field(None, description="Metric on the validation split (None: it was trained on).")
+
+
 class TrainResult(BaseModel):
     preprocess_manifest: str
     checkpoint_uri: str = Field(description="Lightning checkpoint of the best epoch; loads with weights_only=True.")
@@ -36,11 +45,20 @@ class TrainResult(BaseModel):
     metric: Literal["accuracy", "rmse"]
     best_epoch: int
     epochs_run: int
-    val_metric: float
+    val_metric: float = Field(
+        description="Validation metric at the best epoch; the folds' mean under cross-validation."
+    )
     test_metric: float
+    selection: str = Field(
+        "validation split", description="How the epochs were chosen: the validation split, or k-fold cross-validation."
+    )
+    cv_metric_mean: float | None = Field(None, description="Cross-validated metric: mean over the folds.")
+    cv_metric_std: float | None = Field(None, description="Its standard deviation over the folds.")
+    cv_fold_metrics: list[float] = Field([], description="Each fold's validation metric at its best epoch.")
     accelerator: str
     precision: str
     mean_epoch_seconds: float
+    baselines: list[BaselineReport] = Field([], description="Classical models fitted on the same rows and split.")
     manifest_uri: str
 
 
@@ -145,6 +163,10 @@ class CompressResult(BaseModel):
         "explain (the attribution graph of the fp32 network, ONNX)."
     )
     gate: GateDecision
+    baselines: list[BaselineReport] = Field([], description="Classical models on the same split (from training).")
+    baseline_warning: str | None = Field(
+        None, description="Set when the served model is worse than the best baseline by more than the tolerance."
+    )
     report_uri: str = Field(description="PNG: test metric vs size and vs rows/s for every variant.")
     explanations: ExplanationReport | None = Field(
         None, description="The attribution graph and global importance (None: compressed before explanations)."

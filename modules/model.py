@@ -14,7 +14,7 @@ import torch
 import torchmetrics
 from pydantic import BaseModel, Field
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from modules import formats, schedules
 from modules.preprocess import FeatureSpec
@@ -23,6 +23,11 @@ from modules.preprocess import FeatureSpec
 class MLPConfig(BaseModel):
     hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
     dropout: float = Field(0.3, ge=0, lt=1, description="Dropout after each hidden layer while training.")
+    batch_norm: bool = Field(
+        False,
+        description="Batch normalization after each hidden Linear layer while training; folded into that layer at "
+        "export, so the served model has none.",
+    )
 
 
 class OptimConfig(BaseModel):
@@ -64,7 +69,8 @@ def mlp(in_features: int, config: MLPConfig, out_features: int) -> nn.Sequential
     layers: list[nn.Module] = []
     width = in_features
     for hidden in config.hidden_sizes:
-        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
+        norm = [nn.BatchNorm1d(hidden)] if config.batch_norm else []
+        layers += [nn.Linear(width, hidden), *norm, nn.ReLU(), nn.Dropout(config.dropout)]
         width = hidden
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
@@ -83,6 +89,28 @@ class TabularNet(nn.Module):
 
     def linear_layers(self) -> list[nn.Linear]:
         return [m for m in self.mlp if isinstance(m, nn.Linear)]
+
+
+def fold_batch_norm(net: TabularNet, spec: FeatureSpec, config: MLPConfig) -> TabularNet:
+    """The same function as `net` in eval mode, with every BatchNorm folded into the Linear layer before it
+    (weights scaled by gamma/sqrt(var+eps) per unit, biases shifted): what is exported and served has plain
+    Linear layers only, so batch norm costs nothing at serving time and pruning sees ordinary units.
+    `net` itself when it has no batch norm."""
+    if not config.batch_norm:
+        return net
+    folded = TabularNet(spec, config.model_copy(update={"batch_norm": False})).eval()
+    folded.transform.load_state_dict(net.transform.state_dict())
+    layers = list(net.mlp)
+    pairs = [(layer, nxt) for layer, nxt in zip(layers, [*layers[1:], None]) if isinstance(layer, nn.Linear)]
+    with torch.no_grad():
+        for (linear, norm), target in zip(pairs, folded.linear_layers()):
+            weight, bias = linear.weight, linear.bias
+            if isinstance(norm, nn.BatchNorm1d):
+                factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                weight, bias = weight * factor[:, None], (bias - norm.running_mean) * factor + norm.bias
+            target.weight.copy_(weight)
+            target.bias.copy_(bias)
+    return folded
 
 
 class ScoringHead(nn.Module):
@@ -156,7 +184,8 @@ class TabularModule(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        schedule = schedules.build(self.optim.schedule, optimizer, self.trainer.estimated_stepping_batches)
+        monitor = "val_loss" if self.trainer.limit_val_batches else "train_loss"
+        schedule = schedules.build(self.optim.schedule, optimizer, self.trainer.estimated_stepping_batches, monitor)
         if schedule is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": schedule}
@@ -168,7 +197,13 @@ class TabularDataModule(pl.LightningDataModule):
     def __init__(self, spec: FeatureSpec, splits: dict[str, str], batch_size: int, seed: int) -> None:
         super().__init__()
         self.spec, self.splits, self.batch_size, self.seed = spec, splits, batch_size, seed
-        self.datasets: dict[str, TensorDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    def with_datasets(self, datasets: dict[str, Dataset]) -> TabularDataModule:
+        """The same loaders over other rows (a cross-validation fold, train+validation for a refit)."""
+        other = TabularDataModule(self.spec, {}, self.batch_size, self.seed)
+        other.datasets = dict(datasets)
+        return other
 
     def setup(self, stage: str | None = None) -> None:
         for name, uri in self.splits.items():
@@ -182,7 +217,10 @@ class TabularDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, generator=generator)
+        rows = self.datasets[name]
+        # A lone row in the last training batch teaches nothing, and batch norm cannot normalize it: skip it.
+        single = shuffle and len(rows) % self.batch_size == 1
+        return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, generator=generator, drop_last=single)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -16,12 +16,13 @@ from modules import registry, storage
 from modules.compress import CompressParams
 from modules.config import Location, Settings, new_run_id, sibling_output
 from modules.errors import InputError
-from modules.manifests import CompressResult
+from modules.manifests import CompressResult, TrainResult
 from modules.model import MLPConfig, OptimConfig
 from modules.preprocess import PreprocessParams
 from modules.registry import RegisterParams, RegisterResult
 from modules.schedules import ScheduleConfig, ScheduleName
 from modules.train import Hardware, TrainParams
+from modules.tune import TuneParams, TuneResult
 
 
 class PipelineParams(BaseModel):
@@ -46,7 +47,26 @@ class PipelineParams(BaseModel):
     scheduler: ScheduleName = Field("onecycle", description="Learning-rate schedule.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
     hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
+    batch_norm: bool = Field(
+        False, description="Batch normalization after each hidden layer while training (folded away at export)."
+    )
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
+    cv_below_rows: int = Field(
+        1000,
+        ge=0,
+        description="With fewer train+validation rows than this, epochs (and, with `tune`, hyperparameters) are "
+        "chosen by k-fold cross-validation, then the model is refit on train+validation; 0: never.",
+    )
+    tune: bool = Field(
+        False,
+        description="Search widths, depth, dropout, batch norm, learning rate, weight decay, LR schedule and batch "
+        "size with Optuna (seeded TPE, median pruning) before training; each trial is a task.",
+    )
+    tune_trials: int = Field(12, ge=1, description="With `tune`: trials in the search.")
+    tune_minutes: float | None = Field(
+        None, gt=0, description="With `tune`: no new trials after this many minutes; default: trials only."
+    )
+    tune_parallel: int = Field(2, ge=1, description="With `tune`: trials run at once.")
     pruning: Literal["structured", "unstructured", "none"] = Field(
         "structured", description="structured: remove whole hidden units; unstructured: zero single weights."
     )
@@ -134,10 +154,20 @@ class PipelineParams(BaseModel):
         return TrainParams(
             preprocess_manifest=preprocess_manifest,
             output_uri=sibling_output(preprocess_manifest, "train"),
-            model=MLPConfig(hidden_sizes=self.hidden_sizes),
+            model=MLPConfig(hidden_sizes=self.hidden_sizes, batch_norm=self.batch_norm),
             optim=OptimConfig(lr=self.lr, schedule=ScheduleConfig(name=self.scheduler)),
             max_epochs=self.max_epochs,
+            cv_below_rows=self.cv_below_rows,
             hardware=self.hardware,
+        )
+
+    def tuning(self, preprocess_manifest: str) -> TuneParams:
+        return TuneParams(
+            train=self.train(preprocess_manifest),
+            output_uri=sibling_output(preprocess_manifest, "tune"),
+            trials=self.tune_trials,
+            minutes=self.tune_minutes,
+            parallel=self.tune_parallel,
         )
 
     def compress(self, train_manifest: str) -> CompressParams:
@@ -167,12 +197,22 @@ class PipelineResult(BaseModel):
     run_uri: str = Field(description="runs/<run id> folder holding every step's outputs.")
     card_uri: str
     gate: str
+    trained: TrainResult | None = None
+    tuned: TuneResult | None = Field(None, description="The hyperparameter search, when `tune` asked for one.")
     compressed: CompressResult
     registered: RegisterResult
 
     @classmethod
-    def of(cls, compressed: CompressResult, registered: RegisterResult) -> PipelineResult:
+    def of(
+        cls,
+        trained: TrainResult,
+        compressed: CompressResult,
+        registered: RegisterResult,
+        tuned: TuneResult | None = None,
+    ) -> PipelineResult:
         return cls(
+            trained=trained,
+            tuned=tuned,
             model_ref=registered.model_ref,
             version=registered.version,
             run_uri=compressed.manifest_uri.rsplit("/", 2)[0],

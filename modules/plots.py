@@ -78,6 +78,26 @@ def importance(report: ExplanationReport, top: int = 20) -> bytes:
     return _png(plt, figure)
 
 
+def study_png(trials: list, importances: dict[str, float]) -> bytes:
+    """A hyperparameter search: each trial's validation loss (pruned ones at their last reported epoch) with
+    the best so far, and how much each hyperparameter mattered."""
+    plt, figure, (history, weight) = _figure(2)
+    complete = [t for t in trials if t.state == "complete"]
+    pruned = [t for t in trials if t.state == "pruned" and t.intermediate]
+    history.scatter([t.number for t in complete], [t.value for t in complete], label="complete")
+    history.scatter([t.number for t in pruned], [t.intermediate[max(t.intermediate)] for t in pruned], marker="x",
+                    color="tab:gray", label="pruned (last reported)")  # fmt: skip
+    ordered = sorted(complete, key=lambda t: t.number)
+    history.step([t.number for t in ordered], np.minimum.accumulate([t.value for t in ordered]), where="post",
+                 color="tab:red", label="best so far")  # fmt: skip
+    history.set(title="validation loss by trial", xlabel="trial", ylabel="loss")
+    history.legend(loc="best")
+    names = sorted(importances, key=importances.get)
+    weight.barh(names, [importances[n] for n in names], color="tab:purple")
+    weight.set(title="hyperparameter importance (fANOVA)", xlabel="share")
+    return _png(plt, figure)
+
+
 def drift_png(drift: DriftReport | RunDrift, baseline: Baseline, top: int = 20) -> bytes:
     """Drift score per feature against its threshold (drifted first, then by score over threshold; red:
     drifted), and training against current distributions of the three worst features with values."""

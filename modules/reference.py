@@ -23,6 +23,7 @@ from modules.preprocess import PreprocessParams
 from modules.registry import RegisterParams
 from modules.score import ScoreParams
 from modules.train import TrainParams
+from modules.tune import TuneParams
 from modules.watch import WatchParams
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
@@ -32,6 +33,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("watch", WatchParams, "`maas watch`; the `watch` deployment"),
     ("preprocess", PreprocessParams, "`maas preprocess`; the `preprocess` deployment"),
     ("train", TrainParams, "`maas train`; the `train` deployment"),
+    ("tune", TuneParams, "`maas tune` (`maas pipeline --tune` searches too); the `tune` flow"),
     ("compress", CompressParams, "`maas compress`; the `compress` deployment"),
     ("register", RegisterParams, "`maas register`; the `register` deployment"),
 ]

@@ -42,6 +42,7 @@ from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_availab
 from modules.errors import ObjectNotFound, RegistryError
 from modules.explain import Explainer
 from modules.manifests import (
+    BaselineReport,
     CompressResult,
     ExplanationReport,
     GateDecision,
@@ -113,6 +114,12 @@ class ModelCard(BaseModel):
         "global importance of each raw column (None: registered before explanations).",
     )
     gate: GateDecision
+    baselines: list[BaselineReport] = Field(
+        [], description="Classical models (linear, gradient-boosted trees) fitted on the same split, test metrics."
+    )
+    baseline_warning: str | None = Field(
+        None, description="Set when the served model is worse than the best baseline by more than the gate's tolerance."
+    )
     training: dict
     lineage: Lineage
     packages: dict[str, str]
@@ -456,6 +463,8 @@ def register(params: RegisterParams) -> RegisterResult:
         report=report,
         explanations=compressed.explanations,
         gate=compressed.gate,
+        baselines=compressed.baselines,
+        baseline_warning=compressed.baseline_warning,
         training=trained.model_dump(
             include={
                 "model",
@@ -465,6 +474,9 @@ def register(params: RegisterParams) -> RegisterResult:
                 "epochs_run",
                 "val_metric",
                 "test_metric",
+                "selection",
+                "cv_metric_mean",
+                "cv_metric_std",
                 "accelerator",
                 "precision",
                 "mean_epoch_seconds",

@@ -25,17 +25,22 @@ class ScheduleConfig(BaseModel):
     plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: LR factor at each drop.")
 
 
-def build(config: ScheduleConfig, optimizer: Optimizer, total_steps: int) -> dict[str, Any] | None:
-    """The `lr_scheduler` entry for Lightning, or None for a constant learning rate."""
+def build(
+    config: ScheduleConfig, optimizer: Optimizer, total_steps: int, monitor: str = "val_loss"
+) -> dict[str, Any] | None:
+    """The `lr_scheduler` entry for Lightning, or None for a constant learning rate. `monitor`: the loss a
+    plateau schedule watches (the training loss in a refit, which has no validation split)."""
     total_steps = max(int(total_steps), 1)
     warmup = int(total_steps * config.warmup_fraction)
     if config.name == "none":
         return None
     if config.name == "onecycle":
         peak = [group["lr"] for group in optimizer.param_groups]
-        schedule = lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peak, total_steps=total_steps, pct_start=max(config.warmup_fraction, 1e-3)
-        )
+        # OneCycleLR divides by zero when its warm-up ends exactly on the first step (10% of 10 steps: a short
+        # run on a small dataset) or spans the whole run: a warm-up of one step or less becomes 1.5 steps.
+        warmup_steps = config.warmup_fraction * total_steps
+        warm = config.warmup_fraction if warmup_steps > 1 else min(1.5 / total_steps, 0.75)
+        schedule = lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warm)
         return {"scheduler": schedule, "interval": "step"}
     if config.name == "cosine":
         floor = config.min_lr_ratio
@@ -55,4 +60,4 @@ def build(config: ScheduleConfig, optimizer: Optimizer, total_steps: int) -> dic
     schedule = lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
     )
-    return {"scheduler": schedule, "interval": "epoch", "monitor": "val_loss"}
+    return {"scheduler": schedule, "interval": "epoch", "monitor": monitor}

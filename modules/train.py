@@ -12,17 +12,22 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel, Field
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from sklearn.model_selection import KFold, StratifiedKFold
+from torch.utils.data import ConcatDataset, TensorDataset
 
 from modules import plots, storage
+from modules.baselines import fit_baselines
 from modules.config import Location, sibling_output
 from modules.manifests import PreprocessResult, TrainResult
 from modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
@@ -54,6 +59,14 @@ class TrainParams(BaseModel):
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
     batch_size: int = Field(64, ge=1, description="Rows per training batch.")
     patience: int = Field(15, ge=1, description="Early stopping: epochs without val_loss improvement.")
+    cv_below_rows: int = Field(
+        1000,
+        ge=0,
+        description="With fewer train+validation rows than this, the number of epochs is chosen by k-fold cross-"
+        "validation over train+validation (stratified for classes) instead of one small validation split, and the "
+        "model is then refit on both; the card reports the cross-validated metric's mean and spread. 0: never.",
+    )
+    cv_folds: int = Field(5, ge=2, description="Folds of that cross-validation.")
     hardware: Hardware = Hardware()
 
 
@@ -105,8 +118,11 @@ def seed_everything(hardware: Hardware) -> None:
     pl.seed_everything(hardware.seed, workers=True, verbose=False)
 
 
-def build_trainer(hardware: Hardware, root: Path, max_epochs: int, callbacks: list[Callback], logger) -> pl.Trainer:
-    """One Trainer recipe for training and for compression's fine-tune: quiet, deterministic on CPU."""
+def build_trainer(
+    hardware: Hardware, root: Path, max_epochs: int, callbacks: list[Callback], logger, validate: bool = True
+) -> pl.Trainer:
+    """One Trainer recipe for training, cross-validation, the search's trials and compression's fine-tune: quiet,
+    deterministic on CPU; checkpoints only where a ModelCheckpoint asks for them."""
     on_cpu = hardware.accelerator == "cpu" or not torch.cuda.is_available()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     # In-memory tensors need no loader workers; and Lightning's own pytree deprecation is not the user's to fix.
@@ -122,6 +138,8 @@ def build_trainer(hardware: Hardware, root: Path, max_epochs: int, callbacks: li
         deterministic=True if on_cpu else None,
         callbacks=callbacks,
         logger=logger,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        limit_val_batches=1.0 if validate else 0,
         default_root_dir=root,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -134,37 +152,142 @@ def load_inputs(preprocess_manifest: str) -> tuple[PreprocessResult, FeatureSpec
     return prep, storage.read_model(prep.spec_uri, FeatureSpec)
 
 
+class EpochRecorder(Callback):
+    """Validation loss and metric after every epoch: what cross-validation and the search judge a fit by."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric, self.rows = metric, []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            logged = trainer.callback_metrics
+            self.rows.append({"epoch": trainer.current_epoch, "val_loss": float(logged["val_loss"]),
+                              f"val_{self.metric}": float(logged[f"val_{self.metric}"])})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How well one configuration fits: on the validation split (one fold) or by k-fold cross-validation."""
+
+    metric: str
+    curves: list[pd.DataFrame]  # per fold: epoch, val_loss, val_<metric>
+
+    def _best(self) -> list[pd.Series]:
+        return [curve.loc[curve["val_loss"].idxmin()] for curve in self.curves]
+
+    @property
+    def loss(self) -> float:
+        """Mean over folds of the best epoch's validation loss: what the search minimizes."""
+        return float(np.mean([best["val_loss"] for best in self._best()]))
+
+    @property
+    def scores(self) -> list[float]:
+        """Each fold's validation metric at its best epoch (by loss, as the checkpoint is chosen)."""
+        return [float(best[f"val_{self.metric}"]) for best in self._best()]
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to refit for: the folds' mean number of epochs up to their best."""
+        return max(1, round(float(np.mean([best["epoch"] + 1 for best in self._best()]))))
+
+    def mean_curve(self) -> pd.DataFrame:
+        """Per epoch, the mean over the folds that reached it."""
+        return pd.concat(self.curves).groupby("epoch", as_index=False).mean()
+
+
+def cross_validation_applies(params: TrainParams, data: TabularDataModule) -> bool:
+    data.setup()
+    return len(data.datasets["train"]) + len(data.datasets["val"]) < params.cv_below_rows
+
+
+def evaluate(
+    spec: FeatureSpec, data: TabularDataModule, params: TrainParams, watch: list[Callback] | None = None
+) -> Evaluation:
+    """Fit `params` and record validation curves: by k-fold cross-validation over train+validation when there are
+    fewer rows than `params.cv_below_rows`, else on the validation split. `watch` (the search's pruner) sees the
+    first fold only: a configuration clearly worse there is not worth the other folds."""
+    metric = "accuracy" if spec.task == "classification" else "rmse"
+    if not cross_validation_applies(params, data):
+        folds = [{"train": data.datasets["train"], "val": data.datasets["val"]}]
+    else:
+        x, y = (torch.cat(pair) for pair in zip(data.datasets["train"].tensors, data.datasets["val"].tensors))
+        seed = params.hardware.seed
+        splitter = (StratifiedKFold if spec.task == "classification" else KFold)(params.cv_folds, shuffle=True,
+                                                                                  random_state=seed)  # fmt: skip
+        with warnings.catch_warnings():  # a class rarer than the folds still gets its rows spread out
+            warnings.simplefilter("ignore", UserWarning)
+            indices = list(splitter.split(x.numpy(), y.numpy()))
+        folds = [{"train": TensorDataset(x[t], y[t]), "val": TensorDataset(x[v], y[v])} for t, v in indices]
+    curves = []
+    for number, fold in enumerate(folds):
+        recorder = EpochRecorder(metric)
+        callbacks = [EarlyStopping(monitor="val_loss", mode="min", patience=params.patience), recorder]
+        with tempfile.TemporaryDirectory(prefix="maas-fold-") as scratch:
+            _fit(spec, data.with_datasets(fold), params, callbacks + (watch or [] if number == 0 else []),
+                 Path(scratch), logger=False)  # fmt: skip
+        curves.append(pd.DataFrame(recorder.rows))
+    return Evaluation(metric, curves)
+
+
+def _fit(
+    spec: FeatureSpec,
+    data: TabularDataModule,
+    params: TrainParams,
+    callbacks: list[Callback],
+    root: Path,
+    logger,
+    epochs: int | None = None,
+) -> tuple[TabularModule, pl.Trainer]:
+    """A freshly seeded network fitted on `data` (validated on its val split, if it has one)."""
+    seed_everything(params.hardware)
+    module = TabularModule(spec.model_dump(), params.model.model_dump(), params.optim.model_dump())
+    validate = "val" in data.datasets
+    trainer = build_trainer(params.hardware, root, epochs or params.max_epochs, callbacks, logger, validate=validate)
+    trainer.fit(module, datamodule=data)
+    return module, trainer
+
+
 def run_training(params: TrainParams) -> TrainResult:
+    """Train and test one model. On a small dataset (fewer train+validation rows than `cv_below_rows`) the
+    number of epochs is chosen by k-fold cross-validation and the model refit on train+validation for that
+    many epochs; otherwise early stopping on the validation split picks the best epoch's checkpoint."""
     prep, spec = load_inputs(params.preprocess_manifest)
     output = params.output_uri or sibling_output(params.preprocess_manifest, "train")
-    seed_everything(params.hardware)
     data = TabularDataModule(spec, prep.splits, params.batch_size, params.hardware.seed)
-    module = TabularModule(spec.model_dump(), params.model.model_dump(), params.optim.model_dump())
-    monitor = f"val_{module.metric_name}"
+    cv = evaluate(spec, data, params) if cross_validation_applies(params, data) else None
+    metric = "accuracy" if spec.task == "classification" else "rmse"
     with tempfile.TemporaryDirectory(prefix="maas-train-") as scratch:
         root = Path(scratch)
-        checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor="val_loss", mode="min")
-        callbacks = [
-            checkpoint,
-            EarlyStopping(monitor="val_loss", mode="min", patience=params.patience),
-            LearningRateMonitor(logging_interval="step"),
-            EpochTimer(),
-        ]
-        trainer = build_trainer(
-            params.hardware, root, params.max_epochs, callbacks, CSVLogger(root, name="", version="")
-        )
-        trainer.fit(module, datamodule=data)
-        test = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+        callbacks: list[Callback] = [LearningRateMonitor(logging_interval="step"), EpochTimer()]
+        if cv is None:
+            checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", filename="best", monitor="val_loss", mode="min")
+            callbacks += [checkpoint, EarlyStopping(monitor="val_loss", mode="min", patience=params.patience)]
+            fitted = data
+        else:  # refit on train+validation for the cross-validated number of epochs; keep the last
+            checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", filename="best")
+            callbacks.append(checkpoint)
+            train = ConcatDataset([data.datasets["train"], data.datasets["val"]])
+            fitted = data.with_datasets({"train": train, "test": data.datasets["test"]})
+        logger = CSVLogger(root, name="", version="")
+        module, trainer = _fit(spec, fitted, params, callbacks, root, logger, epochs=cv.epochs if cv else None)
+        test = trainer.test(module, datamodule=fitted, ckpt_path="best", verbose=False)[0]
         epochs, lr = _read_log(root / "metrics.csv")
+        if cv is not None:  # the validation columns are the folds' mean curve, which chose the epochs
+            epochs = epochs.merge(cv.mean_curve(), on="epoch", how="left")
+        split = {name: tuple(t.numpy() for t in data.datasets[name].tensors) for name in ("train", "val", "test")}
+        if cv is not None:
+            split["train"] = tuple(np.concatenate(pair) for pair in zip(split["train"], split["val"]))
+        baselines = fit_baselines(spec, split["train"], {**split, "val": None if cv else split["val"]},
+                                  params.hardware.seed)  # fmt: skip
 
         uris = {name: storage.join(output, name) for name in ("checkpoint.ckpt", "metrics.csv", "lr.csv")}
         storage.upload(checkpoint.best_model_path, uris["checkpoint.ckpt"])
     storage.write_bytes(uris["metrics.csv"], epochs.to_csv(index=False).encode())
     storage.write_bytes(uris["lr.csv"], lr.to_csv(index=False).encode())
     curves_uri = storage.join(output, "curves.png")
-    storage.write_bytes(curves_uri, plots.training_curves(epochs, lr, module.metric_name))
+    storage.write_bytes(curves_uri, plots.training_curves(epochs, lr, metric))
 
-    best = epochs.loc[epochs["val_loss"].idxmin()]
+    best = epochs.iloc[-1] if cv else epochs.loc[epochs["val_loss"].idxmin()]
     result = TrainResult(
         preprocess_manifest=params.preprocess_manifest,
         checkpoint_uri=uris["checkpoint.ckpt"],
@@ -173,14 +296,19 @@ def run_training(params: TrainParams) -> TrainResult:
         curves_uri=curves_uri,
         model=params.model.model_dump(),
         scheduler=params.optim.schedule.name,
-        metric=module.metric_name,
+        metric=metric,
         best_epoch=int(best["epoch"]),
         epochs_run=len(epochs),
-        val_metric=float(best[monitor]),
-        test_metric=float(test[f"test_{module.metric_name}"]),
+        val_metric=float(np.mean(cv.scores)) if cv else float(best[f"val_{metric}"]),
+        test_metric=float(test[f"test_{metric}"]),
+        selection=f"{params.cv_folds}-fold cross-validation, refit on train+validation" if cv else "validation split",
+        cv_metric_mean=float(np.mean(cv.scores)) if cv else None,
+        cv_metric_std=float(np.std(cv.scores)) if cv else None,
+        cv_fold_metrics=cv.scores if cv else [],
         accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
         precision=str(trainer.precision),
         mean_epoch_seconds=float(epochs["epoch_seconds"].mean()),
+        baselines=baselines,
         manifest_uri=storage.join(output, "manifest.json"),
     )
     storage.write_json(result.manifest_uri, result)
@@ -194,7 +322,7 @@ def _read_log(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     lr = log.loc[log[lr_column].notna(), ["step", lr_column]].rename(columns={lr_column: "lr"}).reset_index(drop=True)
     logged = log.dropna(subset=["epoch"])
     logged = logged[[c for c in logged.columns if c != lr_column and not c.startswith("test_")]]
-    epochs = logged.groupby("epoch", as_index=False).agg("first").dropna(subset=["val_loss"])
+    epochs = logged.groupby("epoch", as_index=False).agg("first").dropna(subset=["train_loss"])
     # LearningRateMonitor rows carry a step but no epoch: take the LR in force at each epoch's last step.
     last_step = logged.groupby("epoch")["step"].max().reindex(epochs["epoch"])
     epochs["lr"] = lr.set_index("step")["lr"].reindex(last_step.to_numpy(), method="ffill").to_numpy()

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("flows.cli.steps:pipeline", "Preprocess, train, compress and register a model."),
     "preprocess": ("flows.cli.steps:preprocess", "Step 1 alone: validate, split, fit the preprocessing."),
     "train": ("flows.cli.steps:train", "Step 2 alone: train with Lightning."),
+    "tune": ("flows.cli.steps:tune", "Step 2 with a search: Optuna trials, then training with the best of them."),
     "compress": ("flows.cli.steps:compress", "Step 3 alone: prune, fine-tune, quantize to int8 and measure."),
     "register": ("flows.cli.steps:register", "Step 4 alone: publish the next version and move its aliases."),
     "score": ("flows.cli.scoring:score", "Score every file under a prefix that this model version has not scored yet."),

@@ -57,12 +57,32 @@ def train() -> click.Command:
 
     return params_command(
         "train", TrainParams, _flow("flows.steps", "train", lambda r: console.print(
-            f"best epoch {r.best_epoch} of {r.epochs_run}: test {r.metric} {r.test_metric:.4f}\n"
-            f"manifest: {r.manifest_uri}")),
+            f"{_selection_line(r)}\nmanifest: {r.manifest_uri}")),
         aliases={"preprocess_manifest": ["--preprocessed"], "optim.lr": ["--lr"],
                  "optim.schedule.name": ["--scheduler"], "hardware.accelerator": ["--accelerator"],
                  "hardware.precision": ["--precision"]},
         help="Step 2 alone: train with Lightning.\n\nPrints the manifest URI for `maas compress`.",
+    )  # fmt: skip
+
+
+def tune() -> click.Command:
+    from modules.tune import TuneParams
+
+    def action(params: Callable[[], TuneParams], as_json: bool) -> None:
+        def launch() -> BaseModel:
+            from flows import steps
+            from flows.tune import tune as tune_flow
+
+            tuned = tune_flow(params())
+            click.echo(_search_line(tuned), err=True)
+            return steps.train(tuned.train)
+
+        run(launch, as_json, lambda r: console.print(f"{_selection_line(r)}\nmanifest: {r.manifest_uri}"))
+
+    return params_command(
+        "tune", TuneParams, action, aliases={"train.preprocess_manifest": ["--preprocessed"]},
+        help="Step 2 with a search: Optuna trials, then training with the best of them.\n\n"
+        "Seeded TPE sampler, median pruning, trials as Prefect tasks; prints the manifest URI for `maas compress`.",
     )  # fmt: skip
 
 
@@ -138,12 +158,42 @@ def _variants_table(result: BaseModel) -> Table:
             f"{v.rows_per_s:,.0f}",
             v.engine,
         )
+    for b in result.compressed.baselines:  # classical models on the same split: is the network worth it?
+        val = "" if b.val_metric is None else f"{b.val_metric:.4f}"
+        table.add_row(f"baseline: {b.name}", f"{b.metric:.4f}", val, "", "", "", "scikit-learn")
     return table
+
+
+def _selection_line(trained: BaseModel) -> str:
+    """How the epochs were chosen and what that estimated, beside the test metric."""
+    if trained.cv_metric_mean is None:
+        return (
+            f"best epoch {trained.best_epoch} of {trained.epochs_run} on the validation split: val {trained.metric} "
+            f"{trained.val_metric:.4f}, test {trained.test_metric:.4f}"
+        )
+    return (
+        f"{trained.epochs_run} epochs chosen by {trained.selection}: cross-validated {trained.metric} "
+        f"{trained.cv_metric_mean:.4f} ± {trained.cv_metric_std:.4f}, test {trained.test_metric:.4f}"
+    )
+
+
+def _search_line(tuned: BaseModel) -> str:
+    pruned = sum(t.state == "pruned" for t in tuned.trials)
+    return (
+        f"search: best of {len(tuned.trials)} trials ({pruned} pruned, {tuned.selection}) is trial "
+        f"{tuned.best_number}: {tuned.best_params}; plot {tuned.plot_uri}"
+    )
 
 
 def show_pipeline(result: BaseModel) -> None:
     console.print(_variants_table(result))
     console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
+    if result.trained:
+        console.print(_selection_line(result.trained))
+    if result.tuned:
+        console.print(_search_line(result.tuned))
+    if result.compressed.baseline_warning:
+        console.print(f"[bold yellow]warning:[/] {result.compressed.baseline_warning}")
     if result.registered.champion:
         console.print(f"champion gate: {result.registered.champion}")
     if result.registered.pending:

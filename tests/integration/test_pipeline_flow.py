@@ -24,7 +24,9 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     raw = storage.join(bucket, "raw", "digits.csv")
     formats.write_frame(digits, raw)
 
-    result = pipeline(PipelineParams(data_uri=raw, target="digit", model_name="digits", bucket=bucket))
+    result = pipeline(  # one validation split: cross-validation is tested in tests/unit/test_train.py
+        PipelineParams(data_uri=raw, target="digit", model_name="digits", bucket=bucket, cv_below_rows=0)
+    )
 
     variants = {v.name: v for v in result.compressed.variants}
     served = result.compressed.served_variant()
@@ -111,7 +113,13 @@ def test_regression_pipeline(local_bucket: str) -> None:
     formats.write_frame(frame, raw)
     result = pipeline(
         PipelineParams(
-            data_uri=raw, target="price", model_name="prices", bucket=local_bucket, scheduler="cosine", max_epochs=30
+            data_uri=raw,
+            target="price",
+            model_name="prices",
+            bucket=local_bucket,
+            scheduler="cosine",
+            max_epochs=30,
+            cv_below_rows=0,
         )
     )
     assert result.compressed.metric == "rmse"

@@ -31,7 +31,7 @@ def train_and_compress(
             data_uri=raw, target=target, exclude=["id"], output_uri=storage.join(bucket, "runs", run, "preprocess")
         )
     )
-    options = {"max_epochs": 4} | (train or {})
+    options = {"max_epochs": 4, "cv_below_rows": 0} | (train or {})
     trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, **options))
     return run_compress(
         CompressParams(train_manifest=trained.manifest_uri, **({"finetune_epochs": 2} | compress))

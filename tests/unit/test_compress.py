@@ -10,7 +10,7 @@ import torch
 
 from modules import formats, pruning, storage
 from modules.compress import CompressParams, choose_served, decide
-from modules.engines import OnnxEngine
+from modules.engines import OnnxEngine, TorchEngine
 from modules.manifests import CompressResult, VariantReport
 from modules.model import MLPConfig, ScoringHead, TabularNet
 from modules.preprocess import fit_spec
@@ -57,10 +57,15 @@ def test_gradual_schedule_reaches_the_target_widths_in_steps() -> None:
     assert pruning.schedule_widths([10], 0.99, 1) == [[1]]  # never below one unit
 
 
+BATCH_NORM = {"batch_norm": True}
+
+
 @pytest.fixture(scope="module")
 def structured(tmp_path_factory: pytest.TempPathFactory) -> CompressResult:
     bucket = (tmp_path_factory.mktemp("compress") / "bucket").as_uri()
-    manifest = train_and_compress(bucket, "run", sparsity=0.5, finetune_epochs=4, quantization="pruned-int8-dynamic")
+    manifest = train_and_compress(  # trained with batch norm, which compression folds before pruning
+        bucket, "run", train={"model": BATCH_NORM}, sparsity=0.5, finetune_epochs=4, quantization="pruned-int8-dynamic"
+    )
     return storage.read_model(manifest, CompressResult)
 
 
@@ -88,6 +93,22 @@ def test_served_int8_onnx_agrees_with_the_pruned_torch_model(structured: Compres
         expected = ScoringHead(net.eval(), spec)(torch.from_numpy(test)).numpy()
     served = OnnxEngine(spec, storage.read_bytes(structured.artifacts["int8"].uri)).run(test)
     assert (served.argmax(1) == expected.argmax(1)).mean() >= 0.995
+
+
+def test_batch_norm_is_folded_before_pruning_and_serving(structured: CompressResult) -> None:
+    trained = storage.read_json(structured.train_manifest)
+    prep, spec = load_inputs(trained["preprocess_manifest"])
+    frame = formats.read_frame(prep.splits["test"])
+    test, truth = spec.encode(frame, "test"), spec.encode_target(frame["label"])
+    net = TabularNet(spec, MLPConfig.model_validate(BATCH_NORM))  # as trained, batch norm and all
+    checkpoint = torch.load(io.BytesIO(storage.read_bytes(trained["checkpoint_uri"])), weights_only=True)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()})
+    with torch.inference_mode():
+        expected = ScoringHead(net.eval(), spec)(torch.from_numpy(test)).numpy()
+    assert structured.variant("fp32").metric == pytest.approx(float((expected.argmax(1) == truth).mean()))
+    assert structured.model["batch_norm"] is False  # pruned and served as plain Linear layers
+    served = TorchEngine(spec, structured.model, storage.read_bytes(structured.artifacts["torch"].uri)).run(test)
+    assert (served.argmax(1) == expected.argmax(1)).mean() >= 0.9
 
 
 def _report(

@@ -8,7 +8,7 @@ import torch
 
 from modules.compress import export_onnx, quantize_int8
 from modules.engines import OnnxEngine
-from modules.model import FeatureTransform, MLPConfig, ScoringHead, TabularNet
+from modules.model import FeatureTransform, MLPConfig, ScoringHead, TabularNet, fold_batch_norm
 from modules.preprocess import fit_spec
 from tests.conftest import synthetic_classification
 
@@ -56,3 +56,26 @@ def test_engine_outputs_labels_and_probabilities(tmp_path) -> None:
     assert set(predictions["prediction"]) <= {"a", "b", "c"}
     np.testing.assert_allclose(predictions.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
     assert predictions.index.equals(frame.index)
+
+
+def test_batch_norm_folded_at_export_gives_the_same_outputs_within_1e_5(tmp_path) -> None:
+    import onnx
+
+    spec = _spec()
+    config = MLPConfig(hidden_sizes=[32, 16], batch_norm=True)
+    torch.manual_seed(0)
+    net = TabularNet(spec, config)
+    for norm in (m for m in net.mlp if isinstance(m, torch.nn.BatchNorm1d)):  # statistics a fit would leave
+        n = norm.num_features
+        norm.running_mean.copy_(torch.randn(n)), norm.running_var.copy_(torch.rand(n) * 3 + 0.1)
+        norm.weight.data.copy_(torch.randn(n)), norm.bias.data.copy_(torch.randn(n))
+    folded = fold_batch_norm(net.eval(), spec, config)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    features = spec.encode(synthetic_classification(300, seed=3), "test")
+    with torch.inference_mode():
+        expected = ScoringHead(net, spec)(torch.from_numpy(features)).numpy()
+        assert np.abs(ScoringHead(folded, spec)(torch.from_numpy(features)).numpy() - expected).max() < 1e-5
+    export_onnx(ScoringHead(folded, spec), spec.width, tmp_path / "m.onnx")
+    assert "BatchNormalization" not in {node.op_type for node in onnx.load(tmp_path / "m.onnx").graph.node}
+    served = OnnxEngine(spec, (tmp_path / "m.onnx").read_bytes()).run(features)
+    assert np.abs(served - expected).max() < 1e-5

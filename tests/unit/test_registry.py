@@ -31,6 +31,15 @@ def test_first_registration_is_version_1_latest_and_production(registered) -> No
     assert report.startswith(b"\x89PNG")  # the trade-off plot travels with the version
 
 
+def test_the_card_measures_classical_baselines_on_the_same_test_split(registered) -> None:
+    card = registry.load_card(registered[1].card_uri)
+    baselines = {b.name: b for b in card.baselines}
+    assert set(baselines) == {"logistic", "gradient-boosting"}
+    assert baselines["logistic"].model == "LogisticRegression"
+    assert all(0.9 <= b.metric <= 1 and b.val_metric is not None for b in baselines.values())  # separable classes
+    assert card.baseline_warning is None  # the network holds its own here
+
+
 @pytest.mark.parametrize(("ref", "version"), [("toy", 1), ("toy@production", 1), ("toy@latest", 1), ("toy/1", 1)])
 def test_references_resolve(registered, ref: str, version: int) -> None:
     bucket, _ = registered

@@ -34,6 +34,7 @@ def test_every_schedule_trains_and_records_lr_per_step(prepared: str, schedule: 
         TrainParams(
             preprocess_manifest=prepared,
             max_epochs=3,
+            cv_below_rows=0,  # the validation split decides (cross-validation: below)
             optim=OptimConfig(schedule=ScheduleConfig(name=schedule, step_size=1)),
         )
     )
@@ -51,7 +52,7 @@ def test_every_schedule_trains_and_records_lr_per_step(prepared: str, schedule: 
 
 
 def test_training_is_reproducible_on_cpu(prepared: str) -> None:
-    params = TrainParams(preprocess_manifest=prepared, max_epochs=3)
+    params = TrainParams(preprocess_manifest=prepared, max_epochs=3, cv_below_rows=0)
     first, second = run_training(params), run_training(params)
     assert (first.val_metric, first.test_metric) == (second.val_metric, second.test_metric)
     assert (
@@ -61,7 +62,7 @@ def test_training_is_reproducible_on_cpu(prepared: str) -> None:
 
 
 def test_checkpoint_loads_without_unpickling_objects(prepared: str) -> None:
-    result = run_training(TrainParams(preprocess_manifest=prepared, max_epochs=2))
+    result = run_training(TrainParams(preprocess_manifest=prepared, max_epochs=2, cv_below_rows=0))
     checkpoint = torch.load(io.BytesIO(storage.read_bytes(result.checkpoint_uri)), weights_only=True)
     assert any(key.startswith("net.mlp.") for key in checkpoint["state_dict"])
     assert checkpoint["hyper_parameters"]["spec"]["target"] == "label"
@@ -70,7 +71,7 @@ def test_checkpoint_loads_without_unpickling_objects(prepared: str) -> None:
 
 def test_a_terminal_gets_an_epoch_progress_bar(prepared: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
-    result = run_training(TrainParams(preprocess_manifest=prepared, max_epochs=2))
+    result = run_training(TrainParams(preprocess_manifest=prepared, max_epochs=2, cv_below_rows=0))
     assert result.epochs_run == 2
     assert "epochs" in capsys.readouterr().err
 
@@ -87,3 +88,21 @@ def test_training_uses_one_device_unless_asked(tmp_path) -> None:
     )
     trainer = build_trainer(Hardware(), tmp_path, max_epochs=1, callbacks=[], logger=False)
     assert trainer.num_devices == 1 and isinstance(trainer.strategy, SingleDeviceStrategy)
+
+
+def test_small_data_chooses_epochs_by_stratified_k_fold_then_refits_on_train_and_validation(tmp_path) -> None:
+    raw = (tmp_path / "raw.csv").as_uri()
+    formats.write_frame(synthetic_classification(150), raw)
+    prep = run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"],
+                                           output_uri=(tmp_path / "preprocess").as_uri()))  # fmt: skip
+    plateau = OptimConfig(schedule=ScheduleConfig(name="plateau"))  # in the refit it watches the training loss
+    result = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4, cv_folds=3, optim=plateau))
+    assert result.selection == "3-fold cross-validation, refit on train+validation"
+    assert len(result.cv_fold_metrics) == 3 and result.cv_metric_mean == pytest.approx(sum(result.cv_fold_metrics) / 3)
+    assert result.cv_metric_std is not None and result.val_metric == result.cv_metric_mean
+    assert result.best_epoch == result.epochs_run - 1  # the refit keeps its last epoch, the one CV chose
+    rows = prep.rows["train"] + prep.rows["val"]
+    assert len(formats.read_frame(result.lr_uri)) == result.epochs_run * math.ceil(rows / 64)  # fitted on both
+    epochs = formats.read_frame(result.metrics_uri)
+    assert {"train_loss", "val_loss", "val_accuracy"} <= set(epochs.columns)  # validation: the folds' mean curve
+    assert result.test_metric > 0.8 and all(b.val_metric is None for b in result.baselines)

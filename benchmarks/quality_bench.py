@@ -1,0 +1,177 @@
+"""Model quality benchmark: the default pipeline and `--tune` against classical baselines, on the same splits.
+
+Run: .venv/bin/python benchmarks/quality_bench.py [--seeds 3] [--trials 12] [--tune-minutes 10] [--datasets wine ...]
+Datasets: scikit-learn's bundled copies of digits, breast cancer and wine (accuracy) and diabetes (RMSE).
+For each dataset and seed (the seed splits the data and seeds training): preprocess once, then
+- default: train (k-fold CV below the pipeline's threshold; 2,000 rows when quality.md was measured) and
+  compress; the served int8 model;
+- tune: the search (trials run one after another here; the flow runs them as parallel tasks), then the same
+  training and compression with the best parameters;
+- logistic/ridge and gradient boosting: the baselines each training fits on the rows the network fitted on
+  (train+validation under cross-validation), measured on the same test split.
+Writes benchmarks/results/quality.json (appending per run, so a long run can be resumed) and quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn import datasets as bundled  # noqa: E402
+
+from modules import formats, storage  # noqa: E402
+from modules.compress import CompressParams, run_compress  # noqa: E402
+from modules.manifests import CompressResult, TrainResult  # noqa: E402
+from modules.preprocess import PreprocessParams, run_preprocess  # noqa: E402
+from modules.train import Hardware, TrainParams, run_training  # noqa: E402
+from modules.tune import TuneParams, search  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DATASETS = {
+    "digits": bundled.load_digits,
+    "breast_cancer": bundled.load_breast_cancer,
+    "wine": bundled.load_wine,
+    "diabetes": bundled.load_diabetes,
+}
+
+
+def frame(name: str) -> pd.DataFrame:
+    return DATASETS[name](as_frame=True).frame
+
+
+def pipeline(base: TrainParams) -> tuple[TrainResult, CompressResult]:
+    trained = run_training(base)
+    return trained, run_compress(CompressParams(train_manifest=trained.manifest_uri, hardware=base.hardware))
+
+
+def one_run(name: str, seed: int, trials: int, minutes: float | None, bucket: str) -> dict:
+    raw = storage.join(bucket, f"{name}.csv")
+    formats.write_frame(frame(name), raw)
+    prep = run_preprocess(PreprocessParams(data_uri=raw, target="target", seed=seed,
+                                           output_uri=storage.join(bucket, name, str(seed), "preprocess")))  # fmt: skip
+    hardware = Hardware(accelerator="cpu", seed=seed)
+    base = TrainParams(preprocess_manifest=prep.manifest_uri, hardware=hardware)
+    start = time.perf_counter()
+    trained, compressed = pipeline(base)
+    default_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    study = search(TuneParams(train=base, trials=trials, minutes=minutes, parallel=1,
+                              output_uri=storage.join(bucket, name, str(seed), "tune")))  # fmt: skip
+    tuned_train = study.train.model_copy(update={"output_uri": storage.join(bucket, name, str(seed), "train-tuned")})
+    tuned, tuned_compressed = pipeline(tuned_train)
+    tune_seconds = time.perf_counter() - start
+    baselines = {b.name: b.metric for b in trained.baselines}
+    return {
+        "dataset": name,
+        "seed": seed,
+        "metric": trained.metric,
+        "rows": prep.rows,
+        "selection": trained.selection,
+        "default": _summary(trained, compressed, default_seconds),
+        "tune": _summary(tuned, tuned_compressed, tune_seconds)
+        | {
+            "trials": len(study.trials),
+            "pruned": sum(t.state == "pruned" for t in study.trials),
+            "best_params": study.best_params,
+        },  # fmt: skip
+        "linear": baselines.get("logistic", baselines.get("ridge")),
+        "gradient_boosting": baselines["gradient-boosting"],
+    }
+
+
+def _summary(trained: TrainResult, compressed: CompressResult, seconds: float) -> dict:
+    served = compressed.served_variant()
+    return {
+        "fp32": compressed.variant("fp32").metric,
+        "served": served.metric,
+        "served_variant": served.name,
+        "gate_passed": compressed.gate.passed,
+        "cv_mean": trained.cv_metric_mean,
+        "cv_std": trained.cv_metric_std,
+        "model": trained.model,
+        "epochs": trained.epochs_run,
+        "seconds": round(seconds, 1),
+        "baseline_warning": compressed.baseline_warning is not None,
+    }
+
+
+def render(runs: list[dict], note: str) -> str:
+    lines = [
+        "# Model quality: default pipeline and `--tune` against classical baselines",
+        "",
+        "Generated by `benchmarks/quality_bench.py`. Same preprocessing splits (seeded) for every column; the",
+        "network's columns are test metrics of the served int8 artifact (fp32 in brackets); `cv` is the",
+        "k-fold cross-validated metric (mean ± std) that chose the epochs; baselines are fitted on the rows",
+        "the default network fitted on. Accuracy: higher is better; RMSE (diabetes): lower is better.",
+        "",
+        note,
+        "",
+        "| dataset | seed | metric | default served (fp32) | default cv | --tune served (fp32) | --tune cv | trials "
+        "(pruned) | logistic/ridge | gradient boosting | tune served vs linear |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        d, t = r["default"], r["tune"]
+        better = 1 if r["metric"] == "accuracy" else -1
+        verdict = "as good or better" if better * (t["served"] - r["linear"]) >= -1e-9 else "worse"
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {r['metric']} | {d['served']:.4f} ({d['fp32']:.4f}) | {_cv(d)} | "
+            f"{t['served']:.4f} ({t['fp32']:.4f}) | {_cv(t)} | {t['trials']} ({t['pruned']}) | {r['linear']:.4f} | "
+            f"{r['gradient_boosting']:.4f} | {verdict} |"
+        )
+    lines += ["", "Means over seeds:", "", "| dataset | default served | --tune served | linear | gradient boosting |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for name in dict.fromkeys(r["dataset"] for r in runs):
+        rows = [r for r in runs if r["dataset"] == name]
+        means = [np.mean([get(r) for r in rows]) for get in (lambda r: r["default"]["served"],
+                 lambda r: r["tune"]["served"], lambda r: r["linear"], lambda r: r["gradient_boosting"])]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cv(summary: dict) -> str:
+    return "" if summary["cv_mean"] is None else f"{summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--tune-minutes", type=float, default=None)
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "quality.json"
+    saved = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    done = {(r["dataset"], r["seed"]) for r in saved["runs"]}
+    with tempfile.TemporaryDirectory(prefix="maas-quality-") as scratch:
+        for seed in range(args.seeds):
+            for name in args.datasets:
+                if (name, seed) in done:
+                    continue
+                run = one_run(name, seed, args.trials, args.tune_minutes, Path(scratch).as_uri())
+                saved["runs"].append(run)
+                saved["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+                path.write_text(json.dumps(saved, indent=1))
+                shown = {k: run[k] for k in ("dataset", "seed", "linear", "gradient_boosting")}
+                print(
+                    json.dumps(shown | {"default": run["default"]["served"], "tune": run["tune"]["served"]}), flush=True
+                )
+                (RESULTS / "quality.md").write_text(render(saved["runs"], args.note))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Hyperparameter search with Optuna, within a budget, and reproducible from its seed.
+
+The search varies the network (depth, width, dropout, batch norm), the optimizer (learning rate, weight
+decay, LR schedule) and the batch size. Each configuration is judged by `modules.train.evaluate`: the best
+validation loss, averaged over k folds on a small dataset (cross-validation) or on the validation split.
+
+Who does what, so that trials can run anywhere (a process pool, a Dask cluster) and still repeat exactly:
+- `search` drives the study in the calling process: a seeded TPE sampler asks `parallel` trials at a time
+  (one wave), in order; their results are told in order. No result depends on which trial finished first.
+- `run_trial` is a plain function a flow maps as tasks. It gets the trial's parameters and the trials of
+  earlier waves; a Lightning callback reports the validation loss after every epoch to an Optuna trial of
+  a local in-memory study that holds those earlier trials, and stops the fit when the median pruner says
+  so. The decision depends only on earlier waves, so it is the same wherever and whenever the trial runs.
+
+With `minutes` set, no new wave starts after that long: the number of trials then depends on the machine.
+The study (every trial, the best parameters, each parameter's importance) is the step's manifest.json, with
+a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import optuna
+import pytorch_lightning as pl
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from pydantic import BaseModel, Field
+from pytorch_lightning.callbacks import Callback
+
+from modules import plots, storage
+from modules.config import sibling_output
+from modules.model import MLPConfig, OptimConfig, TabularDataModule
+from modules.train import TrainParams, cross_validation_applies, evaluate, load_inputs
+
+SPACE: dict[str, BaseDistribution] = {
+    "depth": IntDistribution(1, 3),
+    "width": CategoricalDistribution([32, 64, 128, 256, 512]),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "batch_norm": CategoricalDistribution([False, True]),
+    "lr": FloatDistribution(1e-4, 3e-2, log=True),
+    "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
+    "schedule": CategoricalDistribution(["onecycle", "cosine", "none"]),
+    "batch_size": CategoricalDistribution([32, 64, 128, 256]),
+}
+
+
+class TuneParams(BaseModel):
+    train: TrainParams = Field(
+        description="Training settings every trial starts from (data, epochs, patience, cross-validation, "
+        "hardware and seed); the search sets the network, the optimizer and the batch size."
+    )
+    output_uri: str | None = Field(None, description="Default: a tune folder beside the preprocess output.")
+    trials: int = Field(12, ge=1, description="Trials in the study (the budget when `minutes` is not set).")
+    minutes: float | None = Field(
+        None, gt=0, description="Also stop starting new trials after this many minutes; default: trials only."
+    )
+    parallel: int = Field(2, ge=1, description="Trials run at once (one wave), on the flow's task runner.")
+    startup_trials: int = Field(
+        4, ge=1, description="Trials sampled at random before TPE models the results, and before any pruning."
+    )
+    warmup_epochs: int = Field(5, ge=0, description="Epochs a trial always runs before the median pruner may stop it.")
+
+
+class TrialSpec(BaseModel):
+    number: int
+    params: dict = Field(description="The sampled hyperparameters (keys of SPACE).")
+
+
+class TrialRecord(BaseModel):
+    number: int
+    params: dict
+    state: Literal["complete", "pruned"]
+    value: float | None = Field(None, description="Mean best validation loss over the folds (minimized).")
+    metric: Literal["accuracy", "rmse"]
+    val_metric: float | None = Field(None, description="Mean validation metric at the folds' best epochs.")
+    epochs: int | None = Field(None, description="Epochs to the best validation loss (mean over folds).")
+    intermediate: dict[int, float] = Field(description="Validation loss per epoch (the first fold) the pruner saw.")
+    seconds: float = Field(description="Wall-clock time of the trial (informative).")
+
+
+class TuneResult(BaseModel):
+    """The study, written as the tune step's manifest.json: every trial, the best parameters, the importances."""
+
+    preprocess_manifest: str
+    metric: Literal["accuracy", "rmse"]
+    selection: str = Field(description="What each trial was judged on: the validation split or k-fold CV.")
+    trials: list[TrialRecord]
+    best_number: int
+    best_value: float = Field(description="Best trial's mean best validation loss.")
+    best_val_metric: float | None
+    best_params: dict
+    importances: dict[str, float] = Field(description="fANOVA importance of each hyperparameter (sums to 1).")
+    train: TrainParams = Field(description="The base training params with the best trial's hyperparameters.")
+    plot_uri: str = Field(description="PNG: loss by trial with the best so far, and the importances.")
+    manifest_uri: str
+
+
+def tuned(base: TrainParams, params: dict) -> TrainParams:
+    """`base` with the sampled hyperparameters: `depth` layers starting at `width` units, halving (at least 8)."""
+    hidden = [max(8, params["width"] // 2**layer) for layer in range(params["depth"])]
+    model = MLPConfig(hidden_sizes=hidden, dropout=params["dropout"], batch_norm=params["batch_norm"])
+    schedule = base.optim.schedule.model_copy(update={"name": params["schedule"]})
+    optim = OptimConfig(lr=params["lr"], weight_decay=params["weight_decay"], schedule=schedule)
+    return base.model_copy(update={"model": model, "optim": optim, "batch_size": params["batch_size"]})
+
+
+class PruneOnValidation(Callback):
+    """Reports the validation loss after every epoch to an Optuna trial; raises `optuna.TrialPruned` (which ends
+    the fit) when the trial's pruner says its loss is worse than the median of earlier trials at that epoch."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial, self.reported = trial, {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch, loss = trainer.current_epoch, float(trainer.callback_metrics["val_loss"])
+        self.reported[epoch] = loss
+        self.trial.report(loss, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {epoch}: validation loss {loss:.4f} is worse than the median")
+
+
+def _pruner(params: TuneParams) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=params.startup_trials, n_warmup_steps=params.warmup_epochs)
+
+
+def _local_trial(spec: TrialSpec, params: TuneParams, history: list[TrialRecord]) -> optuna.Trial:
+    """An Optuna trial with `spec`'s parameters in an in-memory study of the earlier trials, for the pruner."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", pruner=_pruner(params))
+    for record in history:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=record.params,
+                distributions=SPACE,
+                value=record.value,
+                intermediate_values=record.intermediate,
+                state=TrialState.COMPLETE if record.state == "complete" else TrialState.PRUNED,
+            )
+        )
+    study.enqueue_trial(spec.params)
+    return study.ask(SPACE)
+
+
+def run_trial(spec: TrialSpec, params: TuneParams, history: list[TrialRecord]) -> TrialRecord:
+    """Fit and judge one configuration (k folds on small data), stopped early when the median pruner says so."""
+    start = time.perf_counter()
+    prep, feature_spec = load_inputs(params.train.preprocess_manifest)
+    train = tuned(params.train, spec.params)
+    data = TabularDataModule(feature_spec, prep.splits, train.batch_size, train.hardware.seed)
+    watch = PruneOnValidation(_local_trial(spec, params, history))
+    metric = "accuracy" if feature_spec.task == "classification" else "rmse"
+    record = {"number": spec.number, "params": spec.params, "metric": metric}
+    try:
+        judged = evaluate(feature_spec, data, train, watch=[watch])
+    except optuna.TrialPruned:
+        return TrialRecord(**record, state="pruned", intermediate=watch.reported, seconds=time.perf_counter() - start)
+    return TrialRecord(
+        **record,
+        state="complete",
+        value=judged.loss,
+        val_metric=float(np.mean(judged.scores)),
+        epochs=judged.epochs,
+        intermediate=watch.reported,
+        seconds=time.perf_counter() - start,
+    )
+
+
+Wave = Callable[[list[TrialSpec], list[TrialRecord]], list[TrialRecord]]
+
+
+def run_sequentially(params: TuneParams) -> Wave:
+    """Trials one after another in this process (what a flow replaces with tasks on its task runner)."""
+    return lambda specs, history: [run_trial(spec, params, history) for spec in specs]
+
+
+def search(params: TuneParams, run_wave: Wave | None = None) -> TuneResult:
+    """Run the study in waves of `params.parallel` trials (`run_wave` runs one wave); write and return its results."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_wave = run_wave or run_sequentially(params)
+    seed = params.train.hardware.seed
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.startup_trials, constant_liar=True)
+    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=_pruner(params))
+    history: list[TrialRecord] = []
+    start = time.monotonic()
+    while len(history) < params.trials and (params.minutes is None or time.monotonic() - start < params.minutes * 60):
+        asked = [study.ask(SPACE) for _ in range(min(params.parallel, params.trials - len(history)))]
+        records = run_wave([TrialSpec(number=t.number, params=t.params) for t in asked], list(history))
+        for trial, record in zip(asked, records):
+            for epoch, loss in sorted(record.intermediate.items()):
+                trial.report(loss, epoch)
+            state = TrialState.COMPLETE if record.state == "complete" else TrialState.PRUNED
+            study.tell(trial, record.value if record.state == "complete" else None, state=state)
+        history += records
+    return _write(params, study, history)
+
+
+def _importances(study: optuna.Study, seed: int) -> dict[str, float]:
+    """fANOVA importances; empty while fewer than two trials completed with different losses."""
+    values = {t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    if len(values) < 2:
+        return {}
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    return {name: float(v) for name, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+
+
+def _write(params: TuneParams, study: optuna.Study, history: list[TrialRecord]) -> TuneResult:
+    output = params.output_uri or sibling_output(params.train.preprocess_manifest, "tune")
+    best = next(r for r in history if r.number == study.best_trial.number)
+    prep, spec = load_inputs(params.train.preprocess_manifest)
+    folds = cross_validation_applies(params.train, TabularDataModule(spec, prep.splits, 1, 0))
+    selection = f"{params.train.cv_folds}-fold cross-validation" if folds else "validation split"
+    importances = _importances(study, params.train.hardware.seed)
+    plot_uri = storage.join(output, "study.png")
+    storage.write_bytes(plot_uri, plots.study_png(history, importances))
+    result = TuneResult(
+        preprocess_manifest=params.train.preprocess_manifest,
+        metric=best.metric,
+        selection=selection,
+        trials=history,
+        best_number=best.number,
+        best_value=float(best.value),
+        best_val_metric=best.val_metric,
+        best_params=best.params,
+        importances=importances,
+        train=tuned(params.train, best.params),
+        plot_uri=plot_uri,
+        manifest_uri=storage.join(output, "manifest.json"),
+    )
+    storage.write_json(result.manifest_uri, result)
+    return result
