@@ -35,11 +35,11 @@ down: $(STAMP)
 	$(BIN)/maas down
 
 docs: $(STAMP)
-	$(BIN)/python -m modules.reference > docs/configuration.md
+	$(BIN)/python -m maas.modules.reference > docs/configuration.md
 
 # Rewrites constraints.txt from a working .venv (after changing pyproject's dependencies); torch stays out of it.
 lock: $(STAMP)
-	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --all --exclude-editable | grep -v -E '^(torch|pip)=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 from captum.attr import DeepLift, IntegratedGradients  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from modules import formats, registry, storage  # noqa: E402
-from modules.manifests import PreprocessResult  # noqa: E402
-from modules.model import AttributionHead, MLPConfig, TabularNet  # noqa: E402
+from maas.modules import formats, registry, storage  # noqa: E402
+from maas.modules.manifests import PreprocessResult  # noqa: E402
+from maas.modules.model import AttributionHead, MLPConfig, TabularNet  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

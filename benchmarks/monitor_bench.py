@@ -21,11 +21,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from modules.compress import export_onnx, quantize_int8  # noqa: E402
-from modules.engines import OnnxEngine  # noqa: E402
-from modules.model import MLPConfig, ScoringHead, TabularNet  # noqa: E402
-from modules.monitor import DriftAccumulator, build_baseline  # noqa: E402
-from modules.preprocess import fit_spec  # noqa: E402
+from maas.modules.compress import export_onnx, quantize_int8  # noqa: E402
+from maas.modules.engines import OnnxEngine  # noqa: E402
+from maas.modules.model import MLPConfig, ScoringHead, TabularNet  # noqa: E402
+from maas.modules.monitor import DriftAccumulator, build_baseline  # noqa: E402
+from maas.modules.preprocess import fit_spec  # noqa: E402
 
 FEATURES = [f"f{i}" for i in range(64)]
 

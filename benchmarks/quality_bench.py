@@ -31,12 +31,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn import datasets as bundled  # noqa: E402
 
-from modules import formats, storage  # noqa: E402
-from modules.compress import CompressParams, run_compress  # noqa: E402
-from modules.manifests import CompressResult, TrainResult  # noqa: E402
-from modules.preprocess import PreprocessParams, run_preprocess  # noqa: E402
-from modules.train import Hardware, TrainParams, run_training  # noqa: E402
-from modules.tune import TuneParams, search  # noqa: E402
+from maas.modules import formats, storage  # noqa: E402
+from maas.modules.compress import CompressParams, run_compress  # noqa: E402
+from maas.modules.manifests import CompressResult, TrainResult  # noqa: E402
+from maas.modules.preprocess import PreprocessParams, run_preprocess  # noqa: E402
+from maas.modules.train import Hardware, TrainParams, run_training  # noqa: E402
+from maas.modules.tune import TuneParams, search  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DATASETS = {

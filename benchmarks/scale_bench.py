@@ -40,7 +40,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a loaded 2-core machine
 
 from benchmarks.score_bench import synthetic  # noqa: E402
-from modules import formats  # noqa: E402
+from maas.modules import formats  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -82,8 +82,8 @@ def serve(port: int, root: str) -> None:
 def _seed(backend, prefix: str, n: int, model_ref: str) -> None:  # noqa: ANN001
     """N scored objects under INPUTS/prefix: the objects, a completion record each, and the index (one
     compacted segment, as a long history of runs leaves it)."""
-    from modules.claims import Done, unit_key
-    from modules.index import DoneIndex, _segment
+    from maas.modules.claims import Done, unit_key
+    from maas.modules.index import DoneIndex, _segment
 
     versions = []
     for i in range(n):
@@ -106,8 +106,8 @@ def _control(endpoint: str, path: str) -> dict:
 
 CLIENT = """
 import json, sys, time, urllib.request
-from modules import storage
-from modules.score import ScoreParams, plan, score_file, summarize
+from maas.modules import storage
+from maas.modules.score import ScoreParams, plan, score_file, summarize
 endpoint, bucket, state, prefix = sys.argv[1:5]
 urllib.request.urlopen(endpoint + "/__bench/count").read()
 started = time.perf_counter()
@@ -199,8 +199,8 @@ def index_bench(args: argparse.Namespace) -> dict:
 
 FLOW_CLIENT = """
 import json, sys, time
-from flows.score import score, task_runner
-from modules.score import ScoreParams
+from maas.flows.score import score, task_runner
+from maas.modules.score import ScoreParams
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) // 1024
 bucket, input_uri, out, extra = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])

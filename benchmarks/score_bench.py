@@ -30,7 +30,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from modules import formats, registry, storage  # noqa: E402
+from maas.modules import formats, registry, storage  # noqa: E402
 
 FEATURES = [f"f{i}" for i in range(64)]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -47,10 +47,10 @@ def synthetic(rows: int, seed: int, labeled: bool = False) -> pd.DataFrame:
 
 
 def train_model(bucket: str, rows: int = 20_000, epochs: int = 5) -> str:
-    from modules.compress import CompressParams, run_compress
-    from modules.preprocess import PreprocessParams, run_preprocess
-    from modules.registry import RegisterParams, register
-    from modules.train import TrainParams, run_training
+    from maas.modules.compress import CompressParams, run_compress
+    from maas.modules.preprocess import PreprocessParams, run_preprocess
+    from maas.modules.registry import RegisterParams, register
+    from maas.modules.train import TrainParams, run_training
 
     raw = storage.join(bucket, "raw", "train.parquet")
     formats.write_frame(synthetic(rows, seed=0, labeled=True), raw)
@@ -68,7 +68,7 @@ def naive_baseline(card_uri: str, inputs: list[str], output_prefix: str) -> floa
     """pandas reads the whole file, fp32 torch eager in one batch, pandas writes: rows/s."""
     import torch
 
-    from modules.model import MLPConfig, ScoringHead, TabularNet
+    from maas.modules.model import MLPConfig, ScoringHead, TabularNet
 
     card = registry.load_card(card_uri)
     net = TabularNet(card.features, MLPConfig.model_validate(card.training["model"]))
@@ -88,8 +88,8 @@ def naive_baseline(card_uri: str, inputs: list[str], output_prefix: str) -> floa
 
 def maas_score(bucket: str, input_uri: str, output_uri: str, **params) -> dict:
     """The score flow, as `maas score` runs it (threads, ephemeral Prefect API); returns its result."""
-    from flows.score import score, task_runner
-    from modules.score import ScoreParams
+    from maas.flows.score import score, task_runner
+    from maas.modules.score import ScoreParams
 
     score_params = ScoreParams(
         model="bench@production",

@@ -26,8 +26,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 from benchmarks.score_bench import synthetic, train_model  # noqa: E402
-from modules import formats, storage  # noqa: E402
-from modules.watch import Watcher  # noqa: E402
+from maas.modules import formats, storage  # noqa: E402
+from maas.modules.watch import Watcher  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -72,8 +72,8 @@ def main() -> None:
     parser.add_argument("--limit", type=float, default=900, help="seconds the scoring run may take")
     args = parser.parse_args()
 
-    from flows.score import score
-    from modules.score import ScoreParams
+    from maas.flows.score import score
+    from maas.modules.score import ScoreParams
 
     with tempfile.TemporaryDirectory(prefix="maas-soak-") as scratch:
         bucket = Path(scratch, "bucket").as_uri()  # the local bucket: this measures maas, not a mock S3

@@ -31,7 +31,7 @@ COMMANDS = {
 
 def maas(code: Path, args: list[str], cwd: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "maas.flows.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**env, "PYTHONPATH": str(code)}, timeout=600)  # fmt: skip
     seconds = time.perf_counter() - started
     if done.returncode:

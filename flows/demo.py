@@ -9,13 +9,13 @@ from __future__ import annotations
 from prefect import flow, task
 from pydantic import BaseModel, Field
 
-from flows.pipeline import pipeline
-from flows.retries import IO_RETRIES
-from flows.score import score
-from modules import demo
-from modules.config import Location, Settings
-from modules.pipeline import PipelineParams, PipelineResult
-from modules.score import ScoreParams, ScoreResult
+from maas.flows.pipeline import pipeline
+from maas.flows.retries import IO_RETRIES
+from maas.flows.score import score
+from maas.modules import demo
+from maas.modules.config import Location, Settings
+from maas.modules.pipeline import PipelineParams, PipelineResult
+from maas.modules.score import ScoreParams, ScoreResult
 
 
 class DemoParams(BaseModel):

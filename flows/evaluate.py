@@ -1,6 +1,6 @@
 """Ground truth: labels dropped under labels/ joined to what a model version predicted; metrics per version and day.
 
-A thin flow over `modules.evaluate.evaluate`: it logs what was joined and what was not, and leaves a
+A thin flow over `maas.modules.evaluate.evaluate`: it logs what was joined and what was not, and leaves a
 markdown artifact with the metrics history of the model (every version, every day) and the plot's URI.
 The `evaluate` deployment runs it when a labels file lands (deployments/prefect.yaml).
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from modules import evaluate as evaluation
-from modules.evaluate import EvaluateParams, EvaluateResult, MetricsRecord
+from maas.modules import evaluate as evaluation
+from maas.modules.evaluate import EvaluateParams, EvaluateResult, MetricsRecord
 
 
 @flow(name="evaluate")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from prefect.events import emit_event
 
-from modules.score import ScoreResult
+from maas.modules.score import ScoreResult
 
 
 def model_resource(model_ref: str) -> dict[str, str]:

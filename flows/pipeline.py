@@ -18,13 +18,13 @@ from prefect.deployments import run_deployment
 from prefect.states import Completed, State
 from pydantic import BaseModel
 
-from flows.steps import compress, preprocess, register_model, train
-from flows.tune import tune
-from modules import storage
-from modules.errors import MaasError
-from modules.manifests import CompressResult, PreprocessResult, TrainResult
-from modules.pipeline import PipelineParams, PipelineResult
-from modules.registry import RegisterResult
+from maas.flows.steps import compress, preprocess, register_model, train
+from maas.flows.tune import tune
+from maas.modules import storage
+from maas.modules.errors import MaasError
+from maas.modules.manifests import CompressResult, PreprocessResult, TrainResult
+from maas.modules.pipeline import PipelineParams, PipelineResult
+from maas.modules.registry import RegisterResult
 
 R = TypeVar("R", bound=BaseModel)
 POLL_SECONDS = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modules.errors import is_transient
+from maas.modules.errors import is_transient
 
 RETRY_DELAYS = [2, 5, 15]
 

@@ -2,12 +2,12 @@
 
 At most `parallel_files` tasks are in flight at once, and no more than their estimated memory
 allows (`memory_budget`: a large file streams, so it counts as a fixed amount, see
-`modules.score.memory_estimate`), on the flow's task runner: threads by
+`maas.modules.score.memory_estimate`), on the flow's task runner: threads by
 default, or a Dask cluster (`score.with_options(task_runner=DaskTaskRunner(...))`, which the CLI's
 `--dask-workers`/`--dask-address` set up) to spread files over processes and machines. Small files are
 packed several to a task (`group_bytes`) so that per-task overhead does not dominate; each task is
 given its own files, not the run's list. One file's failure never stops the others: passing
-storage failures are retried inside `modules.score` (a file still failing is left unclaimed for
+storage failures are retried inside `maas.modules.score` (a file still failing is left unclaimed for
 the next run), and any other error is reported for that file alone. The run ends Failed when its
 error budget is spent (`max_failed_files`, `max_quarantined_files`), after which it starts no more
 files, so that someone looks; without a budget every file is tried and any failure fails the run.
@@ -27,13 +27,13 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows import progress
-from flows.events import emit_drift
-from flows.retries import IO_RETRIES
-from modules import score as scoring
-from modules.errors import MaasError, PartialFailure, one_line
-from modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
-from modules.storage import ObjectInfo
+from maas.flows import progress
+from maas.flows.events import emit_drift
+from maas.flows.retries import IO_RETRIES
+from maas.modules import score as scoring
+from maas.modules.errors import MaasError, PartialFailure, one_line
+from maas.modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
+from maas.modules.storage import ObjectInfo
 
 LOG_EVERY_SECONDS = 10.0
 

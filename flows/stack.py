@@ -28,8 +28,8 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel, Field
 
-from modules.config import Location, Settings
-from modules.errors import MaasError
+from maas.modules.config import Location, Settings
+from maas.modules.errors import MaasError
 
 POOL = "maas"
 PREFECT_FILE = Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml"
@@ -91,7 +91,7 @@ def up(params: StackParams) -> StackInfo:
         pids["worker"] = _spawn(
             home, "worker", [_prefect(), "worker", "start", "--pool", POOL, "--type", "process"], env
         )
-        watch = [sys.executable, "-m", "flows.cli", "watch", "--interval", str(params.watch_interval)]
+        watch = [sys.executable, "-m", "maas.flows.cli", "watch", "--interval", str(params.watch_interval)]
         pids["watcher"] = _spawn(home, "watcher", watch, env)
         labels = Settings(bucket=bucket).uri("labels")
         pids["labels-watcher"] = _spawn(home, "labels-watcher", [*watch, "--prefix", labels], env)

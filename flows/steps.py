@@ -12,12 +12,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.events import emit_alias_moved
-from modules.compress import CompressParams, run_compress
-from modules.manifests import CompressResult, ExplanationReport, PreprocessResult, TrainResult
-from modules.preprocess import PreprocessParams, run_preprocess
-from modules.registry import RegisterParams, RegisterResult, register
-from modules.train import TrainParams, run_training
+from maas.flows.events import emit_alias_moved
+from maas.modules.compress import CompressParams, run_compress
+from maas.modules.manifests import CompressResult, ExplanationReport, PreprocessResult, TrainResult
+from maas.modules.preprocess import PreprocessParams, run_preprocess
+from maas.modules.registry import RegisterParams, RegisterResult, register
+from maas.modules.train import TrainParams, run_training
 
 
 @flow(name="preprocess")

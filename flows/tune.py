@@ -1,6 +1,6 @@
 """Hyperparameter search: each trial a task, so trials run in parallel on the flow's task runner.
 
-The study is driven by `modules.tune.search` in the flow's process; each wave of `parallel` trials is
+The study is driven by `maas.modules.tune.search` in the flow's process; each wave of `parallel` trials is
 submitted as `trial` tasks and awaited in order, so the same seed gives the same study. Tasks run on a
 process pool by default (a trial seeds torch's global generator, which threads would share); for a Dask
 cluster: `tune.with_options(task_runner=DaskTaskRunner(address=...))`.
@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ProcessPoolTaskRunner
 
-from modules.tune import TrialRecord, TrialSpec, TuneParams, TuneResult, run_trial, search
+from maas.modules.tune import TrialRecord, TrialSpec, TuneParams, TuneResult, run_trial, search
 
 
 @task(name="trial", cache_policy=NO_CACHE)

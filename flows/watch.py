@@ -24,8 +24,8 @@ from prefect.events import Event
 from prefect.events.clients import get_events_client
 from prefect.settings import PREFECT_API_URL
 
-from modules.errors import MaasError, StorageError
-from modules.watch import EVENT_NAME, ObjectEvent, WatchParams
+from maas.modules.errors import MaasError, StorageError
+from maas.modules.watch import EVENT_NAME, ObjectEvent, WatchParams
 
 RECONNECT_ATTEMPTS = 2
 

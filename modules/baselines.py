@@ -18,10 +18,10 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from modules.manifests import BaselineReport, VariantReport
-from modules.metrics import keeps_metric, metric_drop, metric_of
-from modules.model import FeatureTransform
-from modules.preprocess import FeatureSpec
+from maas.modules.manifests import BaselineReport, VariantReport
+from maas.modules.metrics import keeps_metric, metric_drop, metric_of
+from maas.modules.model import FeatureTransform
+from maas.modules.preprocess import FeatureSpec
 
 Split = tuple[np.ndarray, np.ndarray]  # encoded feature rows (FeatureSpec.encode) and encoded targets
 

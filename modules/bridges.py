@@ -28,9 +28,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import botocore.exceptions
 
-from modules import storage
-from modules.errors import InputError
-from modules.watch import ObjectEvent, from_s3_notification
+from maas.modules import storage
+from maas.modules.errors import InputError
+from maas.modules.watch import ObjectEvent, from_s3_notification
 
 Deliver = Callable[[list[ObjectEvent]], None]
 MAX_BODY_BYTES = 1 << 20

@@ -3,7 +3,7 @@ version serving there now, on the same rows.
 
 The rows are the candidate's own test split (raw, labeled, never trained on by the candidate), scored
 by the champion and by the candidate's served int8 artifact, each through its own folded-in
-preprocessing. The metric is the compression gate's (`modules.metrics`): accuracy may drop by at most
+preprocessing. The metric is the compression gate's (`maas.modules.metrics`): accuracy may drop by at most
 `max_drop` points, RMSE rise by at most `max_drop` relative. Nothing here reads a clock, so the same
 two models on the same rows always get the same decision.
 
@@ -12,7 +12,7 @@ encode, a class it never learned, another task or target) is no yardstick: the d
 and passes, leaving the int8-vs-fp32 gate to decide alone.
 
 Then the same on the freshest ground truth, when there is any: the input rows the champion scored
-whose labels have arrived (`modules.evaluate.labeled_inputs`, found through the champion's last
+whose labels have arrived (`maas.modules.evaluate.labeled_inputs`, found through the champion's last
 `maas evaluate`). The candidate must not be worse on those either.
 """
 
@@ -23,9 +23,9 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modules.engines import Engine
-from modules.errors import InputError
-from modules.metrics import keeps_metric, metric_drop, metric_of
+from maas.modules.engines import Engine
+from maas.modules.errors import InputError
+from maas.modules.metrics import keeps_metric, metric_drop, metric_of
 
 
 class ChampionDecision(BaseModel):

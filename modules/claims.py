@@ -30,8 +30,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
-from modules import storage
-from modules.errors import LeaseLost, ObjectNotFound, StorageError, StorageUnavailable
+from maas.modules import storage
+from maas.modules.errors import LeaseLost, ObjectNotFound, StorageError, StorageUnavailable
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Compression that pays: prune, quantize to int8, measure every variant against fp32, gate.
 
 - pruning (`pruning`): `structured` (default) removes whole hidden units in `prune_steps` steps,
-  each followed by a short fine-tune, so the matrices really shrink (`modules.pruning`);
+  each followed by a short fine-tune, so the matrices really shrink (`maas.modules.pruning`);
   `unstructured` zeroes the smallest weights globally (smaller only once compressed, never faster
   on dense kernels: reported as such); `none` quantizes the trained network as it is;
 - int8 backends, each measured: ONNX Runtime dynamic (weights int8 per channel, activations
@@ -42,13 +42,20 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from pydantic import BaseModel, Field
 
-from modules import baselines, explain, plots, pruning, storage
-from modules.config import Location, sibling_output
-from modules.engines import OnnxEngine, TorchEngine
-from modules.explain import Explainer
-from modules.manifests import ArtifactRef, CompressResult, ExplanationReport, GateDecision, TrainResult, VariantReport
-from modules.metrics import keeps_metric, metric_drop, metric_of
-from modules.model import (
+from maas.modules import baselines, explain, plots, pruning, storage
+from maas.modules.config import Location, sibling_output
+from maas.modules.engines import OnnxEngine, TorchEngine
+from maas.modules.explain import Explainer
+from maas.modules.manifests import (
+    ArtifactRef,
+    CompressResult,
+    ExplanationReport,
+    GateDecision,
+    TrainResult,
+    VariantReport,
+)
+from maas.modules.metrics import keeps_metric, metric_drop, metric_of
+from maas.modules.model import (
     AttributionHead,
     MLPConfig,
     OptimConfig,
@@ -58,10 +65,10 @@ from modules.model import (
     TabularNet,
     fold_batch_norm,
 )
-from modules.preprocess import FeatureSpec
-from modules.pruning import Importance
-from modules.schedules import ScheduleConfig
-from modules.train import Hardware, build_trainer, load_inputs, seed_everything
+from maas.modules.preprocess import FeatureSpec
+from maas.modules.pruning import Importance
+from maas.modules.schedules import ScheduleConfig
+from maas.modules.train import Hardware, build_trainer, load_inputs, seed_everything
 
 THROUGHPUT_ROWS = 32_768
 THROUGHPUT_BATCH = 8_192

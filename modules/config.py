@@ -20,7 +20,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from modules.errors import ConfigError, one_line
+from maas.modules.errors import ConfigError, one_line
 
 DEFAULT_BUCKET_DIR = ".maas/bucket"
 DEFAULT_MODEL_NAME = "default"

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from modules import formats, storage
-from modules.config import Settings
+from maas.modules import formats, storage
+from maas.modules.config import Settings
 
 TARGET = "digit"
 HELD_OUT_FRACTION = 0.1

@@ -1,6 +1,6 @@
 """Scoring engines: encoded feature rows in, model outputs out, on ONNX Runtime or torch.
 
-Both run the same network with the preprocessing folded in (`modules.model.FeatureTransform`):
+Both run the same network with the preprocessing folded in (`maas.modules.model.FeatureTransform`):
 - `OnnxEngine`: the int8 ONNX artifact on ONNX Runtime, the fast default on CPU;
 - `TorchEngine`: the pruned fp32 weights, quantized to int8 by torch's dynamic quantization at
   load time, for machines without ONNX Runtime. torch is imported only when it is chosen, so a
@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import pandas as pd
 
-from modules.preprocess import FeatureSpec
+from maas.modules.preprocess import FeatureSpec
 
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -74,7 +74,7 @@ class TorchEngine(Engine):
     def __init__(self, spec: FeatureSpec, model_config: dict, state_dict: bytes, threads: int | None = None) -> None:
         import torch
 
-        from modules.model import MLPConfig, ScoringHead, TabularNet
+        from maas.modules.model import MLPConfig, ScoringHead, TabularNet
 
         super().__init__(spec)
         net = TabularNet(spec, MLPConfig.model_validate(model_config))

@@ -37,12 +37,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modules import formats, plots, registry, storage
-from modules.config import Location, Settings
-from modules.errors import InputError, ObjectNotFound
-from modules.score import FileManifest
+from maas.modules import formats, plots, registry, storage
+from maas.modules.config import Location, Settings
+from maas.modules.errors import InputError, ObjectNotFound
+from maas.modules.score import FileManifest
 
-PREDICTION = "prediction"  # the column modules.engines writes: the label or the value
+PREDICTION = "prediction"  # the column maas.modules.engines writes: the label or the value
 BATCH_ROWS = 65_536
 Task = Literal["classification", "regression"]
 

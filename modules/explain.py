@@ -1,7 +1,7 @@
 """Explanations: why each row got its prediction, computed in the serving engine, and which columns matter.
 
 - **Per row**: the attribution graph `model.explain.onnx` (exported at compression from
-  `modules.model.AttributionHead`) runs on ONNX Runtime beside the served model, on the same encoded
+  `maas.modules.model.AttributionHead`) runs on ONNX Runtime beside the served model, on the same encoded
   rows, so scoring explains every row in the same pass and still never imports torch. One attribution
   per raw input column (a category's one-hot levels are summed), in the explained output's units:
   the predicted class's logit, or the predicted value in the target's units. They add up to the
@@ -21,10 +21,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from modules.engines import onnx_session
-from modules.manifests import ExplanationReport, FeatureImportance
-from modules.metrics import metric_drop, metric_of
-from modules.preprocess import FeatureSpec
+from maas.modules.engines import onnx_session
+from maas.modules.manifests import ExplanationReport, FeatureImportance
+from maas.modules.metrics import metric_drop, metric_of
+from maas.modules.preprocess import FeatureSpec
 
 METHOD = "deeplift-rescale"
 BASELINE = (

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from modules import storage
-from modules.errors import InputError, StorageError, one_line
+from maas.modules import storage
+from maas.modules.errors import InputError, StorageError, one_line
 
 Kind = Literal["csv", "tsv", "parquet", "jsonl"]
 

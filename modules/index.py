@@ -1,6 +1,6 @@
 """An index of completed work, so that a run's cost follows its new objects, not the prefix's history.
 
-The completion records (`modules.claims`) are the truth: one object per finished unit (object URI,
+The completion records (`maas.modules.claims`) are the truth: one object per finished unit (object URI,
 etag, model version). Asking them once per listed object costs one GET per file ever scored. The
 index lists the same facts per input prefix and model version, a few objects for a whole history:
 
@@ -31,8 +31,8 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from modules import storage
-from modules.errors import ObjectNotFound
+from maas.modules import storage
+from maas.modules.errors import ObjectNotFound
 
 # A run compacts once this many segments have piled up since the last compacted one.
 COMPACT_AFTER = 8

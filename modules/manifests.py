@@ -26,7 +26,7 @@ class PreprocessResult(BaseModel):
 
 
 class BaselineReport(BaseModel):
-    """A classical model fitted on the network's training rows through its preprocessing (`modules.baselines`)."""
+    """A classical model fitted on the network's training rows through its preprocessing (`maas.modules.baselines`)."""
 
     name: str = Field(description="logistic or ridge (linear), gradient-boosting (trees).")
     model: str = Field(description="The scikit-learn estimator.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modules.preprocess import FeatureSpec
+from maas.modules.preprocess import FeatureSpec
 
 
 def metric_of(spec: FeatureSpec, outputs: np.ndarray, targets: np.ndarray) -> float:

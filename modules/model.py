@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from modules import formats, schedules
-from modules.preprocess import FeatureSpec
+from maas.modules import formats, schedules
+from maas.modules.preprocess import FeatureSpec
 
 
 class MLPConfig(BaseModel):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modules.preprocess import FeatureSpec, Task
+from maas.modules.preprocess import FeatureSpec, Task
 
 Kind = Literal["number", "text"]
 EPSILON = 1e-4  # stands in for an empty bin's share in PSI, whose ln(q/p) is undefined at 0 (Evidently's choice)

@@ -12,17 +12,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from modules import registry, storage
-from modules.compress import CompressParams
-from modules.config import Location, Settings, new_run_id, sibling_output
-from modules.errors import InputError
-from modules.manifests import CompressResult, TrainResult
-from modules.model import MLPConfig, OptimConfig
-from modules.preprocess import PreprocessParams
-from modules.registry import RegisterParams, RegisterResult
-from modules.schedules import ScheduleConfig, ScheduleName
-from modules.train import Hardware, TrainParams
-from modules.tune import TuneParams, TuneResult
+from maas.modules import registry, storage
+from maas.modules.compress import CompressParams
+from maas.modules.config import Location, Settings, new_run_id, sibling_output
+from maas.modules.errors import InputError
+from maas.modules.manifests import CompressResult, TrainResult
+from maas.modules.model import MLPConfig, OptimConfig
+from maas.modules.preprocess import PreprocessParams
+from maas.modules.registry import RegisterParams, RegisterResult
+from maas.modules.schedules import ScheduleConfig, ScheduleName
+from maas.modules.train import Hardware, TrainParams
+from maas.modules.tune import TuneParams, TuneResult
 
 
 class PipelineParams(BaseModel):

@@ -11,9 +11,9 @@ import io
 import numpy as np
 import pandas as pd
 
-from modules import monitor
-from modules.manifests import ExplanationReport, VariantReport
-from modules.monitor import Baseline, CategoricalBaseline, DriftReport, NumericBaseline, RunDrift
+from maas.modules import monitor
+from maas.modules.manifests import ExplanationReport, VariantReport
+from maas.modules.monitor import Baseline, CategoricalBaseline, DriftReport, NumericBaseline, RunDrift
 
 
 def _figure(columns: int):

@@ -1,7 +1,7 @@
 """Validate a labeled table, split it, and fit the preprocessing that the model carries with it.
 
 The fitted `FeatureSpec` holds imputation fills, standardization and category vocabularies, fitted
-on the train split only. It is applied by tensor ops inside the model (`modules.model`), so the
+on the train split only. It is applied by tensor ops inside the model (`maas.modules.model`), so the
 exported artifact takes raw feature rows: scoring needs no training-time state. What stays in
 Python is `FeatureSpec.encode`, which picks the feature columns by name (column order does not
 matter), checks that numbers parse, and maps categories to integer codes.
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modules import formats, storage
-from modules.config import Location, step_output
-from modules.errors import InputError
-from modules.manifests import PreprocessResult
+from maas.modules import formats, storage
+from maas.modules.config import Location, step_output
+from maas.modules.errors import InputError
+from maas.modules.manifests import PreprocessResult
 
 Task = Literal["classification", "regression"]
 Label = bool | int | float | str

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from modules.model import MLPConfig, TabularNet
-from modules.preprocess import FeatureSpec
+from maas.modules.model import MLPConfig, TabularNet
+from maas.modules.preprocess import FeatureSpec
 
 Importance = Literal["l1", "l2", "activation"]
 

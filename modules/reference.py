@@ -14,17 +14,17 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from modules.compress import CompressParams
-from modules.config import Location
-from modules.evaluate import EvaluateParams
-from modules.fields import FACTORY_DEFAULTS, leaf_fields
-from modules.pipeline import PipelineParams
-from modules.preprocess import PreprocessParams
-from modules.registry import RegisterParams
-from modules.score import ScoreParams
-from modules.train import TrainParams
-from modules.tune import TuneParams
-from modules.watch import WatchParams
+from maas.modules.compress import CompressParams
+from maas.modules.config import Location
+from maas.modules.evaluate import EvaluateParams
+from maas.modules.fields import FACTORY_DEFAULTS, leaf_fields
+from maas.modules.pipeline import PipelineParams
+from maas.modules.preprocess import PreprocessParams
+from maas.modules.registry import RegisterParams
+from maas.modules.score import ScoreParams
+from maas.modules.train import TrainParams
+from maas.modules.tune import TuneParams
+from maas.modules.watch import WatchParams
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("pipeline", PipelineParams, "`maas pipeline`; the `pipeline` deployment"),

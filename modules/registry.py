@@ -14,8 +14,8 @@ process dies, and the log says who moved the alias, when and from where. (A buck
 the log existed keeps its `aliases/<alias>.json` pointer as generation 0.)
 
 `register` moves `production` only for a version that passed both gates: the compression gate (int8
-keeps fp32's test metric, `modules.compress`) and the champion gate (not worse than the production
-version on the candidate's test split, `modules.champion`). With the model's policy
+keeps fp32's test metric, `maas.modules.compress`) and the champion gate (not worse than the production
+version on the candidate's test split, `maas.modules.champion`). With the model's policy
 (`models/<name>/policy.json`) requiring approval, such a version waits as `pending` until `approve`
 records who, when and why in its card and moves `production`.
 
@@ -35,13 +35,13 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modules import formats, storage
-from modules.champion import ChampionDecision, challenge
-from modules.config import Location, Settings, sibling_output
-from modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
-from modules.errors import ObjectNotFound, RegistryError
-from modules.explain import Explainer
-from modules.manifests import (
+from maas.modules import formats, storage
+from maas.modules.champion import ChampionDecision, challenge
+from maas.modules.config import Location, Settings, sibling_output
+from maas.modules.engines import Engine, OnnxEngine, TorchEngine, onnxruntime_available
+from maas.modules.errors import ObjectNotFound, RegistryError
+from maas.modules.explain import Explainer
+from maas.modules.manifests import (
     BaselineReport,
     CompressResult,
     ExplanationReport,
@@ -50,13 +50,13 @@ from modules.manifests import (
     TrainResult,
     VariantReport,
 )
-from modules.monitor import Baseline, build_baseline
-from modules.preprocess import FeatureSpec
+from maas.modules.monitor import Baseline, build_baseline
+from maas.modules.preprocess import FeatureSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REF = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
 Target = Callable[[int | None], int | None]  # an alias move: the current version -> the wanted one (None: stay)
-BASELINE = "baseline.json"  # the training distribution scored files are compared with (modules.monitor)
+BASELINE = "baseline.json"  # the training distribution scored files are compared with (maas.modules.monitor)
 PACKAGES = ("maas", "torch", "pytorch-lightning", "onnx", "onnxruntime", "pandas", "numpy", "pyarrow", "prefect")
 
 
@@ -544,7 +544,7 @@ def _challenge_production(
 
     A registration racing a promotion may be judged against the version production pointed at just
     before; the compare-and-swap still never moves production back past a newer version."""
-    from modules.evaluate import labeled_inputs  # evaluate reads cards through this module: imported late
+    from maas.modules.evaluate import labeled_inputs  # evaluate reads cards through this module: imported late
 
     head = _alias_head(bucket, name, "production")
     if head is None or not compressed.gate.passed:

@@ -6,9 +6,9 @@ Then each file is scored on its own (`score_file`), which is what the flow maps 
 
 - the unit of work is (object URI, etag, model version), whatever prefix or single file the run was
   pointed at: a unit with a completion record is skipped (unless `rescore`); the units an earlier run
-  over the same prefix finished are known from its index (`modules.index`) without a request per
+  over the same prefix finished are known from its index (`maas.modules.index`) without a request per
   file, so a run's cost follows its new objects, not the prefix's history; a run claims a
-  unit before working on it (`modules.claims`), so concurrent runs never score a file twice, a
+  unit before working on it (`maas.modules.claims`), so concurrent runs never score a file twice, a
   crashed run's file is taken up again when its lease expires, and a run that stalled past its
   lease cannot publish (fencing);
 - passing storage failures (throttling, 5xx, timeouts, resets) are retried, then the file is left
@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from modules import explain, formats, plots, registry, storage
-from modules.claims import Claims, Lease
-from modules.config import Location, Settings, new_run_id
-from modules.engines import Engine
-from modules.errors import (
+from maas.modules import explain, formats, plots, registry, storage
+from maas.modules.claims import Claims, Lease
+from maas.modules.config import Location, Settings, new_run_id
+from maas.modules.engines import Engine
+from maas.modules.errors import (
     InputError,
     LeaseLost,
     ObjectChanged,
@@ -59,11 +59,11 @@ from modules.errors import (
     StorageUnavailable,
     one_line,
 )
-from modules.explain import Explainer
-from modules.index import COMPACT_AFTER, DoneIndex
-from modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettings, RunDrift, summarize_run
-from modules.registry import ModelCard
-from modules.shadow import Agreement, ShadowReport, combined
+from maas.modules.explain import Explainer
+from maas.modules.index import COMPACT_AFTER, DoneIndex
+from maas.modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettings, RunDrift, summarize_run
+from maas.modules.registry import ModelCard
+from maas.modules.shadow import Agreement, ShadowReport, combined
 
 log = logging.getLogger(__name__)
 UNSAFE_KEYS = "_unsafe-keys"  # quarantine folder for inputs whose keys cannot name an output safely

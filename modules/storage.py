@@ -49,8 +49,8 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 from s3fs.utils import FileExpired
 
-from modules.config import check_location
-from modules.errors import ObjectChanged, ObjectNotFound, StorageError, StorageUnavailable
+from maas.modules.config import check_location
+from maas.modules.errors import ObjectChanged, ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
 # Failures that pass: the same request may well succeed a moment later.

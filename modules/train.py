@@ -26,12 +26,12 @@ from pytorch_lightning.loggers import CSVLogger
 from sklearn.model_selection import KFold, StratifiedKFold
 from torch.utils.data import ConcatDataset, TensorDataset
 
-from modules import plots, storage
-from modules.baselines import fit_baselines
-from modules.config import Location, sibling_output
-from modules.manifests import PreprocessResult, TrainResult
-from modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
-from modules.preprocess import FeatureSpec
+from maas.modules import plots, storage
+from maas.modules.baselines import fit_baselines
+from maas.modules.config import Location, sibling_output
+from maas.modules.manifests import PreprocessResult, TrainResult
+from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
+from maas.modules.preprocess import FeatureSpec
 
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 

@@ -1,7 +1,7 @@
 """Hyperparameter search with Optuna, within a budget, and reproducible from its seed.
 
 The search varies the network (depth, width, dropout, batch norm), the optimizer (learning rate, weight
-decay, LR schedule) and the batch size. Each configuration is judged by `modules.train.evaluate`: the best
+decay, LR schedule) and the batch size. Each configuration is judged by `maas.modules.train.evaluate`: the best
 validation loss, averaged over k folds on a small dataset (cross-validation) or on the validation split.
 
 Who does what, so that trials can run anywhere (a process pool, a Dask cluster) and still repeat exactly:
@@ -31,10 +31,10 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, Field
 from pytorch_lightning.callbacks import Callback
 
-from modules import plots, storage
-from modules.config import sibling_output
-from modules.model import MLPConfig, OptimConfig, TabularDataModule
-from modules.train import TrainParams, cross_validation_applies, evaluate, load_inputs
+from maas.modules import plots, storage
+from maas.modules.config import sibling_output
+from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule
+from maas.modules.train import TrainParams, cross_validation_applies, evaluate, load_inputs
 
 SPACE: dict[str, BaseDistribution] = {
     "depth": IntDistribution(1, 3),

@@ -34,10 +34,10 @@ from uuid import UUID, uuid5
 
 from pydantic import AliasChoices, BaseModel, Field
 
-from modules import storage
-from modules.claims import new_owner
-from modules.config import Location, Settings
-from modules.errors import InputError, ObjectNotFound
+from maas.modules import storage
+from maas.modules.claims import new_owner
+from maas.modules.config import Location, Settings
+from maas.modules.errors import InputError, ObjectNotFound
 
 EVENT_NAME = "maas.object.created"
 GENERATIONS_KEPT = 3

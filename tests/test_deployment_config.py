@@ -17,8 +17,8 @@ from prefect.server.events.schemas.automations import EventTrigger
 from prefect.server.events.schemas.events import ReceivedEvent
 from prefect.utilities.templating import apply_values, find_placeholders
 
-from flows.watch import prefect_event
-from modules.watch import ObjectEvent
+from maas.flows.watch import prefect_event
+from maas.modules.watch import ObjectEvent
 from tests.test_layout import ROOT
 
 DEPLOYMENTS = ROOT / "deployments"
@@ -134,5 +134,5 @@ def test_the_evaluation_of_a_label_drop_reads_the_watched_prefix() -> None:
     (trigger,) = _deployments()["evaluate"]["triggers"]
     assert trigger["parameters"] == {"params": {"labels_uri": "{{ event.payload.prefix }}"}}
     assert trigger["for_each"] == ["maas.prefix"] and trigger["expect"] == ["maas.object.created"]
-    assert _deployments()["evaluate"]["entrypoint"] == "flows.evaluate.evaluate"
+    assert _deployments()["evaluate"]["entrypoint"] == "maas.flows.evaluate.evaluate"
     assert _deployments()["evaluate"]["enforce_parameter_schema"] is True

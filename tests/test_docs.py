@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modules import reference
+from maas.modules import reference
 from tests.test_layout import ROOT
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules import formats, storage
-from modules.preprocess import PreprocessParams, run_preprocess
-from modules.train import Hardware, TrainParams, run_training
+from maas.modules import formats, storage
+from maas.modules.preprocess import PreprocessParams, run_preprocess
+from maas.modules.train import Hardware, TrainParams, run_training
 from tests.conftest import synthetic_classification
 
 pytestmark = [

@@ -26,7 +26,7 @@ def test_modules_never_import_prefect() -> None:
 
 def test_scoring_path_does_not_load_torch() -> None:
     """Scoring containers need ONNX Runtime, not torch: importing the scorer must not pull it in."""
-    code = "import sys, modules.score; print('torch' in sys.modules)"
+    code = "import sys, maas.modules.score; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -12,7 +12,7 @@ import os
 
 import click
 
-from flows.cli.common import state
+from maas.flows.cli.common import state
 
 # Set before anything imports Prefect (loading a command may): no telemetry from a machine that may have
 # no internet, and more than Prefect's 20 s for its temporary API server to start on a busy 2-core machine.
@@ -21,23 +21,32 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 # name: (where the command is built, its one-line help; a test checks each against the command's own)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "pipeline": ("flows.cli.steps:pipeline", "Preprocess, train, compress and register a model."),
-    "preprocess": ("flows.cli.steps:preprocess", "Step 1 alone: validate, split, fit the preprocessing."),
-    "train": ("flows.cli.steps:train", "Step 2 alone: train with Lightning."),
-    "tune": ("flows.cli.steps:tune", "Step 2 with a search: Optuna trials, then training with the best of them."),
-    "compress": ("flows.cli.steps:compress", "Step 3 alone: prune, fine-tune, quantize to int8 and measure."),
-    "register": ("flows.cli.steps:register", "Step 4 alone: publish the next version and move its aliases."),
-    "score": ("flows.cli.scoring:score", "Score every file under a prefix that this model version has not scored yet."),
+    "pipeline": ("maas.flows.cli.steps:pipeline", "Preprocess, train, compress and register a model."),
+    "preprocess": ("maas.flows.cli.steps:preprocess", "Step 1 alone: validate, split, fit the preprocessing."),
+    "train": ("maas.flows.cli.steps:train", "Step 2 alone: train with Lightning."),
+    "tune": ("maas.flows.cli.steps:tune", "Step 2 with a search: Optuna trials, then training with the best of them."),
+    "compress": ("maas.flows.cli.steps:compress", "Step 3 alone: prune, fine-tune, quantize to int8 and measure."),
+    "register": ("maas.flows.cli.steps:register", "Step 4 alone: publish the next version and move its aliases."),
+    "score": (
+        "maas.flows.cli.scoring:score",
+        "Score every file under a prefix that this model version has not scored yet.",
+    ),
     "evaluate": (
-        "flows.cli.steps:evaluate",
+        "maas.flows.cli.steps:evaluate",
         "Join ground truth to what a model version predicted; record its metrics.",
     ),
-    "demo": ("flows.cli.steps:demo", "The main job: digits -> pipeline -> int8 model -> files in incoming/ scored."),
-    "models": ("flows.cli.registry:models_app", "The model registry in the bucket: versions, aliases, promotion."),
-    "watch": ("flows.cli.events:watch", "Emit a Prefect event for every object dropped under a prefix."),
-    "bridge": ("flows.cli.events:bridge_app", "Push notifications from the store become maas.object.created events."),
-    "up": ("flows.cli.stack:up", "Start the local stack: Prefect server and UI, worker, deployments, watchers."),
-    "down": ("flows.cli.stack:down", "Stop the local stack started by `maas up`; its database and logs stay."),
+    "demo": (
+        "maas.flows.cli.steps:demo",
+        "The main job: digits -> pipeline -> int8 model -> files in incoming/ scored.",
+    ),
+    "models": ("maas.flows.cli.registry:models_app", "The model registry in the bucket: versions, aliases, promotion."),
+    "watch": ("maas.flows.cli.events:watch", "Emit a Prefect event for every object dropped under a prefix."),
+    "bridge": (
+        "maas.flows.cli.events:bridge_app",
+        "Push notifications from the store become maas.object.created events.",
+    ),
+    "up": ("maas.flows.cli.stack:up", "Start the local stack: Prefect server and UI, worker, deployments, watchers."),
+    "down": ("maas.flows.cli.stack:down", "Stop the local stack started by `maas up`; its database and logs stay."),
 }
 
 

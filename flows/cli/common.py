@@ -30,7 +30,7 @@ class _UserErrorsInOneLine(logging.Filter):
     """Prefect logs a failed run's exception with its traceback; for a user's mistake the message is the news."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from modules.errors import MaasError
+        from maas.modules.errors import MaasError
 
         if record.exc_info and isinstance(record.exc_info[1], MaasError):
             record.exc_info = record.exc_text = None
@@ -50,7 +50,7 @@ def run(action: Callable[[], BaseModel], as_json: bool, show: Callable, runs_flo
     A run that partly failed (`PartialFailure`) still prints its result (the JSON line with `--json`)
     before its one-line error, so a script learns which files failed from the exit code and the line.
     """
-    from modules.errors import MaasError, PartialFailure
+    from maas.modules.errors import MaasError, PartialFailure
 
     if runs_flows:
         _use_running_stack()
@@ -95,7 +95,7 @@ def _use_running_stack() -> None:
     """
     if os.environ.get("PREFECT_API_URL") or _profile_api_url():
         return
-    from flows.stack import running_api
+    from maas.flows.stack import running_api
 
     api_url = running_api(STACK_HOME)
     if api_url:
@@ -119,6 +119,6 @@ def _profile_api_url() -> str | None:
 
 
 def bucket_of(bucket: str | None) -> str:
-    from modules.config import Settings
+    from maas.modules.config import Settings
 
     return Settings.of(bucket).bucket

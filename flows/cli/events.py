@@ -10,8 +10,8 @@ from collections.abc import Callable
 import click
 from pydantic import BaseModel
 
-from flows.cli.common import bucket_option, console, json_option, run
-from flows.cli.options import params_command
+from maas.flows.cli.common import bucket_option, console, json_option, run
+from maas.flows.cli.options import params_command
 
 prefix_option = click.option("--prefix", help="Only objects under this s3:// prefix; default incoming/.")
 
@@ -54,11 +54,11 @@ def _show(result: Emitted) -> None:
 
 
 def watch() -> click.Command:
-    from modules.watch import WatchParams
+    from maas.modules.watch import WatchParams
 
     def action(params: Callable[[], WatchParams], as_json: bool) -> None:
         def launch() -> BaseModel:
-            from flows.watch import watch_loop
+            from maas.flows.watch import watch_loop
 
             given = params()
             click.echo(f"watching {given.watcher().prefix} every {given.interval_seconds:g} s", err=True)
@@ -94,7 +94,7 @@ def bridge_sqs(queue_url: str, prefix: str | None, bucket: str | None, as_json: 
     """
 
     def action() -> BaseModel:
-        from modules.bridges import SqsBridge
+        from maas.modules.bridges import SqsBridge
 
         relayed = _Relayed()
         watched, deliver = _relay(prefix, bucket, relayed)
@@ -121,7 +121,7 @@ def bridge_webhook(port: int, host: str, prefix: str | None, bucket: str | None,
     """
 
     def action() -> BaseModel:
-        from modules.bridges import webhook_server
+        from maas.modules.bridges import webhook_server
 
         relayed = _Relayed()
         watched, deliver = _relay(prefix, bucket, relayed)
@@ -140,8 +140,8 @@ def bridge_webhook(port: int, host: str, prefix: str | None, bucket: str | None,
 
 def _relay(prefix: str | None, bucket: str | None, relayed: _Relayed) -> tuple[str, Callable[[list], None]]:
     """The prefix a bridge serves (default incoming/) and how it delivers: emitted to Prefect, then counted."""
-    from flows.watch import emit
-    from modules.config import Settings
+    from maas.flows.watch import emit
+    from maas.modules.config import Settings
 
     def deliver(events: list) -> None:
         emit(events)

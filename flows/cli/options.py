@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from modules.fields import FACTORY_DEFAULTS, leaf_fields
+from maas.modules.fields import FACTORY_DEFAULTS, leaf_fields
 
 NONE = "none"  # an optional field given as `none` is set to null (`--shadow none`)
 

@@ -9,8 +9,8 @@ import click
 from pydantic import BaseModel
 from rich.table import Table
 
-from flows.cli.common import bucket_of, bucket_option, console, json_option, run
-from flows.cli.steps import metrics_table
+from maas.flows.cli.common import bucket_of, bucket_option, console, json_option, run
+from maas.flows.cli.steps import metrics_table
 
 
 @click.group("models", no_args_is_help=True)
@@ -29,7 +29,7 @@ def models_list(name: str | None, bucket: str | None, as_json: bool) -> None:
 
     Example: maas models list digits
     """
-    from modules import registry
+    from maas.modules import registry
 
     def show(result) -> None:
         table = Table(title=f"models in {bucket_of(bucket)}")
@@ -54,14 +54,14 @@ def models_show(ref: str, bucket: str | None, as_json: bool) -> None:
 
     REF is NAME@ALIAS or NAME/VERSION.
     """
-    from modules import registry
+    from maas.modules import registry
 
     def action() -> BaseModel:
         name, version = registry.resolve(bucket_of(bucket), ref)
         return registry.load_card(registry.card_uri(bucket_of(bucket), name, version))
 
     def show(card) -> None:
-        from modules.evaluate import history
+        from maas.modules.evaluate import history
 
         console.print_json(card.model_dump_json())
         if card.explanations is not None:
@@ -85,7 +85,7 @@ def models_promote(ref: str, alias: str, bucket: str | None, as_json: bool) -> N
 
     Example: maas models promote default/3
     """
-    from modules import registry
+    from maas.modules import registry
 
     def action() -> BaseModel:
         name = registry.resolve(bucket_of(bucket), ref)[0]
@@ -101,7 +101,7 @@ def models_promote(ref: str, alias: str, bucket: str | None, as_json: bool) -> N
 @json_option
 def models_rollback(name: str, alias: str, bucket: str | None, as_json: bool) -> None:
     """Move an alias back to the newest earlier version that passed the gate (NAME is the model)."""
-    from modules import registry
+    from maas.modules import registry
 
     def action() -> BaseModel:
         return _moved("rolled-back", name, alias, bucket, lambda: registry.rollback(bucket_of(bucket), name, alias))
@@ -123,7 +123,7 @@ def models_approve(ref: str, reason: str, by: str | None, force: bool, bucket: s
 
     Example: maas models approve default/3 --reason "reviewed the confusion matrix"
     """
-    from modules import registry
+    from maas.modules import registry
 
     def action() -> BaseModel:
         name = registry.resolve(bucket_of(bucket), ref)[0]
@@ -147,7 +147,7 @@ def models_policy(name: str, require_approval: bool | None, bucket: str | None, 
 
     Example: maas models policy default --require-approval
     """
-    from modules import registry
+    from maas.modules import registry
 
     def action() -> BaseModel:
         policy = registry.read_policy(bucket_of(bucket), name)
@@ -184,7 +184,7 @@ def _os_user() -> str:
 
 def _moved(kind: str, name: str, alias: str, bucket: str | None, move: Callable[[], int]) -> _AliasMove:
     """Move an alias (`move` returns the version it points at now) and announce it."""
-    from modules import registry
+    from maas.modules import registry
 
     previous = registry.aliases(bucket_of(bucket), name).get(alias)
     version = move()
@@ -197,7 +197,7 @@ def announce_alias_move(kind: str, name: str, alias: str, version: int, previous
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value() and version != previous:
-        from flows.events import emit_alias_moved
+        from maas.flows.events import emit_alias_moved
 
         emit_alias_moved(kind, name, alias, version, previous)
 

@@ -8,21 +8,21 @@ import click
 from pydantic import BaseModel
 from rich.console import Console
 
-from flows.cli.common import console, run
-from flows.cli.options import params_command
+from maas.flows.cli.common import console, run
+from maas.flows.cli.options import params_command
 
 SHOWN_FILES = 20
 
 
 def score() -> click.Command:
-    from modules.score import ScoreParams
+    from maas.modules.score import ScoreParams
 
     def action(params: Callable[[], ScoreParams], as_json: bool, dask_workers: int | None,
                dask_address: str | None) -> None:  # fmt: skip
         def launch() -> BaseModel:
-            from flows import progress
-            from flows.score import score as score_flow
-            from flows.score import task_runner
+            from maas.flows import progress
+            from maas.flows.score import score as score_flow
+            from maas.flows.score import task_runner
 
             given = params()
             flow = score_flow.with_options(task_runner=task_runner(given.parallel_files, dask_workers, dask_address))

@@ -8,16 +8,16 @@ from pathlib import Path
 import click
 from pydantic import BaseModel
 
-from flows.cli.common import STACK_HOME, console, run
-from flows.cli.options import params_command
+from maas.flows.cli.common import STACK_HOME, console, run
+from maas.flows.cli.options import params_command
 
 
 def up() -> click.Command:
-    from flows.stack import StackParams
+    from maas.flows.stack import StackParams
 
     def action(params: Callable[[], StackParams], as_json: bool) -> None:
         def launch() -> BaseModel:
-            from flows.stack import up as start
+            from maas.flows.stack import up as start
 
             click.echo("starting the Prefect server (about 30 s)...", err=True)
             return start(params())
@@ -59,7 +59,7 @@ def down(home: Path, as_json: bool) -> None:
     """Stop the local stack started by `maas up`; its database and logs stay."""
 
     def action() -> BaseModel:
-        from flows.stack import down as stop
+        from maas.flows.stack import down as stop
 
         return Stopped(stopped=stop(home))
 

@@ -10,8 +10,8 @@ import click
 from pydantic import BaseModel
 from rich.table import Table
 
-from flows.cli.common import console, run
-from flows.cli.options import params_command
+from maas.flows.cli.common import console, run
+from maas.flows.cli.options import params_command
 
 
 def _flow(module: str, name: str, show: Callable[[BaseModel], None]) -> Callable[[Callable[[], BaseModel], bool], None]:
@@ -24,10 +24,10 @@ def _flow(module: str, name: str, show: Callable[[BaseModel], None]) -> Callable
 
 
 def pipeline() -> click.Command:
-    from modules.pipeline import PipelineParams
+    from maas.modules.pipeline import PipelineParams
 
     return params_command(
-        "pipeline", PipelineParams, _flow("flows.pipeline", "pipeline", show_pipeline),
+        "pipeline", PipelineParams, _flow("maas.flows.pipeline", "pipeline", show_pipeline),
         aliases={"data_uri": ["--data"]},
         help="""Preprocess, train, compress and register a model.
 
@@ -37,10 +37,10 @@ def pipeline() -> click.Command:
 
 
 def preprocess() -> click.Command:
-    from modules.preprocess import PreprocessParams
+    from maas.modules.preprocess import PreprocessParams
 
     return params_command(
-        "preprocess", PreprocessParams, _flow("flows.steps", "preprocess", lambda r: console.print(
+        "preprocess", PreprocessParams, _flow("maas.flows.steps", "preprocess", lambda r: console.print(
             f"{r.task}, splits {r.rows}\nmanifest: {r.manifest_uri}")),
         aliases={"data_uri": ["--data"], "output_uri": ["--output"]},
         help="""Step 1 alone: validate, split, fit the preprocessing.
@@ -53,10 +53,10 @@ def preprocess() -> click.Command:
 
 
 def train() -> click.Command:
-    from modules.train import TrainParams
+    from maas.modules.train import TrainParams
 
     return params_command(
-        "train", TrainParams, _flow("flows.steps", "train", lambda r: console.print(
+        "train", TrainParams, _flow("maas.flows.steps", "train", lambda r: console.print(
             f"{_selection_line(r)}\nmanifest: {r.manifest_uri}")),
         aliases={"preprocess_manifest": ["--preprocessed"], "optim.lr": ["--lr"],
                  "optim.schedule.name": ["--scheduler"], "hardware.accelerator": ["--accelerator"],
@@ -66,12 +66,12 @@ def train() -> click.Command:
 
 
 def tune() -> click.Command:
-    from modules.tune import TuneParams
+    from maas.modules.tune import TuneParams
 
     def action(params: Callable[[], TuneParams], as_json: bool) -> None:
         def launch() -> BaseModel:
-            from flows import steps
-            from flows.tune import tune as tune_flow
+            from maas.flows import steps
+            from maas.flows.tune import tune as tune_flow
 
             tuned = tune_flow(params())
             click.echo(_search_line(tuned), err=True)
@@ -87,10 +87,10 @@ def tune() -> click.Command:
 
 
 def compress() -> click.Command:
-    from modules.compress import CompressParams
+    from maas.modules.compress import CompressParams
 
     return params_command(
-        "compress", CompressParams, _flow("flows.steps", "compress", lambda r: console.print(
+        "compress", CompressParams, _flow("maas.flows.steps", "compress", lambda r: console.print(
             f"gate {r.gate.reason}\nmanifest: {r.manifest_uri}")),
         aliases={"train_manifest": ["--trained"]},
         help="""Step 3 alone: prune, fine-tune, quantize to int8 and measure.
@@ -103,7 +103,7 @@ def compress() -> click.Command:
 
 
 def register() -> click.Command:
-    from modules.registry import RegisterParams
+    from maas.modules.registry import RegisterParams
 
     def show(r: BaseModel) -> None:
         console.print(f"{r.model_ref} (version {r.version}); aliases moved: {r.aliases}")
@@ -111,7 +111,7 @@ def register() -> click.Command:
             console.print(f"champion gate: {r.champion}")
 
     return params_command(
-        "register", RegisterParams, _flow("flows.steps", "register_model", show),
+        "register", RegisterParams, _flow("maas.flows.steps", "register_model", show),
         aliases={"compress_manifest": ["--compressed"], "name": ["--model-name"]},
         help="Step 4 alone: publish the next version and move its aliases.\n\n"
         "latest always; production if it passed the gates.",
@@ -119,10 +119,10 @@ def register() -> click.Command:
 
 
 def evaluate() -> click.Command:
-    from modules.evaluate import EvaluateParams
+    from maas.modules.evaluate import EvaluateParams
 
     return params_command(
-        "evaluate", EvaluateParams, _flow("flows.evaluate", "evaluate", show_evaluation),
+        "evaluate", EvaluateParams, _flow("maas.flows.evaluate", "evaluate", show_evaluation),
         aliases={"labels_uri": ["--labels"], "predictions_uri": ["--predictions"], "output_uri": ["--output"]},
         help="""Join ground truth to what a model version predicted; record its metrics.
 
@@ -134,12 +134,12 @@ def evaluate() -> click.Command:
 
 
 def demo() -> click.Command:
-    from flows.demo import DemoParams
+    from maas.flows.demo import DemoParams
 
     return params_command(
         "demo",
         DemoParams,
-        _flow("flows.demo", "run_demo", _show_demo),
+        _flow("maas.flows.demo", "run_demo", _show_demo),
         help="The main job: digits -> pipeline -> int8 model -> files in incoming/ scored.",
     )
 
@@ -213,8 +213,8 @@ def metrics_table(records: list, title: str) -> Table:
 
 
 def show_evaluation(result: BaseModel) -> None:
-    from modules import storage
-    from modules.evaluate import MetricsRecord
+    from maas.modules import storage
+    from maas.modules.evaluate import MetricsRecord
 
     records = [storage.read_model(uri, MetricsRecord) for uri in result.records]
     if records:
@@ -233,7 +233,7 @@ def show_evaluation(result: BaseModel) -> None:
 
 
 def _show_demo(result: BaseModel) -> None:
-    from flows.cli.scoring import show_score
+    from maas.flows.cli.scoring import show_score
 
     show_pipeline(result.pipeline)
     show_score(result.scoring)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from modules.score import ScoreParams, plan, score_file  # noqa: E402
+from maas.modules.score import ScoreParams, plan, score_file  # noqa: E402
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from modules.bridges import SqsBridge, webhook_server
-from modules.watch import ObjectEvent
+from maas.modules.bridges import SqsBridge, webhook_server
+from maas.modules.watch import ObjectEvent
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

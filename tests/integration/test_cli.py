@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score
 
-from modules import formats, registry, storage
-from modules.registry import RegisterParams, register
+from maas.modules import formats, registry, storage
+from maas.modules.registry import RegisterParams, register
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 

@@ -9,11 +9,11 @@ import pytest
 import s3fs
 from click.testing import CliRunner
 
-from flows.cli import app
-from flows.retries import transient_only
-from modules import score as scoring
-from modules import storage
-from modules.errors import ConfigError, StorageError
+from maas.flows.cli import app
+from maas.flows.retries import transient_only
+from maas.modules import score as scoring
+from maas.modules import storage
+from maas.modules.errors import ConfigError, StorageError
 
 
 class _Counted:
@@ -79,7 +79,7 @@ def test_an_unknown_scheme_inside_a_run_fails_it_on_the_first_attempt(
     prefect_api: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A location that skipped validation (here MAAS_BUCKET, read inside the run): the plan task is not retried."""
-    from flows.score import score
+    from maas.flows.score import score
 
     monkeypatch.setenv("MAAS_BUCKET", "nosuchscheme://b")
     plan = _Counted(scoring.plan)

@@ -31,7 +31,7 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.base import BaseJobConfiguration
 
-from modules import storage
+from maas.modules import storage
 from tests.test_layout import ROOT
 
 pytestmark = pytest.mark.integration

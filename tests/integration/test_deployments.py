@@ -22,7 +22,7 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score
 
-from modules import formats, registry, storage
+from maas.modules import formats, registry, storage
 from tests.conftest import free_port, synthetic_classification
 
 pytestmark = pytest.mark.integration

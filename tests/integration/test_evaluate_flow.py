@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from flows.evaluate import evaluate
-from modules import formats, storage
-from modules.evaluate import EvaluateParams
-from modules.registry import RegisterParams, register
-from modules.score import ScoreParams, plan, score_file
+from maas.flows.evaluate import evaluate
+from maas.modules import formats, storage
+from maas.modules.evaluate import EvaluateParams
+from maas.modules.registry import RegisterParams, register
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from flows.pipeline import pipeline
-from flows.score import score
-from modules import demo, formats, registry, storage
-from modules.pipeline import PipelineParams
-from modules.score import ScoreParams
+from maas.flows.pipeline import pipeline
+from maas.flows.score import score
+from maas.modules import demo, formats, registry, storage
+from maas.modules.pipeline import PipelineParams
+from maas.modules.score import ScoreParams
 from tests.conftest import synthetic_regression
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]

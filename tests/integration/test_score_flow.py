@@ -8,11 +8,11 @@ import socket
 
 import pytest
 
-from flows.score import score, task_runner
-from modules import formats, storage
-from modules.errors import PartialFailure
-from modules.registry import RegisterParams, register
-from modules.score import ScoreParams
+from maas.flows.score import score, task_runner
+from maas.modules import formats, storage
+from maas.modules.errors import PartialFailure
+from maas.modules.registry import RegisterParams, register
+from maas.modules.score import ScoreParams
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modules import formats, registry, storage
-from modules.registry import RegisterParams, register
-from modules.score import ScoreParams, plan, score_file
+from maas.modules import formats, registry, storage
+from maas.modules.registry import RegisterParams, register
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 
@@ -143,7 +143,7 @@ def test_memory_stays_bounded_as_the_file_grows(s3_model: str, tmp_path: Path) -
         params = _params(s3_model, input_uri=uri, output_uri=(tmp_path / f"out-{rows}").as_uri(), batch_rows=200)
         code = (  # VmHWM, not ru_maxrss: ru_maxrss keeps the forking parent's peak across exec
             "import sys; sys.path.insert(0, sys.argv[2]);"
-            "from modules.score import ScoreParams, plan, score_file;"
+            "from maas.modules.score import ScoreParams, plan, score_file;"
             "job = plan(ScoreParams.model_validate_json(sys.argv[1]));"
             "assert score_file(job, job.files[0]).status == 'scored';"
             "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))"

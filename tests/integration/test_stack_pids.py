@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import stack
+from maas.flows import stack
 
 pytestmark = pytest.mark.integration
 

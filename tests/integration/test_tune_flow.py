@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from flows.tune import tune
-from modules import formats, storage
-from modules.preprocess import PreprocessParams, run_preprocess
-from modules.train import TrainParams
-from modules.tune import TuneParams, search
+from maas.flows.tune import tune
+from maas.modules import formats, storage
+from maas.modules.preprocess import PreprocessParams, run_preprocess
+from maas.modules.train import TrainParams
+from maas.modules.tune import TuneParams, search
 from tests.conftest import synthetic_classification
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modules.registry import RegisterParams, register
+from maas.modules.registry import RegisterParams, register
 from tests.unit.conftest import train_and_compress
 
 

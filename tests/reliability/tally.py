@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from modules import storage
+from maas.modules import storage
 
 TALLY: Counter = Counter()
 

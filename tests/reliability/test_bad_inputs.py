@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.score import score
-from modules import formats, storage
-from modules.errors import InputError
-from modules.preprocess import fit_spec
-from modules.score import ScoreParams
+from maas.flows.score import score
+from maas.modules import formats, storage
+from maas.modules.errors import InputError
+from maas.modules.preprocess import fit_spec
+from maas.modules.score import ScoreParams
 from tests.conftest import synthetic_classification
 from tests.reliability.tally import account, record
 

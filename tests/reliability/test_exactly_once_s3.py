@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from modules import formats, registry, storage
-from modules.registry import AliasMove, RegisterParams, register
-from modules.score import ScoreParams
+from maas.modules import formats, registry, storage
+from maas.modules.registry import AliasMove, RegisterParams, register
+from maas.modules.score import ScoreParams
 from tests.conftest import synthetic_classification
 from tests.reliability.faulty_s3 import FaultyS3
 from tests.reliability.tally import account, record
@@ -127,8 +127,8 @@ def test_a_lease_holder_paused_past_its_lease_cannot_publish(model_bucket: str, 
     record(faults=1, survived=1)
 
 
-_REGISTER = "from modules.registry import RegisterParams, register; register(RegisterParams(compress_manifest={m!r}, bucket={b!r}, name='race'))"  # noqa: E501
-_PROMOTE = "from modules.registry import promote; promote({b!r}, 'race@latest')"
+_REGISTER = "from maas.modules.registry import RegisterParams, register; register(RegisterParams(compress_manifest={m!r}, bucket={b!r}, name='race'))"  # noqa: E501
+_PROMOTE = "from maas.modules.registry import promote; promote({b!r}, 'race@latest')"
 _AT_ONCE = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.01)\n"
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from modules import formats, storage
-from modules.errors import StorageError
-from modules.score import ScoreParams, plan, score_file
+from maas.modules import formats, storage
+from maas.modules.errors import StorageError
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_classification
 from tests.reliability.proxy import Proxy
 from tests.reliability.tally import account, record

@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from modules import formats, storage
-from modules.score import ScoreParams, plan, score_file
+from maas.modules import formats, storage
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import free_port, synthetic_classification
 from tests.reliability.tally import account, record
 

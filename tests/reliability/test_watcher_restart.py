@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modules import storage
+from maas.modules import storage
 from tests.conftest import free_port
 from tests.reliability.tally import record
 

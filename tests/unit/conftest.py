@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from modules import formats, storage
-from modules.compress import CompressParams, run_compress
-from modules.preprocess import PreprocessParams, run_preprocess
-from modules.registry import RegisterParams, RegisterResult, register
-from modules.train import TrainParams, run_training
+from maas.modules import formats, storage
+from maas.modules.compress import CompressParams, run_compress
+from maas.modules.preprocess import PreprocessParams, run_preprocess
+from maas.modules.registry import RegisterParams, RegisterResult, register
+from maas.modules.train import TrainParams, run_training
 from tests.conftest import synthetic_classification
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from modules.baselines import fit_baselines, warning
-from modules.manifests import BaselineReport, VariantReport
-from modules.preprocess import fit_spec
+from maas.modules.baselines import fit_baselines, warning
+from maas.modules.manifests import BaselineReport, VariantReport
+from maas.modules.preprocess import fit_spec
 from tests.conftest import synthetic_regression
 
 

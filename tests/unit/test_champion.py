@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modules import registry, storage
-from modules.errors import RegistryError
-from modules.registry import ModelPolicy, RegisterParams, register
+from maas.modules import registry, storage
+from maas.modules.errors import RegistryError
+from maas.modules.registry import ModelPolicy, RegisterParams, register
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 
@@ -131,9 +131,9 @@ def test_with_approval_required_a_passing_version_waits_until_approved(trained) 
 def test_labels_that_arrived_for_productions_predictions_are_a_second_yardstick(trained) -> None:
     from sklearn.metrics import accuracy_score
 
-    from modules import formats
-    from modules.evaluate import EvaluateParams, evaluate
-    from modules.score import ScoreParams, plan, score_file
+    from maas.modules import formats
+    from maas.modules.evaluate import EvaluateParams, evaluate
+    from maas.modules.score import ScoreParams, plan, score_file
 
     bucket, weak, good = trained
     _register(bucket, good, "fresh")

@@ -11,15 +11,15 @@ import pytest
 from pydantic import BaseModel, Field
 from pydantic_core import PydanticUndefined
 
-from flows.cli import COMMANDS, load
-from flows.cli.options import model_options, model_values, option_name
-from modules.fields import leaf_fields
-from modules.reference import SECTIONS
+from maas.flows.cli import COMMANDS, load
+from maas.flows.cli.options import model_options, model_values, option_name
+from maas.modules.fields import leaf_fields
+from maas.modules.reference import SECTIONS
 
 
 def _models() -> list[tuple[str, type[BaseModel]]]:
-    from flows.demo import DemoParams
-    from flows.stack import StackParams
+    from maas.flows.demo import DemoParams
+    from maas.flows.stack import StackParams
 
     return [(name, model) for name, model, _ in SECTIONS] + [("demo", DemoParams), ("up", StackParams)]
 
@@ -68,7 +68,7 @@ def test_given_options_fill_the_model_and_the_rest_keep_its_defaults() -> None:
 
 def test_registry_commands_load_neither_torch_nor_prefect(tmp_path) -> None:
     probe = (
-        "import sys; from flows.cli import app\n"
+        "import sys; from maas.flows.cli import app\n"
         "try: app(['models', 'list', '--json', '--bucket', sys.argv[1]])\n"
         "except SystemExit as stop: assert stop.code == 0, stop.code\n"
         "print(sorted(m for m in ('torch', 'prefect', 'lightning', 'onnxruntime') if m in sys.modules))"
@@ -80,8 +80,8 @@ def test_registry_commands_load_neither_torch_nor_prefect(tmp_path) -> None:
 
 @pytest.mark.integration
 def test_watch_prints_its_json_line_when_it_stops(prefect_api: None, tmp_path, capsys) -> None:
-    from flows.cli import app
-    from modules import storage
+    from maas.flows.cli import app
+    from maas.modules import storage
 
     bucket = tmp_path.as_uri()
     storage.write_bytes(storage.join(bucket, "incoming", "a.csv"), b"x\n1\n")
@@ -99,7 +99,7 @@ def test_a_bridge_stopped_by_sigterm_prints_its_json_line(tmp_path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "flows.cli", "bridge", "webhook", "--port", str(port), "--json",
+    command = [sys.executable, "-m", "maas.flows.cli", "bridge", "webhook", "--port", str(port), "--json",
                "--bucket", tmp_path.as_uri()]  # fmt: skip
     bridge = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -8,13 +8,13 @@ import io
 import pytest
 import torch
 
-from modules import formats, pruning, storage
-from modules.compress import CompressParams, choose_served, decide
-from modules.engines import OnnxEngine, TorchEngine
-from modules.manifests import CompressResult, VariantReport
-from modules.model import MLPConfig, ScoringHead, TabularNet
-from modules.preprocess import fit_spec
-from modules.train import load_inputs
+from maas.modules import formats, pruning, storage
+from maas.modules.compress import CompressParams, choose_served, decide
+from maas.modules.engines import OnnxEngine, TorchEngine
+from maas.modules.manifests import CompressResult, VariantReport
+from maas.modules.model import MLPConfig, ScoringHead, TabularNet
+from maas.modules.preprocess import fit_spec
+from maas.modules.train import load_inputs
 from tests.conftest import synthetic_classification
 from tests.unit.conftest import train_and_compress
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics
 
-from modules import formats, registry, storage
-from modules.errors import InputError
-from modules.evaluate import EvaluateParams, MetricsRecord, evaluate, history, metrics_png
-from modules.registry import RegisterParams, register
-from modules.score import ScoreParams, plan, score_file
+from maas.modules import formats, registry, storage
+from maas.modules.errors import InputError
+from maas.modules.evaluate import EvaluateParams, MetricsRecord, evaluate, history, metrics_png
+from maas.modules.registry import RegisterParams, register
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_classification, synthetic_regression
 from tests.unit.conftest import train_and_compress
 

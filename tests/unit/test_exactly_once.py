@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from modules import formats, storage
-from modules.claims import Claims
-from modules.errors import InputError, LeaseLost, StorageError
-from modules.score import ScoreParams, plan, score_file
+from maas.modules import formats, storage
+from maas.modules.claims import Claims
+from maas.modules.errors import InputError, LeaseLost, StorageError
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_classification
 
 

@@ -16,15 +16,15 @@ import torch
 from captum.attr import DeepLift, IntegratedGradients
 from scipy.stats import spearmanr
 
-from modules import explain, formats, registry, storage
-from modules.compress import export_attributions
-from modules.errors import InputError
-from modules.explain import COMPLETENESS_TOLERANCE, Explainer, completeness_error
-from modules.manifests import PreprocessResult
-from modules.model import AttributionHead, MLPConfig, TabularNet
-from modules.preprocess import fit_spec
-from modules.registry import ModelCard, RegisterParams, register
-from modules.score import ScoreParams, plan, score_file
+from maas.modules import explain, formats, registry, storage
+from maas.modules.compress import export_attributions
+from maas.modules.errors import InputError
+from maas.modules.explain import COMPLETENESS_TOLERANCE, Explainer, completeness_error
+from maas.modules.manifests import PreprocessResult
+from maas.modules.model import AttributionHead, MLPConfig, TabularNet
+from maas.modules.preprocess import fit_spec
+from maas.modules.registry import ModelCard, RegisterParams, register
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_regression
 from tests.unit.conftest import train_and_compress
 
@@ -204,7 +204,7 @@ def test_explaining_while_scoring_never_loads_torch(model, tmp_path) -> None:
     bucket, _, _ = model
     formats.write_frame(two_signals(20, 5), (tmp_path / "in" / "a.csv").as_uri())
     code = (
-        "import sys\nfrom modules.score import ScoreParams, plan, score_file\n"
+        "import sys\nfrom maas.modules.score import ScoreParams, plan, score_file\n"
         f"job = plan(ScoreParams(model='signals/1', bucket={bucket!r}, input_uri={(tmp_path / 'in').as_uri()!r}, "
         f"output_uri={(tmp_path / 'out').as_uri()!r}, state_uri={(tmp_path / 'state').as_uri()!r}, explain=True))\n"
         "print(score_file(job, job.files[0]).status, 'torch' in sys.modules)"

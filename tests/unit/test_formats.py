@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from modules import formats, storage
-from modules.errors import InputError
+from maas.modules import formats, storage
+from maas.modules.errors import InputError
 
 FRAME = pd.DataFrame({"id": ["a", "b", "c"], "x": [1.5, None, 3.0], "n": [1, 2, 3]})
 
@@ -123,7 +123,7 @@ pq.write_table(table, sys.argv[1], row_group_size=rows, compression="none", use_
 """
 READ_AND_REPORT_PEAK = """
 import sys
-from modules import formats
+from maas.modules import formats
 rows = sum(len(frame) for frame in formats.iter_frames(sys.argv[1], 65_536))
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(rows, peak // 1024)

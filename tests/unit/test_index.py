@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modules import index, score, storage
-from modules.claims import Done
-from modules.index import DoneIndex
-from modules.score import FileOutcome, ScoreParams, plan, score_file, summarize
+from maas.modules import index, score, storage
+from maas.modules.claims import Done
+from maas.modules.index import DoneIndex
+from maas.modules.score import FileOutcome, ScoreParams, plan, score_file, summarize
 
 KEYS = ["a.csv", "b.csv", "day1/c.csv"]
 MODELS = ["toy/1", "toy/2"]

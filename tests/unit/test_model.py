@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from modules.compress import export_onnx, quantize_int8
-from modules.engines import OnnxEngine
-from modules.model import FeatureTransform, MLPConfig, ScoringHead, TabularNet, fold_batch_norm
-from modules.preprocess import fit_spec
+from maas.modules.compress import export_onnx, quantize_int8
+from maas.modules.engines import OnnxEngine
+from maas.modules.model import FeatureTransform, MLPConfig, ScoringHead, TabularNet, fold_batch_norm
+from maas.modules.preprocess import fit_spec
 from tests.conftest import synthetic_classification
 
 

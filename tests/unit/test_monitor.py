@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modules import formats, storage
-from modules.monitor import (
+from maas.modules import formats, storage
+from maas.modules.monitor import (
     Baseline,
     DriftAccumulator,
     DriftReport,
@@ -20,8 +20,8 @@ from modules.monitor import (
     build_baseline,
     summarize_run,
 )
-from modules.plots import drift_png
-from modules.preprocess import FeatureSpec, PreprocessParams, fit_spec, run_preprocess
+from maas.modules.plots import drift_png
+from maas.modules.preprocess import FeatureSpec, PreprocessParams, fit_spec, run_preprocess
 from tests.conftest import synthetic_classification, synthetic_regression
 
 CLASSES = ["a", "b", "c"]  # synthetic_classification's labels

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from modules import registry
-from modules.errors import InputError
-from modules.pipeline import PipelineParams
+from maas.modules import registry
+from maas.modules.errors import InputError
+from maas.modules.pipeline import PipelineParams
 
 
 def test_a_retrain_takes_data_target_and_features_from_the_latest_version(registered) -> None:

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pandas as pd
 
-from modules import plots
-from modules.manifests import VariantReport
+from maas.modules import plots
+from maas.modules.manifests import VariantReport
 
 
 def _check_png(data: bytes) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modules import formats, storage
-from modules.errors import InputError
-from modules.preprocess import FeatureSpec, PreprocessParams, fit_spec, infer_task, run_preprocess, split_indices
+from maas.modules import formats, storage
+from maas.modules.errors import InputError
+from maas.modules.preprocess import FeatureSpec, PreprocessParams, fit_spec, infer_task, run_preprocess, split_indices
 from tests.conftest import synthetic_classification, synthetic_regression
 
 

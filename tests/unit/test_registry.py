@@ -6,9 +6,9 @@ import concurrent.futures
 
 import pytest
 
-from modules import registry, storage
-from modules.errors import RegistryError
-from modules.registry import RegisterParams, register
+from maas.modules import registry, storage
+from maas.modules.errors import RegistryError
+from maas.modules.registry import RegisterParams, register
 from tests.unit.conftest import train_and_compress
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules import schedules
-from modules.schedules import ScheduleConfig
+from maas.modules import schedules
+from maas.modules.schedules import ScheduleConfig
 
 
 def _curve(name: str, steps: int = 100, **config) -> tuple[list[float], dict | None]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from modules import formats, registry, storage
-from modules.errors import RegistryError
-from modules.registry import RegisterParams, register
-from modules.score import (
+from maas.modules import formats, registry, storage
+from maas.modules.errors import RegistryError
+from maas.modules.registry import RegisterParams, register
+from maas.modules.score import (
     STREAMED_FILE_BYTES,
     ScoreParams,
     ScoreResult,

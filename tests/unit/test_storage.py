@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modules import storage
-from modules.errors import StorageError
+from maas.modules import storage
+from maas.modules.errors import StorageError
 
 
 def test_write_read_and_replace(any_bucket: str) -> None:

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from modules import formats, storage
-from modules.model import OptimConfig
-from modules.preprocess import PreprocessParams, run_preprocess
-from modules.schedules import ScheduleConfig
-from modules.train import TrainParams, run_training
+from maas.modules import formats, storage
+from maas.modules.model import OptimConfig
+from maas.modules.preprocess import PreprocessParams, run_preprocess
+from maas.modules.schedules import ScheduleConfig
+from maas.modules.train import TrainParams, run_training
 from tests.conftest import synthetic_classification
 
 
@@ -80,7 +80,7 @@ def test_training_uses_one_device_unless_asked(tmp_path) -> None:
     """More than one device means DDP, which re-executes the whole `maas pipeline` command per GPU."""
     from pytorch_lightning.strategies import SingleDeviceStrategy
 
-    from modules.train import Hardware, build_trainer
+    from maas.modules.train import Hardware, build_trainer
 
     assert (
         Hardware().devices == 1

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from modules import formats, storage
-from modules.model import OptimConfig, TabularDataModule
-from modules.preprocess import PreprocessParams, run_preprocess
-from modules.train import TrainParams, evaluate, load_inputs
-from modules.tune import SPACE, TrialRecord, TrialSpec, TuneParams, TuneResult, run_trial, search
+from maas.modules import formats, storage
+from maas.modules.model import OptimConfig, TabularDataModule
+from maas.modules.preprocess import PreprocessParams, run_preprocess
+from maas.modules.train import TrainParams, evaluate, load_inputs
+from maas.modules.tune import SPACE, TrialRecord, TrialSpec, TuneParams, TuneResult, run_trial, search
 from tests.conftest import synthetic_classification
 
 

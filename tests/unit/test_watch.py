@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from modules import storage
-from modules.errors import InputError
-from modules.watch import Watcher, from_s3_notification
+from maas.modules import storage
+from maas.modules.errors import InputError
+from maas.modules.watch import Watcher, from_s3_notification
 
 
 def _drop(bucket: str, key: str, data: bytes = b"a,b\n1,2\n") -> str:
