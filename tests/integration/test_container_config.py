@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -126,9 +127,9 @@ def _image_environment(dockerfile: Path) -> dict[str, str]:
 
 def _start_container(environment: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
     """`prefect flow-run execute` as the image runs it: the image's ENV plus what the worker passed, nothing else
-    (no MAAS_BUCKET or AWS_* of this machine); the repository stands for the package installed in the image."""
+    (no MAAS_BUCKET or AWS_* of this machine); this environment's install of maas stands for the image's."""
     home.mkdir()
-    environment = environment | {"HOME": str(home), "PYTHONPATH": str(ROOT)}
+    environment = environment | {"HOME": str(home), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     command = [str(Path(sys.executable).parent / "prefect"), "flow-run", "execute"]
     return subprocess.run(command, env=environment, cwd=home, capture_output=True, text=True, timeout=300)
 

@@ -45,7 +45,7 @@ def _drop(root: str, count: int, rows: int) -> list[str]:
 
 
 def _env(endpoint: str) -> dict[str, str]:
-    env = os.environ | {"AWS_ENDPOINT_URL": endpoint, "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"AWS_ENDPOINT_URL": endpoint}
     env.pop("PREFECT_API_URL", None)
     return env
 
