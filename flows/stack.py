@@ -106,7 +106,7 @@ def up(params: StackParams) -> StackInfo:
         labels_uri=Settings(bucket=bucket).uri("labels"),
         home=home,
         pids=pids,
-        identities={name: identity for name, pid in pids.items() if (identity := _identity(pid))},
+        identities={name: found for name, pid in pids.items() if (found := identity(pid))},
         deployments=sorted(d["name"] for d in _api(api_url, "deployments/filter")),
     )
     (home / "stack.json").write_text(info.model_dump_json(indent=2))
@@ -216,7 +216,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _identity(pid: int) -> ProcessIdentity | None:
+def identity(pid: int) -> ProcessIdentity | None:
     try:
         process = psutil.Process(pid)
         return ProcessIdentity(started=process.create_time(), command=process.cmdline())
@@ -224,14 +224,15 @@ def _identity(pid: int) -> ProcessIdentity | None:
         return None
 
 
+def still_running(pid: int, recorded: ProcessIdentity | None) -> bool:
+    """Whether `pid` is still the process recorded: same start time and command line (the id alone is no proof)."""
+    now = identity(pid)
+    return bool(recorded and now and now.command == recorded.command and abs(now.started - recorded.started) < 1)
+
+
 def _still_ours(info: StackInfo) -> dict[str, int]:
-    """The recorded processes that still run as recorded: same start time and command line."""
-    ours = {}
-    for name, pid in info.pids.items():
-        recorded, now = info.identities.get(name), _identity(pid)
-        if recorded and now and now.command == recorded.command and abs(now.started - recorded.started) < 1:
-            ours[name] = pid
-    return ours
+    """The recorded processes that still run as recorded."""
+    return {name: pid for name, pid in info.pids.items() if still_running(pid, info.identities.get(name))}
 
 
 def _running(home: Path) -> bool:

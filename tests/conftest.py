@@ -24,6 +24,7 @@ os.environ.update(
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
+        "MAAS_DAEMON": "0",  # no background daemon from a test's `maas` commands (tests/integration/test_daemon.py)
     }
 )
 _UNSET = ("PREFECT_API_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "MAAS_BUCKET", "MAAS_MODEL", "MAAS_REQUIRE_BUCKET")

@@ -3,21 +3,20 @@
 Each command is loaded when it is called (a lazy group), so a command imports only what it uses:
 `maas models list` never loads torch or Prefect, and `maas score` never loads torch. Errors the user
 can fix are printed as one line (exit 1); `--debug` shows the traceback.
+
+`main` (the `maas` executable) hands the commands in `WARM` to this folder's daemon (maas.flows.daemon),
+which runs them in a process that has their imports done already; the daemon is started by the first
+command that runs a flow, and its Prefect server is used by every command that runs one.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
+import sys
 
 import click
 
-from maas.flows.cli.common import state
-
-# Set before anything imports Prefect (loading a command may): no telemetry from a machine that may have
-# no internet, and more than Prefect's 20 s for its temporary API server to start on a busy 2-core machine.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+from maas.flows import daemon
 
 # name: (where the command is built, its one-line help; a test checks each against the command's own)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,8 +45,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Push notifications from the store become maas.object.created events.",
     ),
     "up": ("maas.flows.cli.stack:up", "Start the local stack: Prefect server and UI, worker, deployments, watchers."),
-    "down": ("maas.flows.cli.stack:down", "Stop the local stack started by `maas up`; its database and logs stay."),
+    "down": (
+        "maas.flows.cli.stack:down",
+        "Stop the local stack started by `maas up` and this folder's daemon; databases and logs stay.",
+    ),
 }
+RUNS_FLOWS = {"pipeline", "preprocess", "train", "tune", "compress", "register", "score", "evaluate", "demo"}
+# Run in the daemon's warm process: what they import is what it holds (not torch: training takes minutes anyway).
+WARM = {"score", "evaluate", "models"}
 
 
 def load(name: str) -> click.Command:
@@ -62,7 +67,13 @@ class _LazyGroup(click.Group):
         return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return load(name) if name in COMMANDS else None
+        if name not in COMMANDS:
+            return None
+        from maas.flows.cli.common import prepare_prefect
+
+        # before the command's module can import Prefect (and before the group's callback: ctx.params has its options)
+        prepare_prefect(runs_flows=name in RUNS_FLOWS, use_daemon=not ctx.params.get("no_daemon"))
+        return load(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
@@ -71,6 +82,25 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, no_args_is_help=True, context_settings={"help_option_names": ["--help", "-h"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def app(debug: bool) -> None:
+@click.option(
+    "--no-daemon", is_flag=True,
+    help="Run in this process, with no background daemon (as MAAS_DAEMON=0); see `maas down`.",
+)  # fmt: skip
+def app(debug: bool, no_daemon: bool) -> None:
     """maas: a labeled dataset in a bucket becomes a compact model that scores every file dropped there."""
+    from maas.flows.cli.common import state
+
     state["debug"] = debug
+
+
+def main() -> None:
+    """The `maas` executable: a command in `WARM` runs in this folder's daemon when it can, else here."""
+    argv = sys.argv[1:]
+    name = daemon.command_of(argv)
+    if name in WARM and daemon.enabled(argv):
+        try:
+            sys.exit(daemon.forward(argv, start=name in RUNS_FLOWS))
+        except daemon.DaemonUnavailable as exc:
+            if name in RUNS_FLOWS:  # it was to start one: say why this command is slower
+                click.echo(f"note: {exc}; running without the daemon", err=True)
+    app()

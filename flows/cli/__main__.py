@@ -1,3 +1,3 @@
-from maas.flows.cli import app
+from maas.flows.cli import main
 
-app()
+main()

@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 from pydantic import BaseModel, ValidationError
@@ -53,7 +52,6 @@ def run(action: Callable[[], BaseModel], as_json: bool, show: Callable, runs_flo
     from maas.modules.errors import MaasError, PartialFailure
 
     if runs_flows:
-        _use_running_stack()
         if not state["debug"]:
             import prefect  # noqa: F401  (configures Prefect's loggers, which the filter then joins)
 
@@ -86,36 +84,47 @@ def validation_line(exc: ValidationError) -> str:
     return f"invalid parameter {where}: {first['msg'].removeprefix('Value error, ')}"
 
 
-def _use_running_stack() -> None:
-    """Flows report to the server `maas up` runs here, when it answers, instead of starting a temporary one.
+def prepare_prefect(runs_flows: bool, use_daemon: bool = True) -> None:
+    """Set before a command's module can import Prefect: its defaults here and, for a command that runs flows,
+    the Prefect API its runs report to.
 
-    Prefect's ephemeral API costs a process start and a database migration check, ~10 s on 2 cores;
-    a running stack answers at once, and its UI then shows the CLI's runs too. An explicit
-    PREFECT_API_URL, or a stack that does not answer, is left alone.
+    That is the API the user configured (PREFECT_API_URL, the active profile) if any; else the server of the
+    stack `maas up` runs in this folder, when it answers; else the server of this folder's daemon (started
+    with the daemon if none runs, unless MAAS_DAEMON=0 or --no-daemon). Prefect's temporary API costs a
+    process start and a database migration check on every command, 10-20 s on 2 cores; a running server
+    answers at once, and its UI shows the CLI's runs too. With none of them, Prefect starts its temporary API.
     """
-    if os.environ.get("PREFECT_API_URL") or _profile_api_url():
+    # No telemetry from a machine that may have no internet, and more than Prefect's 20 s for its temporary
+    # API server to start on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if not runs_flows or _api_url_chosen():
         return
+    from maas.flows import daemon
     from maas.flows.stack import running_api
 
     api_url = running_api(STACK_HOME)
+    if api_url is None and use_daemon and daemon.enabled():
+        api_url = daemon.server_url(start=True)
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
+        if "prefect.context" in sys.modules:  # imported already (the daemon's warm process): read settings again
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
 
 
-def _profile_api_url() -> str | None:
-    """PREFECT_API_URL of the active Prefect profile (read without importing Prefect, which fixes its settings)."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10: no reader at hand; profiles there are not consulted
-        return None
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
-    try:
-        profiles = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
-    return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+def _api_url_chosen() -> bool:
+    """An API chosen by the user, or by whoever imported Prefect first here (a test's harness)."""
+    from maas.flows.daemon import configured_api_url
+
+    if configured_api_url():
+        return True
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import get_current_settings
+
+        return bool(get_current_settings().api.url)
+    return False
 
 
 def bucket_of(bucket: str | None) -> str:

@@ -56,12 +56,18 @@ class Stopped(BaseModel):
               help="The --home given to `maas up`.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 def down(home: Path, as_json: bool) -> None:
-    """Stop the local stack started by `maas up`; its database and logs stay."""
+    """Stop the local stack started by `maas up` and this folder's daemon; databases and logs stay.
+
+    The daemon (.maas/daemon/) is the background process the first command that runs a flow leaves here:
+    a Prefect server and a warm process for later commands. It also stops by itself after
+    MAAS_DAEMON_IDLE_SECONDS (default 1800) without commands; MAAS_DAEMON=0 or `maas --no-daemon` do without it.
+    """
 
     def action() -> BaseModel:
+        from maas.flows import daemon
         from maas.flows.stack import down as stop
 
-        return Stopped(stopped=stop(home))
+        return Stopped(stopped=stop(home) + (["daemon"] if daemon.stop() else []))
 
     run(action, as_json, lambda r: console.print(f"stopped: {', '.join(r.stopped) or 'nothing was running'}"),
         runs_flows=False)  # fmt: skip

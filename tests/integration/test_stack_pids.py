@@ -50,7 +50,7 @@ def _leave_state(home: Path, pid: int, identity: stack.ProcessIdentity | None) -
 def test_down_leaves_a_process_that_only_shares_a_recorded_id_alone(
     bystander: subprocess.Popen, tmp_path: Path, recorded: str
 ) -> None:
-    real = stack._identity(bystander.pid)
+    real = stack.identity(bystander.pid)
     assert real is not None
     identity = {
         "another command line": real.model_copy(update={"command": ["prefect", "server", "start"]}),
@@ -65,8 +65,8 @@ def test_down_leaves_a_process_that_only_shares_a_recorded_id_alone(
 
 
 def test_down_stops_the_process_it_recorded(bystander: subprocess.Popen, tmp_path: Path) -> None:
-    _leave_state(tmp_path, bystander.pid, stack._identity(bystander.pid))
+    _leave_state(tmp_path, bystander.pid, stack.identity(bystander.pid))
     assert stack._running(tmp_path)
     assert stack.down(tmp_path) == ["server"]
     bystander.wait(timeout=30)  # it ended (down reaped its own child, so there is no exit status to compare)
-    assert stack._identity(bystander.pid) is None
+    assert stack.identity(bystander.pid) is None
