@@ -21,7 +21,16 @@ state = {"debug": False}
 STACK_HOME = ".maas/stack"  # `maas up`'s default --home: its server is reused by commands that run flows
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+_JSON_NAMES = ("--json", "as_json")
+_JSON_ATTRIBUTES = {"is_flag": True, "help": "Print one JSON object as the last line."}
+json_option = click.option(*_JSON_NAMES, **_JSON_ATTRIBUTES)
+
+
+def json_flag() -> click.Option:
+    """`json_option` for commands built from a parameter model (flows/cli/options.py)."""
+    return click.Option(list(_JSON_NAMES), **_JSON_ATTRIBUTES)
+
+
 bucket_option = click.option("--bucket", help="Bucket URI; default MAAS_BUCKET, else ./.maas/bucket.")
 
 

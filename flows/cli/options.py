@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from maas.flows.cli.common import json_flag
 from maas.modules.fields import FACTORY_DEFAULTS, leaf_fields
 
 NONE = "none"  # an optional field given as `none` is set to null (`--shadow none`)
@@ -58,9 +59,9 @@ def _option(path: tuple[str, ...], field: FieldInfo, aliases: list[str]) -> clic
     required = field.is_required()
     if not required:
         help_text += f" [default: {_default_text(path[-1], field)}]"
-    if annotation is bool:
-        negative = "--no-" + name.removeprefix("--")
-        return click.Option([f"{name}/{negative}", dest], default=None, help=help_text)
+    if annotation is bool:  # each name, alias or not, with its negative: --x/--no-x
+        switches = [f"{n}/--no-{n.removeprefix('--')}" for n in (name, *aliases)]
+        return click.Option([*switches, dest], default=None, help=help_text)
     if typing.get_origin(annotation) is list:
         return click.Option([name, *aliases, dest], multiple=True, required=required, help=help_text + " (repeatable)")
     # Choices are shown, not enforced by click: the model refuses a bad value in one line, like any other.
@@ -110,6 +111,5 @@ def params_command(
         extras = {key: given.pop(key) for key in own}
         action(model_values(model, given), as_json, **extras)
 
-    json_flag = click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object as the last line.")
-    return click.Command(name, params=[*model_options(model, aliases), *extra, json_flag], callback=callback,
-                         help=help)  # fmt: skip
+    params = [*model_options(model, aliases), *extra, json_flag()]
+    return click.Command(name, params=params, callback=callback, help=help)

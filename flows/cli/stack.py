@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from pydantic import BaseModel
 
-from maas.flows.cli.common import STACK_HOME, console, run
+from maas.flows.cli.common import STACK_HOME, console, json_option, run
 from maas.flows.cli.options import params_command
 
 
@@ -54,7 +54,7 @@ class Stopped(BaseModel):
 @click.command("down")
 @click.option("--home", type=click.Path(path_type=Path), default=Path(STACK_HOME), show_default=True,
               help="The --home given to `maas up`.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@json_option
 def down(home: Path, as_json: bool) -> None:
     """Stop the local stack started by `maas up` and this folder's daemon; databases and logs stay.
 

@@ -8,11 +8,12 @@ import sys
 
 import click
 import pytest
+from click.testing import CliRunner
 from pydantic import BaseModel, Field
 from pydantic_core import PydanticUndefined
 
 from maas.flows.cli import COMMANDS, load
-from maas.flows.cli.options import model_options, model_values, option_name
+from maas.flows.cli.options import model_options, model_values, option_name, params_command
 from maas.modules.fields import leaf_fields
 from maas.modules.reference import SECTIONS
 
@@ -64,6 +65,15 @@ def test_given_options_fill_the_model_and_the_rest_keep_its_defaults() -> None:
                                    "flag": None})()  # fmt: skip
     assert built == _Params(data_uri="s3://b/x", shadow=None, sizes=[64, 32], flag=False, inner=_Inner(seed=7))
     assert model_values(_Params, {"data_uri": "x", "sizes": ()})() == _Params(data_uri="x")
+
+
+def test_an_alias_of_a_switch_is_a_switch_too() -> None:
+    (option,) = [p for p in model_options(_Params, {"flag": ["--f"]}) if p.name == "flag"]
+    assert option.opts == ["--flag", "--f"] and option.secondary_opts == ["--no-flag", "--no-f"]
+    command = params_command("c", _Params, lambda params, as_json: print(params().flag, as_json), help="h",
+                             aliases={"flag": ["--f"]})  # fmt: skip
+    assert CliRunner().invoke(command, ["--data-uri", "x", "--f", "--json"]).output == "True True\n"
+    assert CliRunner().invoke(command, ["--data-uri", "x", "--no-f"]).output == "False False\n"
 
 
 def test_registry_commands_load_neither_torch_nor_prefect(tmp_path) -> None:
