@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import contextvars
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -36,37 +37,22 @@ import shutil
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
-import aiohttp
-import botocore.exceptions as boto
 import fsspec
-from botocore.parsers import ResponseParserError
 from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
-from s3fs.utils import FileExpired
 
 from maas.modules.config import check_location
 from maas.modules.errors import ObjectChanged, ObjectNotFound, StorageError, StorageUnavailable
 
 _TMP_PREFIX = ".tmp-"
-# Failures that pass: the same request may well succeed a moment later.
-_PASSING_TYPES: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    asyncio.TimeoutError,
-    ConnectionError,
-    FSTimeoutError,
-    boto.HTTPClientError,  # connection closed or reset, read and connect timeouts
-    boto.ConnectionError,  # endpoint unreachable
-    boto.IncompleteReadError,
-    boto.ResponseStreamingError,
-    ResponseParserError,  # throttling answers can come back as invalid XML (s3fs retries these too)
-    aiohttp.ClientConnectionError,
-    aiohttp.ClientPayloadError,
-)
+# Failures that pass: the same request may well succeed a moment later (and those of S3's client, `_s3`).
+_PASSING_TYPES: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError, ConnectionError, FSTimeoutError)
 # S3 answers that mean "not now": throttling, server errors, and 409 when conditional writes race.
 _PASSING_CODES = {
     "SlowDown",
@@ -134,17 +120,42 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _client_error(exc: BaseException) -> boto.ClientError | None:
-    return next((e for e in _causes(exc) if isinstance(e, boto.ClientError)), None)
+@functools.cache
+def _s3() -> types.SimpleNamespace:
+    """The S3 client's exception types, imported when an error is classified rather than with this module:
+    s3fs, botocore and aiohttp cost ~0.5 s to import, which a command that never touches S3 need not pay."""
+    import aiohttp
+    import botocore.exceptions as boto
+    from botocore.parsers import ResponseParserError
+    from s3fs.utils import FileExpired
+
+    passing = (
+        boto.HTTPClientError,  # connection closed or reset, read and connect timeouts
+        boto.ConnectionError,  # endpoint unreachable
+        boto.IncompleteReadError,
+        boto.ResponseStreamingError,
+        ResponseParserError,  # throttling answers can come back as invalid XML (s3fs retries these too)
+        aiohttp.ClientConnectionError,
+        aiohttp.ClientPayloadError,
+    )
+    return types.SimpleNamespace(
+        ClientError=boto.ClientError, NoCredentialsError=boto.NoCredentialsError, FileExpired=FileExpired,
+        passing=_PASSING_TYPES + passing,
+    )  # fmt: skip
+
+
+def _client_error(exc: BaseException) -> Any:
+    """botocore's ClientError in `exc`'s causes, if any."""
+    return next((e for e in _causes(exc) if isinstance(e, _s3().ClientError)), None)
 
 
 def is_passing(exc: BaseException) -> bool:
     """Whether the store failed in passing (throttled, 5xx, racing conditional write, timeout, reset)."""
     for cause in _causes(exc):
-        if isinstance(cause, boto.ClientError):
+        if isinstance(cause, _s3().ClientError):
             status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             return cause.response.get("Error", {}).get("Code") in _PASSING_CODES or status in _PASSING_STATUS
-        if isinstance(cause, _PASSING_TYPES):
+        if isinstance(cause, _s3().passing):
             return True
     return False
 
@@ -168,7 +179,7 @@ def _translated(uri: str) -> Iterator[None]:
     except StorageError:
         raise
     except Exception as exc:
-        if isinstance(exc, FileExpired):
+        if isinstance(exc, _s3().FileExpired):
             raise ObjectChanged(f"{uri} changed while it was read ({_reason(exc)})") from exc
         if is_passing(exc):
             raise StorageUnavailable(f"cannot reach {uri} for now: {_reason(exc)}; check AWS_ENDPOINT_URL") from exc
@@ -179,7 +190,7 @@ def _translated(uri: str) -> Iterator[None]:
                 f"access denied to {uri} ({_reason(exc)}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
                 "and the bucket policy, or the folder's permissions"
             ) from exc
-        if isinstance(exc, boto.NoCredentialsError):
+        if isinstance(exc, _s3().NoCredentialsError):
             raise StorageError(f"cannot use {uri}: no credentials found; set AWS_ACCESS_KEY_ID and friends") from exc
         if isinstance(exc, OSError) and exc.errno in _LOCAL_FAILURES:
             hint = "; free some space or write elsewhere" if exc.errno in _FULL else ""
