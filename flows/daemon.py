@@ -50,7 +50,8 @@ MAX_MESSAGE = 1 << 22
 # What the warm process imports once, so that its children do not (torch stays out: the commands that
 # train take minutes, and run in their own process).
 WARM_IMPORTS = ("maas.flows.score", "maas.flows.evaluate", "maas.modules.engines", "maas.modules.registry",
-                "matplotlib.pyplot")  # fmt: skip
+                "matplotlib.pyplot", "onnxruntime", "s3fs", "prefect.flow_engine", "prefect.task_engine",
+                "prefect.engine")  # fmt: skip
 
 
 class DaemonUnavailable(Exception):

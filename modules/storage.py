@@ -34,6 +34,7 @@ import os
 import random
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -120,10 +121,16 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _s3() -> types.SimpleNamespace | None:
+    """The S3 client's exception types; None while s3fs is not imported (no exception can come from it then).
+
+    Not imported with this module: s3fs, botocore and aiohttp cost ~0.5 s, which a command that never touches
+    S3 (`maas models list` on a local bucket) need not pay."""
+    return _s3_types() if "s3fs" in sys.modules else None
+
+
 @functools.cache
-def _s3() -> types.SimpleNamespace:
-    """The S3 client's exception types, imported when an error is classified rather than with this module:
-    s3fs, botocore and aiohttp cost ~0.5 s to import, which a command that never touches S3 need not pay."""
+def _s3_types() -> types.SimpleNamespace:
     import aiohttp
     import botocore.exceptions as boto
     from botocore.parsers import ResponseParserError
@@ -146,16 +153,18 @@ def _s3() -> types.SimpleNamespace:
 
 def _client_error(exc: BaseException) -> Any:
     """botocore's ClientError in `exc`'s causes, if any."""
-    return next((e for e in _causes(exc) if isinstance(e, _s3().ClientError)), None)
+    s3 = _s3()
+    return next((e for e in _causes(exc) if isinstance(e, s3.ClientError)), None) if s3 else None
 
 
 def is_passing(exc: BaseException) -> bool:
     """Whether the store failed in passing (throttled, 5xx, racing conditional write, timeout, reset)."""
+    s3 = _s3()
     for cause in _causes(exc):
-        if isinstance(cause, _s3().ClientError):
+        if s3 and isinstance(cause, s3.ClientError):
             status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             return cause.response.get("Error", {}).get("Code") in _PASSING_CODES or status in _PASSING_STATUS
-        if isinstance(cause, _s3().passing):
+        if isinstance(cause, s3.passing if s3 else _PASSING_TYPES):
             return True
     return False
 
@@ -179,7 +188,8 @@ def _translated(uri: str) -> Iterator[None]:
     except StorageError:
         raise
     except Exception as exc:
-        if isinstance(exc, _s3().FileExpired):
+        s3 = _s3()
+        if s3 and isinstance(exc, s3.FileExpired):
             raise ObjectChanged(f"{uri} changed while it was read ({_reason(exc)})") from exc
         if is_passing(exc):
             raise StorageUnavailable(f"cannot reach {uri} for now: {_reason(exc)}; check AWS_ENDPOINT_URL") from exc
@@ -190,7 +200,7 @@ def _translated(uri: str) -> Iterator[None]:
                 f"access denied to {uri} ({_reason(exc)}): check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
                 "and the bucket policy, or the folder's permissions"
             ) from exc
-        if isinstance(exc, _s3().NoCredentialsError):
+        if s3 and isinstance(exc, s3.NoCredentialsError):
             raise StorageError(f"cannot use {uri}: no credentials found; set AWS_ACCESS_KEY_ID and friends") from exc
         if isinstance(exc, OSError) and exc.errno in _LOCAL_FAILURES:
             hint = "; free some space or write elsewhere" if exc.errno in _FULL else ""
