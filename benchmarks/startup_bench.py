@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -102,10 +103,10 @@ def main() -> None:
                 for version in codes:
                     timed(name, version, command)
             timed(f"{SCORE}, MAAS_DAEMON=0", "after", score, {"MAAS_DAEMON": "0"})
-            rows.append((f"{SCORE}, first command in a fresh folder (starts the daemon)", "after",
-                         [_first_command(after, score, Path(tmp) / f"fresh-{i}", env) for i in range(args.runs)]))  # fmt: skip
-            print(f"{rows[-1][0]}: {rows[-1][2]}", flush=True)
-            maas(after, ["up", "--port", "4391"], work, env)
+            fresh = [_first_command(after, score, Path(tmp) / f"fresh-{i}", env) for i in range(args.runs)]
+            rows.append((f"{SCORE}, first command in a fresh folder (starts the daemon)", "after", fresh))
+            print(f"{rows[-1][0]}: {fresh}", flush=True)
+            maas(after, ["up", "--port", str(_free_port())], work, env)
             for name in ("maas models list", SCORE):
                 command = [a.replace("{file}", small.as_uri()) for a in COMMANDS[name]]
                 for version in codes:
@@ -113,6 +114,12 @@ def main() -> None:
         finally:
             maas(after, ["down"], work, env)
     write(rows, args, load_before, os.getloadavg())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _first_command(code: Code, command: list[str], folder: Path, env: dict[str, str]) -> float:
@@ -133,7 +140,8 @@ def write(rows: list[tuple[str, str, list[float]]], args: argparse.Namespace, lo
         "# CLI start-up",
         "",
         f"`benchmarks/startup_bench.py --before {args.before} --runs {args.runs}` on {platform.platform()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} "
+        "UTC; "
         f"load average (1, 5, 15 min) {loads[0]} at the start, {loads[1]} at the end. Whole `maas` processes on "
         "the embedded default (local bucket), seconds of wall time, median and best of the runs (after one warm-up "
         "run, except in a fresh folder).",
