@@ -116,22 +116,29 @@ def configured_api_url() -> str | None:
 
 
 def forward(argv: list[str], start: bool) -> int:
-    """Run `maas argv` in a child of the warm process; its exit code. `start`: start a daemon if none runs."""
+    """Run `maas argv` in a child of the warm process; its exit code. `start`: start a daemon if none runs.
+
+    Until the daemon has said which child runs the command, nothing has run: a daemon that retires (other
+    code) or goes away (idle, stopped) just now is replaced, and after three tries the caller runs the command.
+    """
     key = code_key()
-    for _ in range(2):
-        conn = connect(start, server=configured_api_url() is None and not Path(STACK_STATE).exists())
-        with conn:
+    server = configured_api_url() is None and not Path(STACK_STATE).exists()
+    for _ in range(3):
+        conn = connect(start, server)
+        try:
             _send(conn, {"op": "run", "key": key, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                          "umask": _umask()}, fds=[0, 1, 2])  # fmt: skip
             replies = _lines(conn)
             first = next(replies, None)
-            if first is None:
-                raise DaemonUnavailable("the daemon closed the connection")
-            if first.get("stale"):
-                start = True  # it retires once its commands end; a daemon for this code takes its place
-                continue
+        except OSError:
+            first = None
+        if first is None or first.get("stale"):
+            conn.close()
+            start = True  # a stale daemon retires once its commands end; one for this code takes its place
+            continue
+        with conn:
             return _relay(first["pid"], replies)
-    raise DaemonUnavailable("the daemon kept refusing this code")
+    raise DaemonUnavailable("no daemon took the command")
 
 
 def server_url(start: bool) -> str | None:
@@ -332,7 +339,9 @@ class Daemon:
         self.selector = selectors.DefaultSelector()
         self.wake_read, self.wake_write = os.pipe()
 
-    def serve(self) -> None:
+    def serve(self) -> str:
+        """Serve until stopped, retired or idle; which of them."""
+        self.last_active = time.monotonic()  # idle from now, not from before the imports
         os.set_blocking(self.wake_write, False)
         signal.set_wakeup_fd(self.wake_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a child's exit wakes the selector through the pipe
@@ -342,9 +351,14 @@ class Daemon:
         self.selector.register(self.wake_read, selectors.EVENT_READ)
         while True:
             self._reap()
-            if (self.stopping or self.retiring) and not self.children:
+            if self.stopping and not self.children:
+                reason = "stopped"
+                break
+            if self.retiring and not self.children:
+                reason = "retired: a command of other code (maas or its packages changed) came"
                 break
             if not self.children and time.monotonic() - self.last_active > self.idle_seconds:
+                reason = f"idle for {self.idle_seconds:.0f} s"
                 break
             timeout = 0.5 if self.stopping else min(60.0, self.idle_seconds)
             for ready, _ in self.selector.select(timeout=timeout):
@@ -354,6 +368,7 @@ class Daemon:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_read, 4096)
         self._stop_server()
+        return reason
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -573,15 +588,16 @@ def main() -> None:
     matplotlib.use("Agg")
     for name in WARM_IMPORTS:
         importlib.import_module(name)
+    reason = "failed"
     try:
-        daemon.serve()
+        reason = daemon.serve()
     finally:
         _remove_if_ours(SOCKET, daemon.socket_inode)
         state = HOME / "daemon.json"
         with contextlib.suppress(OSError, ValueError, KeyError):
             if json.loads(state.read_text())["pid"] == os.getpid():
                 state.unlink()
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} daemon {os.getpid()} stopped", flush=True)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} daemon {os.getpid()} ends ({reason})", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The rest of the suite runs with MAAS_DAEMON=0 (tests/conftest.py); these tests t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ COMMAND = [sys.executable, "-m", "maas.flows.cli"]  # the `maas` executable's co
 
 def _maas(*args: str, cwd: Path, daemon: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k not in ("MAAS_BUCKET", "PREFECT_API_URL", "MAAS_DAEMON")}
-    environment.update(MAAS_DAEMON_IDLE_SECONDS="300", **env)  # a daemon a failed test leaves stops by itself
+    environment.update({"MAAS_DAEMON_IDLE_SECONDS": "300", **env})  # a daemon a failed test leaves stops by itself
     if not daemon:
         environment["MAAS_DAEMON"] = "0"
     return subprocess.run([*COMMAND, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
@@ -113,6 +114,36 @@ def test_no_daemon_where_it_is_turned_off_or_not_needed(folder: Path) -> None:
         result = _maas(*args, cwd=folder, MAAS_BUCKET=str(folder / "bucket"))
         assert result.returncode == (args[0] != "models")
     assert _state(folder)["pid"] == 999999999  # nothing started
+
+
+def _daemon_log(folder: Path) -> list[str]:
+    """The daemon log's lines, once every daemon it names has exited (each says why it ended)."""
+    log = folder / ".maas" / "daemon" / "daemon.log"
+    for line in log.read_text().splitlines():
+        pid = int(line.split(" daemon ")[1].split()[0])
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(timeout=60)
+    return log.read_text().splitlines()
+
+
+def test_a_daemon_of_other_code_retires_and_an_idle_one_stops_by_itself(folder: Path) -> None:
+    """With a Prefect API configured the daemon starts no server: here, only the warm process."""
+    args = ["score", "--input", "nosuchscheme://a/b"]  # fails in the command, before any flow run
+    api = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    first = _maas(*args, cwd=folder, **api)
+    assert first.returncode == 1 and first.stderr.startswith("error: invalid parameter input_uri: unknown URI scheme")
+    old = _state(folder)
+    assert old["server_pid"] is None and not _gone(old["pid"])
+
+    # Other code (here: another PYTHONPATH): the old daemon takes no more commands and exits; a new one serves.
+    path = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(folder / "elsewhere")]))
+    second = _maas(*args, cwd=folder, PYTHONPATH=path, MAAS_DAEMON_IDLE_SECONDS="1", **api)
+    assert second.returncode == 1 and second.stderr == first.stderr
+    lines = _daemon_log(folder)
+    serving, ends = [line for line in lines if "serving" in line], [line for line in lines if " ends " in line]
+    assert len(serving) == len(ends) == 2 and f"daemon {old['pid']} serving" in serving[0]
+    assert f"daemon {old['pid']} ends (retired" in ends[0] and "idle for 1 s" in ends[1]
+    assert not (folder / ".maas" / "daemon" / "maas.sock").exists()
 
 
 def test_down_leaves_a_process_that_only_shares_a_recorded_id_alone(folder: Path) -> None:
