@@ -336,6 +336,7 @@ class Daemon:
         self.last_active = time.monotonic()
         self.stopping = self.retiring = False
         self.stop_deadline = 0.0
+        self.waiting_stop: list[socket.socket] = []
         self.selector = selectors.DefaultSelector()
         self.wake_read, self.wake_write = os.pipe()
 
@@ -390,7 +391,7 @@ class Daemon:
             _send(conn, {"api_url": self.api_url, "pid": self.server.pid if self.server else None})
         elif op == "stop":
             self._stop()
-            self.stop_reply = conn  # closed when this process exits: `maas down` waits for that
+            self.waiting_stop.append(conn)  # closed when this process exits: `maas down` waits for that
         for fd in fds:
             os.close(fd)
         if op != "stop" and conn not in self.children.values():
@@ -419,8 +420,8 @@ class Daemon:
                 for fd in (self.wake_read, self.wake_write, self.lock_fd):
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                self.listener.close()
-                conn.close()
+                for inherited in (self.listener, conn, *self.children.values(), *self.waiting_stop):
+                    inherited.close()  # other commands' connections: theirs to close, not this child's
                 code = _child(request, fds)
             finally:
                 os._exit(code)
