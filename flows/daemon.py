@@ -141,8 +141,9 @@ def forward(argv: list[str], start: bool) -> int:
     raise DaemonUnavailable("no daemon took the command")
 
 
-def server_url(start: bool) -> str | None:
-    """The address of the daemon's Prefect server once it answers (the daemon starts it if need be)."""
+def server(start: bool) -> tuple[str, int | None] | None:
+    """The address and process id of the daemon's Prefect server, which it starts if need be (it may take
+    tens of seconds to answer: `healthy` waits for it)."""
     try:
         conn = connect(start, server=True)
     except DaemonUnavailable:
@@ -150,9 +151,11 @@ def server_url(start: bool) -> str | None:
     with conn:
         _send(conn, {"op": "server"})
         reply = next(_lines(conn), None)
-    if not reply or not reply.get("api_url"):
-        return None
-    return reply["api_url"] if _healthy(reply["api_url"], SERVER_START_SECONDS, reply.get("pid")) else None
+    return (reply["api_url"], reply.get("pid")) if reply and reply.get("api_url") else None
+
+
+def asks_help(argv: list[str]) -> bool:
+    return "--help" in argv or "-h" in argv
 
 
 def connect(start: bool, server: bool = False) -> socket.socket:
@@ -260,7 +263,8 @@ def _umask() -> int:
     return mask
 
 
-def _healthy(api_url: str, timeout: float, pid: int | None) -> bool:
+def healthy(api_url: str, pid: int | None, timeout: float = SERVER_START_SECONDS) -> bool:
+    """Whether the server at `api_url` answers within `timeout` (False at once if its process `pid` ended)."""
     import urllib.request
 
     deadline = time.monotonic() + timeout

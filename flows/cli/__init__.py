@@ -99,7 +99,7 @@ def main() -> None:
     name = daemon.command_of(argv)
     if name in WARM and daemon.enabled(argv):
         try:
-            sys.exit(daemon.forward(argv, start=name in RUNS_FLOWS))
+            sys.exit(daemon.forward(argv, start=name in RUNS_FLOWS and not daemon.asks_help(argv)))
         except daemon.DaemonUnavailable as exc:
             if name in RUNS_FLOWS:  # it was to start one: say why this command is slower
                 click.echo(f"note: {exc}; running without the daemon", err=True)

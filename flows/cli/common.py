@@ -113,14 +113,32 @@ def prepare_prefect(runs_flows: bool, use_daemon: bool = True) -> None:
     from maas.flows.stack import running_api
 
     api_url = running_api(STACK_HOME)
-    if api_url is None and use_daemon and daemon.enabled():
-        api_url = daemon.server_url(start=True)
+    if api_url is None and use_daemon and daemon.enabled() and not daemon.asks_help(sys.argv[1:]):
+        state["server"] = daemon.server(start=True)  # awaited by `server_ready`, once the parameters are valid
+        api_url = state["server"] and state["server"][0]
+    _use_api(api_url)
+
+
+def server_ready() -> None:
+    """Wait for the daemon's Prefect server before the first flow run (not before: a typo in a parameter fails
+    at once, even while the server starts). If it does not answer, Prefect's temporary API is used instead."""
+    from maas.flows import daemon
+
+    found = state.pop("server", None)
+    if found and not daemon.healthy(*found):
+        click.echo(f"note: the daemon's Prefect server did not answer; see {daemon.HOME / 'server.log'}", err=True)
+        _use_api(None)
+
+
+def _use_api(api_url: str | None) -> None:
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
-        if "prefect.context" in sys.modules:  # imported already (the daemon's warm process): read settings again
-            from prefect.context import refresh_global_settings_context
+    else:
+        os.environ.pop("PREFECT_API_URL", None)
+    if "prefect.context" in sys.modules:  # imported already (the daemon's warm process): read settings again
+        from prefect.context import refresh_global_settings_context
 
-            refresh_global_settings_context()
+        refresh_global_settings_context()
 
 
 def _api_url_chosen() -> bool:

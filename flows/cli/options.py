@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from maas.flows.cli.common import json_flag
+from maas.flows.cli.common import json_flag, server_ready
 from maas.modules.fields import FACTORY_DEFAULTS, leaf_fields
 
 NONE = "none"  # an optional field given as `none` is set to null (`--shadow none`)
@@ -109,7 +109,14 @@ def params_command(
 
     def callback(as_json: bool, **given: Any) -> None:
         extras = {key: given.pop(key) for key in own}
-        action(model_values(model, given), as_json, **extras)
+        build = model_values(model, given)
+
+        def valid_then_server() -> BaseModel:
+            params = build()
+            server_ready()
+            return params
+
+        action(valid_then_server, as_json, **extras)
 
     params = [*model_options(model, aliases), *extra, json_flag()]
     return click.Command(name, params=params, callback=callback, help=help)
