@@ -138,9 +138,6 @@ class Outputs:
             self._writers[stream] = formats.BatchWriter(path, self.kind, self.source, schema, header=earlier == 0)
         return self._writers[stream]
 
-    def written(self, stream: Stream) -> bool:
-        return stream in self._writers or any(stream in files for files in self.done.parts)
-
     def roll(self, lease: Lease, tally: Checkpoint) -> None:
         """Complete the current part: close its files, upload them, then create its checkpoint (which
         holds `tally`, the pass's counts so far). A holder that lost its claim publishes nothing."""
@@ -231,7 +228,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hash(digest: hashlib._Hash, handle: IO[bytes]) -> None:
+def _hash(digest: Any, handle: IO[bytes]) -> None:
+    """Feed a stream to a hashlib digest in 1 MiB blocks."""
     for block in iter(lambda: handle.read(1 << 20), b""):
         digest.update(block)
 
