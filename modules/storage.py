@@ -251,11 +251,12 @@ def read_bytes(uri: str) -> bytes:
 @contextlib.contextmanager
 def open_read(uri: str, compression: str | None = None, **options: Any) -> Iterator[IO[bytes]]:
     """A binary stream over the object, decompressed when `compression` is given (e.g. "gzip"); `options`
-    go to the filesystem's `open` (e.g. `cache_type="none"` for a reader that seeks about and buffers itself)."""
+    go to the file (e.g. `cache_type="none"` for a reader that seeks about and buffers itself): through the
+    filesystem's own `open`, since `fsspec.open` would hand them to a new filesystem (s3fs refuses them there)."""
     with _translated(uri):
         fs, path = filesystem(uri)
         _fresh(fs, path)
-        with fsspec.open(uri, "rb", compression=compression, **options) as stream:
+        with fs.open(path, "rb", compression=compression, **options) as stream:
             yield stream
 
 
