@@ -329,7 +329,7 @@ def resume_bench(args: argparse.Namespace) -> dict:
         for fmt in args.formats:
             run: dict = {"format": fmt}
             shas = {}
-            for name, extra in (("whole", {"part_rows": rows + 1}), ("parts", {}), ("killed", {"lease_seconds": 10})):
+            for name, extra in (("whole", {"part_rows": rows + 1}), ("parts", {}), ("killed", {"lease_seconds": 30})):
                 root = storage.join(bucket, f"{fmt}-{name}")
                 where = {f"{p}_uri": storage.join(root, f) for p, f in
                          (("output", "predictions"), ("quarantine", "quarantine"), ("state", "state"))}  # fmt: skip
