@@ -138,9 +138,10 @@ class Outputs:
             self._writers[stream] = formats.BatchWriter(path, self.kind, self.source, schema, header=earlier == 0)
         return self._writers[stream]
 
-    def roll(self, lease: Lease, tally: Checkpoint) -> None:
+    def roll(self, lease: Lease, tally: Checkpoint) -> Lease:
         """Complete the current part: close its files, upload them, then create its checkpoint (which
-        holds `tally`, the pass's counts so far). A holder that lost its claim publishes nothing."""
+        holds `tally`, the pass's counts so far). A holder that lost its claim publishes nothing. Returns
+        the lease, renewed when due (uploads take a while)."""
         number = self.done.part + 1
         writers, self._writers = self._writers, {}
         for stream, writer in writers.items():
@@ -148,6 +149,7 @@ class Outputs:
             if writer.schema is not None:
                 self._schemas[stream] = writer.schema
         self.claims.check(lease)
+        lease = self.claims.renew_if_due(lease)
         files: dict[Stream, PartFile] = {}
         for stream, writer in writers.items():
             uri = storage.join(self.work.uri, f"{number:08d}-{lease.attempt:08d}.{stream}.{self.kind}")
@@ -163,18 +165,21 @@ class Outputs:
                 "schemas": {name: _text(schema) for name, schema in self._schemas.items()},
             }
         )
+        lease = self.claims.renew_if_due(lease)
         self.claims.check(lease)
         uri = storage.join(self.work.uri, f"{number:08d}-{lease.attempt:08d}.json")
         if not self.claims.persist(lease, lambda: storage.create_json(uri, checkpoint)):
             raise LeaseLost(f"{self.source}: part {number} of attempt {lease.attempt} exists already; not publishing")
         self.done = checkpoint
+        return lease
 
-    def finish(self, lease: Lease, tally: Checkpoint) -> None:
+    def finish(self, lease: Lease, tally: Checkpoint) -> Lease:
         """The pass is over: a parted file completes its last part; a small one just closes its files."""
         if self.parted:
-            self.roll(lease, tally)
+            lease = self.roll(lease, tally)
         for writer in self._writers.values():
             writer.close()
+        return lease
 
     def close(self) -> None:
         for writer in self._writers.values():

@@ -693,9 +693,10 @@ def _stream(
                 raise StorageError(f"{obj.uri}: the parts under {outputs.work.uri} do not end on a record batch of the "
                                    "file; delete them to score it from the start")  # fmt: skip
             skip -= len(frame)
+            state.lease = claims.renew_if_due(state.lease)
             continue
         if outputs.due(state.rows_in):
-            outputs.roll(state.lease, _tally(state, drift))
+            state.lease = outputs.roll(state.lease, _tally(state, drift))
         raw = frame
         if state.rows_in == 0:
             state.passthrough = _passthrough(params, frame, spec.feature_names, obj.uri)
@@ -728,7 +729,7 @@ def _stream(
             progress(len(frame))
     if skip:
         raise StorageError(f"{obj.uri}: the parts under {outputs.work.uri} hold more rows than the file")
-    outputs.finish(state.lease, _tally(state, drift))
+    state.lease = outputs.finish(state.lease, _tally(state, drift))
 
 
 def _explained(
