@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/scale_bench.py index [--old 100000 --baseline-old 10000 --baseline-rev main]
      .venv/bin/python benchmarks/scale_bench.py memory [--files 4 --rows 250000]
+     .venv/bin/python benchmarks/scale_bench.py resume [--big-rows 2000000 --kill-at 0.6 --store local|s3]
 Each writes its part of benchmarks/results/scale.json and rewrites benchmarks/results/scale.md.
 
 `index`: a moto S3 server in its own process, wrapped so that it counts the requests it answers.
@@ -14,16 +15,24 @@ of `--baseline-old` objects, since at 100,000 it would take many minutes.
 
 `memory`: peak RSS (VmHWM) of a fresh process running the score flow over Parquet files written as a
 single row group each, all scored at once.
+
+`resume`: one Parquet file of `--big-rows` rows x 65 columns, scored by a worker process
+(tests/integration/score_worker.py) into CSV and into Parquet: once whole (`part_rows` above the
+file's rows: the single-write path), once uninterrupted in parts (the default `part_rows`), and once
+SIGKILLed after `--kill-at` of its rows and run again once its lease ran out. Rows scored twice are
+the killed and the second run's rows less the file's; the outputs are compared by sha256.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import multiprocessing
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tarfile
@@ -31,6 +40,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,11 +163,8 @@ def _baseline_code(rev: str, into: Path, folders: tuple[str, ...] = ("modules",)
     return str(into)
 
 
-def index_bench(args: argparse.Namespace) -> dict:
-    import boto3
-
-    from benchmarks.score_bench import train_model
-
+def _start_server() -> tuple[str, multiprocessing.Process]:
+    """The counting moto server in its own process; this process's S3 clients point at it."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = multiprocessing.get_context("spawn").Process(target=serve, args=(port, str(ROOT)), daemon=True)
@@ -170,6 +177,15 @@ def index_bench(args: argparse.Namespace) -> dict:
             break
         except OSError:
             time.sleep(0.2)
+    return endpoint, server
+
+
+def index_bench(args: argparse.Namespace) -> dict:
+    import boto3
+
+    from benchmarks.score_bench import train_model
+
+    endpoint, server = _start_server()
     client = boto3.client("s3", endpoint_url=endpoint)
     for bucket in (INPUTS, STATE):
         client.create_bucket(Bucket=bucket)
@@ -254,6 +270,104 @@ def memory_bench(args: argparse.Namespace) -> dict:
     return results
 
 
+WORKER = ROOT / "tests" / "integration" / "score_worker.py"
+
+
+def _worker(params: object, kill_after: int | None = None) -> dict:
+    """Score in a worker process (this environment's maas); SIGKILL it once `kill_after` rows were scored."""
+    started = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, str(WORKER), params.model_dump_json(), "0", "--rows"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    scored, outcomes = 0, []
+    for line in worker.stdout:
+        found = json.loads(line)
+        if "rows" not in found:
+            outcomes.append(found)
+            continue
+        scored += found["rows"]
+        if kill_after is not None and scored >= kill_after:
+            worker.send_signal(signal.SIGKILL)
+            killed_at = time.perf_counter()
+            scored += sum(json.loads(rest)["rows"] for rest in worker.stdout)  # what it printed before it died
+            worker.wait()
+            return {"seconds": round(killed_at - started, 1), "scored": scored}
+    worker.wait()
+    if worker.returncode or [o["status"] for o in outcomes] != ["scored"]:
+        raise RuntimeError(f"{outcomes} {worker.stderr.read()[-3000:]}")
+    return {"seconds": round(time.perf_counter() - started, 1), "scored": scored}
+
+
+def resume_bench(args: argparse.Namespace) -> dict:
+    """A large file killed at `--kill-at` and scored again: rows scored twice, output against an uninterrupted run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.score_bench import train_model
+    from maas.modules import storage
+    from maas.modules.score import ScoreParams
+
+    rows = args.big_rows
+    results: dict = {"rows": rows, "store": args.store, "kill_at": args.kill_at, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.store == "s3":
+            import boto3
+
+            endpoint, server = _start_server()
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench-resume")
+            bucket = "s3://bench-resume"
+        else:
+            bucket = Path(tmp, "bucket").as_uri()
+        train_model(bucket, rows=2_000, epochs=1)
+        table = pa.Table.from_pandas(synthetic(rows, seed=1), preserve_index=False)
+        local = Path(tmp, "big.parquet")
+        pq.write_table(table, local)
+        del table
+        results["input_mib"] = round(local.stat().st_size / 2**20, 1)
+        part_rows = ScoreParams.model_fields["part_rows"].default
+        results["part_rows"] = part_rows
+        storage.upload(local, storage.join(bucket, "incoming", "big.parquet"))  # one input; each run its own state
+        for fmt in args.formats:
+            run: dict = {"format": fmt}
+            shas = {}
+            for name, extra in (("whole", {"part_rows": rows + 1}), ("parts", {}), ("killed", {"lease_seconds": 30})):
+                root = storage.join(bucket, f"{fmt}-{name}")
+                where = {f"{p}_uri": storage.join(root, f) for p, f in
+                         (("output", "predictions"), ("quarantine", "quarantine"), ("state", "state"))}  # fmt: skip
+                where["input_uri"] = storage.join(bucket, "incoming")
+                params = ScoreParams(model="bench@production", bucket=bucket, shadow=None, output_format=fmt,
+                                     **where, **extra)  # fmt: skip
+                if name == "killed":
+                    killed = _worker(params, kill_after=int(rows * args.kill_at))
+                    work = storage.join(root, "state", "work")
+                    checkpoints = [o.uri for o in storage.list_objects(work) if o.uri.endswith(".json")]
+                    resumed_from = storage.read_json(max(checkpoints))["rows_in"]
+                    (lease,) = storage.list_objects(storage.join(root, "state", "claims"))
+                    expires = datetime.fromisoformat(storage.read_json(lease.uri)["expires_at"])
+                    time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 0.5)
+                    rerun = _worker(params)
+                    run.update(killed_after_rows=killed["scored"], killed_after_s=killed["seconds"],
+                               parts_left=len(checkpoints), resumed_from_row=resumed_from,
+                               rerun_scored_rows=rerun["scored"], rerun_s=rerun["seconds"],
+                               rows_scored_twice=killed["scored"] + rerun["scored"] - rows,
+                               parts_after=len(storage.list_objects(work)))  # fmt: skip
+                else:
+                    run[f"{name}_s"] = _worker(params)["seconds"]
+                output = storage.join(root, "predictions", f"big.parquet.predictions.{fmt}")
+                with storage.open_read(output) as stream:
+                    digest = hashlib.sha256()
+                    for block in iter(lambda: stream.read(1 << 20), b""):  # noqa: B023
+                        digest.update(block)
+                shas[name] = digest.hexdigest()
+                run["output_mib"] = round(storage.info(output).size / 2**20, 1)
+            run["identical"] = len(set(shas.values())) == 1
+            run["sha256"] = shas["killed"][:16]
+            print(json.dumps(run), flush=True)
+            results["runs"].append(run)
+        if args.store == "s3":
+            server.terminate()
+    return results
+
+
 def markdown(results: dict) -> str:
     lines = ["# Scale", ""]
     if "index" in results:
@@ -298,22 +412,55 @@ def markdown(results: dict) -> str:
                 f"{r['seconds']} | {counts} |"
             )
         lines += ["", *memory.get("notes", []), ""]
+    for store in ("local", "s3"):
+        resume = results.get(f"resume-{store}")
+        if resume is None:
+            continue
+        where = "a local bucket" if store == "local" else "the moto S3 server (its own process)"
+        lines += [
+            f"## Resuming a large file ({store})",
+            "",
+            f"`benchmarks/scale_bench.py resume --store {store}` on {results['machine']}, {where}: one Parquet file "
+            f"of {resume['rows']:,} rows x 65 columns ({resume['input_mib']} MiB) scored by a worker process; "
+            f"`part_rows` {resume['part_rows']:,} (the default). `whole`: one write (`part_rows` above the file's "
+            "rows); `parts`: uninterrupted, in parts; `killed`: SIGKILLed once it had scored "
+            f"{resume['kill_at']:.0%} of the rows, then run again after its lease ran out.",
+            "",
+            "| output | MiB | whole s | parts s | killed after rows | parts left | resumed from row "
+            "| rerun scored rows | rerun s | rows scored twice | parts left after | "
+            "sha256 identical (whole, parts, killed+rerun) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in resume["runs"]:
+            lines.append(
+                f"| {r['format']} | {r['output_mib']} | {r['whole_s']} | {r['parts_s']} | {r['killed_after_rows']:,} | "
+                f"{r['parts_left']} | {r['resumed_from_row']:,} | {r['rerun_scored_rows']:,} | {r['rerun_s']} | "
+                f"{r['rows_scored_twice']:,} | {r['parts_after']} | {'yes' if r['identical'] else 'NO'} "
+                f"({r['sha256']}…) |"
+            )
+        lines += ["", *resume.get("notes", []), ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["index", "memory"])
+    parser.add_argument("part", choices=["index", "memory", "resume"])
     parser.add_argument("--old", type=int, default=100_000, help="Objects already scored (the new code's run).")
     parser.add_argument("--baseline-old", type=int, default=10_000, help="Objects already scored for the baseline.")
     parser.add_argument("--baseline-rev", default="main", help="The code to compare with (a git revision).")
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--rows", type=int, default=250_000)
+    parser.add_argument("--big-rows", type=int, default=2_000_000, help="resume: rows of the large file.")
+    parser.add_argument("--kill-at", type=float, default=0.6, help="resume: share of the rows scored at the kill.")
+    parser.add_argument("--store", choices=["local", "s3"], default="local", help="resume: where the bucket is.")
+    parser.add_argument("--formats", nargs="+", default=["csv", "parquet"], help="resume: output formats.")
     args = parser.parse_args()
     path = RESULTS / "scale.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    results[args.part] = (index_bench if args.part == "index" else memory_bench)(args)
+    benches = {"index": index_bench, "memory": memory_bench, "resume": resume_bench}
+    key = f"resume-{args.store}" if args.part == "resume" else args.part
+    results[key] = benches[args.part](args)
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "scale.md").write_text(markdown(results))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -203,14 +203,25 @@ class BatchWriter:
     """Appends frames to a local file in one format; the caller uploads it whole (atomic publish).
 
     Parquet fixes its schema on the first batch; a later batch whose column types cannot be
-    cast to it raises `InputError` (a column that changes type mid-file).
+    cast to it raises `InputError` (a column that changes type mid-file). A file that continues a
+    table begun in an earlier file (a numbered part of a large output) is given that table's
+    `schema` (Parquet) or told there is no `header` to write (CSV/TSV), so that the parts put end to
+    end (`append_parquet` for Parquet) are the table one writer would have written.
     """
 
-    def __init__(self, path: Path, kind: Kind, source: str) -> None:
+    def __init__(
+        self, path: Path, kind: Kind, source: str, schema: pa.Schema | None = None, header: bool = True
+    ) -> None:
         self.path, self.kind, self.source = path, kind, source
         self.rows = 0
+        self._schema, self._header = schema, header
         self._parquet: pq.ParquetWriter | None = None
         self._handle = None if kind == "parquet" else open(path, "w", encoding="utf-8", newline="")
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The Parquet schema fixed so far (None before the first batch, and for text formats)."""
+        return self._parquet.schema if self._parquet is not None else self._schema
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.kind == "parquet":
@@ -223,23 +234,22 @@ class BatchWriter:
             frame.to_csv(
                 self._handle,
                 index=False,
-                header=self.rows == 0,
+                header=self._header and self.rows == 0,
                 sep="\t" if self.kind == "tsv" else ",",
                 quoting=CSV_QUOTING,
             )
         self.rows += len(frame)
 
     def _write_parquet(self, frame: pd.DataFrame) -> None:
-        if self._parquet is None:
+        if self.schema is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)
-            # Dictionary-encoding floats (probabilities) costs 6x the write time and saves nothing.
-            keep_dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-            self._parquet = pq.ParquetWriter(self.path, table.schema, use_dictionary=keep_dictionary)
         else:
             try:
-                table = pa.Table.from_pandas(frame, schema=self._parquet.schema, preserve_index=False)
+                table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
             except (pa.ArrowException, ValueError) as exc:
                 raise InputError(f"{self.source}: column types change within the file: {_first_line(exc)}") from exc
+        if self._parquet is None:
+            self._parquet = _parquet_writer(self.path, self._schema or table.schema)
         self._parquet.write_table(table)
 
     def close(self) -> None:
@@ -253,3 +263,26 @@ class BatchWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """The one way maas opens a Parquet output (batch by batch, or parts put end to end)."""
+    # Dictionary-encoding floats (probabilities) costs 6x the write time and saves nothing.
+    keep_dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+    return pq.ParquetWriter(path, schema, use_dictionary=keep_dictionary)
+
+
+def append_parquet(sources: Iterable[IO[bytes]], path: Path, schema: pa.Schema) -> None:
+    """Write the row groups of Parquet `sources`, in order, as one Parquet file of `schema`.
+
+    Each row group is read and written again whole, so the result is the file that `BatchWriter`
+    writes when given the same tables one row group at a time (numbered parts and an uninterrupted
+    run go through this same code). Bytes cannot simply be concatenated: a Parquet footer holds the
+    absolute offset of every column chunk, and pyarrow has no way to write a footer for chunks
+    copied from elsewhere. Memory holds one row group at a time.
+    """
+    with _parquet_writer(path, schema) as writer:
+        for source in sources:
+            parquet = pq.ParquetFile(source)
+            for group in range(parquet.metadata.num_row_groups):
+                writer.write_table(parquet.read_row_group(group))

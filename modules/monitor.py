@@ -347,6 +347,10 @@ class DriftAccumulator:
     def counts(self) -> DriftCounts:
         return self._counts.model_copy(deep=True)
 
+    def resume(self, counts: DriftCounts) -> None:
+        """Continue from counts kept earlier (a file scored in parts, taken up by another process)."""
+        self._counts = counts.model_copy(deep=True)
+
     def merge(self, other: DriftAccumulator) -> None:
         """Add another accumulator's counts (same baseline), e.g. of another part of the file."""
         self._counts = self._counts.merge(other._counts)

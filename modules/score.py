@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from maas.modules import explain, formats, plots, registry, storage
+from maas.modules import explain, formats, parts, plots, registry, storage
 from maas.modules.claims import Claims, Lease
 from maas.modules.config import Location, Settings, new_run_id
 from maas.modules.engines import Engine
@@ -109,6 +109,13 @@ class ScoreParams(BaseModel):
     )
     include_features: bool = Field(False, description="Also copy the feature columns to the output.")
     batch_rows: int = Field(65_536, ge=1, description="Rows per record batch: bounds memory per file.")
+    part_rows: int = Field(
+        262_144,
+        ge=1,
+        description="A file with more rows is scored in numbered parts of this many rows (whole record batches), "
+        "kept under state/work/ until its output is assembled: a run that takes over a crashed run's claim goes on "
+        "from the last complete part instead of row 0. Smaller files are written once, whole.",
+    )
     max_error_rate: float = Field(
         0.1, ge=0, le=1, description="Quarantine a file when more than this fraction of its rows is rejected."
     )
@@ -479,15 +486,39 @@ def _score(
     earlier = _earlier_output(job, obj, where, claims, lease)
     if earlier is not None:
         return earlier
+    work = parts.Work(job.state_uri, lease, parts.settings_digest(_output_settings(job)))
+    # A first attempt proves nobody started: only a takeover looks for parts to go on from.
+    start = work.latest() if lease.attempt > 1 else None
+    outputs = parts.Outputs(scratch, job.params.output_format, obj.uri, job.params.part_rows, work, claims, start)
+    try:
+        outcome = _stream_and_publish(job, obj, claims, lease, where, outputs, progress)
+    finally:
+        outputs.close()
+    if outcome.status in ("scored", "quarantined", "vanished") and (outputs.parted or outputs.resumed):
+        work.clear()
+    return outcome
+
+
+def _stream_and_publish(
+    job: ScoreJob,
+    obj: storage.ObjectInfo,
+    claims: Claims,
+    lease: Lease,
+    where: _Locations,
+    outputs: parts.Outputs,
+    progress: Progress | None,
+) -> FileOutcome:
+    """Stream the file (from the last complete part, if an earlier attempt left some) and publish the outcome."""
     card, engine, baseline = _model(job.card_uri, job.params.engine, job.threads)
     drift = DriftAccumulator(baseline, job.params.drift_settings) if job.params.drift and baseline else None
-    fmt = job.params.output_format
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     state = _Pass(lease, explainer=_explainer(job.card_uri, job.threads) if job.params.explains else None)
     if job.shadow_card_uri:
         _load_challenger(job, card, state)
+    if outputs.resumed:
+        _resume(state, drift, outputs.done)
     try:
-        _stream(job, obj, engine, drift, claims, state, scratch, progress)
+        _stream(job, obj, engine, drift, claims, state, outputs, progress)
     except InputError as exc:
         return _quarantine(job, obj, claims, state.lease, where.report, str(exc), state.rows_in, state.rows_rejected)
     except (ObjectNotFound, ObjectChanged):
@@ -506,9 +537,8 @@ def _score(
             f"over max_error_rate {job.params.max_error_rate:.1%}"
         )
         return _quarantine(
-            job, obj, claims, lease, where.report, reason, rows_in, rows_rejected,
-            (scratch / f"rejected.{fmt}", where.quarantined_rows),
-        )  # fmt: skip
+            job, obj, claims, lease, where.report, reason, rows_in, rows_rejected, (outputs, where.quarantined_rows)
+        )
 
     report = drift.report() if drift else None
     shadow = None
@@ -516,11 +546,11 @@ def _score(
         published = where.shadow if state.shadow_error is None else None
         shadow = state.agreement.report(job.shadow_ref, published).model_copy(update={"error": state.shadow_error})
     claims.check(lease)  # fenced: a run that stalled past its lease publishes nothing
-    storage.upload(scratch / f"output.{fmt}", where.output)
+    output_sha256 = outputs.publish("output", where.output)
     if shadow and shadow.output_uri:
-        claims.persist(lease, lambda: storage.upload(scratch / f"shadow.{fmt}", where.shadow))
+        claims.persist(lease, lambda: outputs.publish("shadow", where.shadow))
     if rows_rejected:
-        claims.persist(lease, lambda: storage.upload(scratch / f"rejected.{fmt}", where.rejected))
+        claims.persist(lease, lambda: outputs.publish("rejected", where.rejected))
     manifest = FileManifest(
         input_uri=obj.uri,
         input_etag=obj.etag,
@@ -529,8 +559,8 @@ def _score(
         explain_sha256=card.artifacts["explain"].sha256 if state.explainer is not None else None,
         engine=engine.name,
         output_uri=where.output,
-        output_sha256=_file_sha256(scratch / f"output.{fmt}"),
-        output_format=fmt,
+        output_sha256=output_sha256,
+        output_format=job.params.output_format,
         rows_in=rows_in,
         rows_out=rows_in - rows_rejected,
         rows_rejected=rows_rejected,
@@ -560,6 +590,45 @@ def _score(
         drift=report,
         shadow=shadow,
     )
+
+
+# The settings that shape a file's output bytes: parts written under others are not resumed.
+_OUTPUT_SETTINGS = {
+    "output_format", "batch_rows", "part_rows", "passthrough", "include_features", "missing_values",
+    "missing_columns", "drift", "drift_settings", "explain", "explain_top", "engine",
+}  # fmt: skip
+
+
+def _output_settings(job: ScoreJob) -> dict[str, object]:
+    return job.params.model_dump(mode="json", include=_OUTPUT_SETTINGS) | {"shadow": job.shadow_ref}
+
+
+def _tally(state: _Pass, drift: DriftAccumulator | None) -> parts.Checkpoint:
+    """The pass's counts so far, kept with each part so that another attempt can go on from it."""
+    agreement = state.agreement
+    return parts.Checkpoint(
+        rows_in=state.rows_in,
+        rows_rejected=state.rows_rejected,
+        passthrough=state.passthrough,
+        missing_columns=state.missing_columns,
+        drift=drift.counts() if drift is not None else None,
+        agreement_rows=agreement.rows if agreement is not None else 0,
+        agreement_total=agreement.total if agreement is not None else 0.0,
+        shadow_error=state.shadow_error,
+    )
+
+
+def _resume(state: _Pass, drift: DriftAccumulator | None, done: parts.Checkpoint) -> None:
+    """Take up the counts an earlier attempt kept with its last complete part (see `_tally`)."""
+    state.rows_in, state.rows_rejected = done.rows_in, done.rows_rejected
+    state.passthrough, state.missing_columns = done.passthrough, done.missing_columns
+    state.shadow_error = state.shadow_error or done.shadow_error
+    if drift is not None and done.drift is not None:
+        drift.resume(done.drift)
+    if state.agreement is not None:
+        state.agreement.resume(done.agreement_rows, done.agreement_total)
+    log.info("%s: going on from part %d (row %d) of attempt %d", done.parts[-1]["output"].uri, done.part,
+             done.rows_in, done.attempt)  # fmt: skip
 
 
 def _earlier_output(
@@ -609,50 +678,58 @@ def _stream(
     drift: DriftAccumulator | None,
     claims: Claims,
     state: _Pass,
-    scratch: Path,
+    outputs: parts.Outputs,
     progress: Progress | None,
 ) -> None:
-    """Read, validate, score and write the file batch by batch, counting drift in the same pass."""
-    spec, params, fmt = engine.spec, job.params, job.params.output_format
-    rejected: formats.BatchWriter | None = None
-    shadow = formats.BatchWriter(scratch / f"shadow.{fmt}", fmt, obj.uri) if state.challenger is not None else None
-    try:
-        with formats.BatchWriter(scratch / f"output.{fmt}", fmt, obj.uri) as output:
-            for frame in formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric]):
-                raw = frame
-                if state.rows_in == 0:
-                    state.passthrough = _passthrough(params, frame, spec.feature_names, obj.uri)
-                    if params.missing_columns == "impute":
-                        state.missing_columns = [c for c in spec.feature_names if c not in frame.columns]
-                if state.missing_columns:  # scored as if every value of those columns were missing
-                    frame = frame.assign(**dict.fromkeys(state.missing_columns, np.nan))
-                encoded = spec.encode_rows(frame, obj.uri, params.missing_values == "reject")
-                copied = [c for c in spec.feature_names if c not in state.passthrough and c in raw.columns]
-                kept = frame[state.passthrough + (copied if params.include_features else [])]
-                features = encoded.features
-                if len(encoded.reasons):
-                    usable = ~encoded.rejected
-                    kept, features = kept[usable], features[usable]
-                    if rejected is None:
-                        rejected = formats.BatchWriter(scratch / f"rejected.{fmt}", fmt, obj.uri)
-                    rows = state.rows_in + np.flatnonzero(encoded.rejected)
-                    rejected.write(raw[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
-                    state.rows_rejected += len(encoded.reasons)
-                outputs = engine.run(features)
-                predictions = engine.frame(outputs, kept.index)
-                output.write(_joined(kept, _explained(state.explainer, params, features, outputs, predictions)))
-                if shadow is not None and state.shadow_error is None:
-                    _shadow_batch(state, shadow, frame, kept, encoded.rejected, predictions, obj.uri)
-                if drift is not None:
-                    drift.update(raw, predictions, encoded.features)
-                state.rows_in += len(frame)
-                state.lease = claims.renew_if_due(state.lease)
-                if progress:
-                    progress(len(frame))
-    finally:
-        for writer in (rejected, shadow):
-            if writer is not None:
-                writer.close()
+    """Read, validate, score and write the file batch by batch, counting drift in the same pass.
+
+    A resumed pass (`state.rows_in` > 0) reads past the rows its parts hold without scoring them.
+    """
+    spec, params = engine.spec, job.params
+    skip = state.rows_in
+    for frame in formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric]):
+        if skip:
+            if len(frame) > skip:
+                raise StorageError(f"{obj.uri}: the parts under {outputs.work.uri} do not end on a record batch of the "
+                                   "file; delete them to score it from the start")  # fmt: skip
+            skip -= len(frame)
+            state.lease = claims.renew_if_due(state.lease)
+            continue
+        if outputs.due(state.rows_in):
+            state.lease = outputs.roll(state.lease, _tally(state, drift))
+        raw = frame
+        if state.rows_in == 0:
+            state.passthrough = _passthrough(params, frame, spec.feature_names, obj.uri)
+            if params.missing_columns == "impute":
+                state.missing_columns = [c for c in spec.feature_names if c not in frame.columns]
+        if state.missing_columns:  # scored as if every value of those columns were missing
+            frame = frame.assign(**dict.fromkeys(state.missing_columns, np.nan))
+        encoded = spec.encode_rows(frame, obj.uri, params.missing_values == "reject")
+        copied = [c for c in spec.feature_names if c not in state.passthrough and c in raw.columns]
+        kept = frame[state.passthrough + (copied if params.include_features else [])]
+        features = encoded.features
+        if len(encoded.reasons):
+            usable = ~encoded.rejected
+            kept, features = kept[usable], features[usable]
+            rows = state.rows_in + np.flatnonzero(encoded.rejected)
+            outputs.writer("rejected").write(raw[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
+            state.rows_rejected += len(encoded.reasons)
+        scores = engine.run(features)
+        predictions = engine.frame(scores, kept.index)
+        outputs.writer("output").write(
+            _joined(kept, _explained(state.explainer, params, features, scores, predictions))
+        )
+        if state.challenger is not None and state.shadow_error is None:
+            _shadow_batch(state, outputs.writer("shadow"), frame, kept, encoded.rejected, predictions, obj.uri)
+        if drift is not None:
+            drift.update(raw, predictions, encoded.features)
+        state.rows_in += len(frame)
+        state.lease = claims.renew_if_due(state.lease)
+        if progress:
+            progress(len(frame))
+    if skip:
+        raise StorageError(f"{obj.uri}: the parts under {outputs.work.uri} hold more rows than the file")
+    state.lease = outputs.finish(state.lease, _tally(state, drift))
 
 
 def _explained(
@@ -714,13 +791,13 @@ def _quarantine(
     error: str,
     rows_in: int = 0,
     rows_rejected: int = 0,
-    rejected_rows: tuple[Path, str] | None = None,
+    rejected_rows: tuple[parts.Outputs, str] | None = None,
 ) -> FileOutcome:
-    """Publish the error report (and the rejected rows: local file, target URI, if that is the reason);
-    never touch the input."""
+    """Publish the error report (and the rejected rows: the pass's outputs, target URI, if that is the
+    reason); never touch the input."""
     claims.check(lease)
     if rejected_rows is not None:
-        storage.upload(*rejected_rows)
+        rejected_rows[0].publish("rejected", rejected_rows[1])
     error = one_line(error)
     report = {
         "input_uri": obj.uri,
@@ -742,14 +819,6 @@ def _quarantine(
         report_uri=report_uri,
         error=error,
     )
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # A file streams in record batches: however large, it holds about this much at once (pyarrow's page,

@@ -32,6 +32,10 @@ class Agreement:
         self.rows = 0
         self.total = 0.0  # equal labels, or summed absolute differences
 
+    def resume(self, rows: int, total: float) -> None:
+        """Continue from the counts kept earlier (`rows`, `total`; a file scored in parts)."""
+        self.rows, self.total = rows, total
+
     def update(self, champion: pd.DataFrame, challenger: pd.DataFrame) -> None:
         first, second = champion["prediction"].to_numpy(), challenger["prediction"].to_numpy()
         self.rows += len(first)

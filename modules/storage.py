@@ -272,11 +272,12 @@ def read_bytes(uri: str) -> bytes:
 @contextlib.contextmanager
 def open_read(uri: str, compression: str | None = None, **options: Any) -> Iterator[IO[bytes]]:
     """A binary stream over the object, decompressed when `compression` is given (e.g. "gzip"); `options`
-    go to the filesystem's `open` (e.g. `cache_type="none"` for a reader that seeks about and buffers itself)."""
+    go to the file (e.g. `cache_type="none"` for a reader that seeks about and buffers itself): through the
+    filesystem's own `open`, since `fsspec.open` would hand them to a new filesystem (s3fs refuses them there)."""
     with _translated(uri):
         fs, path = filesystem(uri)
         _fresh(fs, path)
-        with fsspec.open(uri, "rb", compression=compression, **options) as stream:
+        with fs.open(path, "rb", compression=compression, **options) as stream:
             yield stream
 
 
@@ -412,6 +413,69 @@ def upload(local_path: str | os.PathLike[str], uri: str) -> None:
             fs.invalidate_cache(path)
 
     _with_retries(uri, put)
+
+
+# S3 takes a multipart upload's parts (server-side copies included) only if each but the last holds this much.
+MULTIPART_MIN_BYTES = 5 << 20
+
+
+def can_merge(sources: list[ObjectInfo], uri: str) -> bool:
+    """Whether `merge` can assemble `uri` from `sources` server-side: all on S3, every part but the last
+    at least `MULTIPART_MIN_BYTES`, and not more parts than a multipart upload takes (10,000)."""
+    return (
+        all(o.uri.startswith("s3://") for o in sources)
+        and uri.startswith("s3://")
+        and 1 < len(sources) <= 10_000
+        and all(o.size >= MULTIPART_MIN_BYTES for o in sources[:-1])
+    )
+
+
+def merge(sources: list[ObjectInfo], uri: str) -> None:
+    """Write the concatenation of S3 objects to `uri` without moving their bytes through this machine: a
+    multipart upload whose parts are server-side copies (UploadPartCopy) of `sources`, in order. Atomic
+    like any multipart upload (the object appears when it is completed); a failed one is aborted.
+    Check `can_merge` first."""
+    fs, path = filesystem(uri)
+    bucket, key, _ = fs.split_path(path)
+
+    def copy(_: int) -> None:
+        upload = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+        try:
+            parts = []
+            for number, source in enumerate(sources, 1):
+                copied = fs.call_s3(
+                    "upload_part_copy",
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload,
+                    PartNumber=number,
+                    CopySource=filesystem(source.uri)[1],
+                )
+                parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+            done = {"Parts": parts}
+            fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload, MultipartUpload=done)
+        except BaseException:
+            with contextlib.suppress(Exception):  # S3 would keep the copied parts (and bill them) otherwise
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload)
+            raise
+        finally:
+            fs.invalidate_cache(path)
+
+    _with_retries(uri, copy)
+
+
+def delete_prefix(prefix: str) -> None:
+    """Remove every object under `prefix`; an empty or missing prefix is fine."""
+    fs, path = filesystem(prefix)
+
+    def remove(_: int) -> None:
+        try:
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        fs.invalidate_cache(path)
+
+    _with_retries(prefix, remove)
 
 
 def read_json(uri: str) -> Any:

@@ -18,7 +18,7 @@ import pytest
 
 from maas.modules import formats, registry, storage
 from maas.modules.registry import AliasMove, RegisterParams, register
-from maas.modules.score import ScoreParams
+from maas.modules.score import ScoreParams, plan, score_file
 from tests.conftest import synthetic_classification
 from tests.reliability.faulty_s3 import FaultyS3
 from tests.reliability.tally import account, record
@@ -50,9 +50,9 @@ def _env(endpoint: str) -> dict[str, str]:
     return env
 
 
-def _worker(params: ScoreParams, endpoint: str, pause: float = 0.0) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(WORKER), params.model_dump_json(), str(pause)], env=_env(endpoint),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+def _worker(params: ScoreParams, endpoint: str, pause: float = 0.0, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(WORKER), params.model_dump_json(), str(pause), *flags],
+                            env=_env(endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def _outcomes(worker: subprocess.Popen[str], timeout: float = 600) -> list[dict]:
@@ -124,6 +124,45 @@ def test_a_lease_holder_paused_past_its_lease_cannot_publish(model_bucket: str, 
     assert (output_puts, manifest_puts) == (1, 1)
     manifest = storage.read_json(storage.join(root, "predictions", f"{key}.manifest.json"))
     assert manifest["attempt"] == 2 and manifest["rows_out"] == 4000
+    record(faults=1, survived=1)
+
+
+def test_a_killed_run_is_resumed_from_its_last_part_and_writes_what_an_uninterrupted_run_writes(
+    model_bucket: str, s3_endpoint: str
+) -> None:
+    data = formats.frame_to_bytes(synthetic_classification(2_000, seed=11).drop(columns=["label"]), "csv")
+    whole, root = storage.join(model_bucket, "resume-whole"), storage.join(model_bucket, "resume")
+    for where in (whole, root):
+        storage.write_bytes(storage.join(where, "incoming", "big.csv"), data)
+    settings = {"output_format": "parquet", "batch_rows": 100}
+    job = plan(_params(model_bucket, whole, **settings))  # uninterrupted, and small enough for one write
+    assert score_file(job, job.files[0]).status == "scored"
+    params = _params(model_bucket, root, part_rows=400, lease_seconds=3, **settings)
+    victim = _worker(params, s3_endpoint, 0.05, "--rows")
+    killed_scored = 0
+    while killed_scored < 1_050:
+        killed_scored += json.loads(victim.stdout.readline())["rows"]
+    victim.send_signal(signal.SIGKILL)
+    out, _ = victim.communicate(timeout=60)
+    killed_scored += sum(json.loads(line)["rows"] for line in out.splitlines())
+    work = storage.join(root, "state", "work")
+    kept = max(o.uri for o in storage.list_objects(work) if o.uri.endswith(".json"))
+    resumed_from = storage.read_json(kept)["rows_in"]
+    assert resumed_from >= 800
+    (lease_uri,) = [o.uri for o in storage.list_objects(storage.join(root, "state", "claims"))]
+    expiry = datetime.fromisoformat(storage.read_json(lease_uri)["expires_at"])
+    _wait_for(lambda: expiry < datetime.now(timezone.utc), "the killed run's lease to run out")
+    job = plan(params.model_copy(update={"lease_seconds": 300}))
+    rerun_scored: list[int] = []
+    outcome = score_file(job, job.files[0], progress=rerun_scored.append)
+    assert outcome.status == "scored", outcome
+    assert sum(rerun_scored) == 2_000 - resumed_from  # nothing before the last complete part scored again
+    assert 0 <= killed_scored + sum(rerun_scored) - 2_000 <= params.part_rows  # scored twice: under one part
+    name = "big.csv.predictions.parquet"
+    ours, theirs = (storage.read_bytes(storage.join(where, "predictions", name)) for where in (root, whole))
+    assert storage.sha256_hex(ours) == storage.sha256_hex(theirs)
+    assert storage.read_json(storage.join(root, "predictions", "big.csv.manifest.json"))["attempt"] == 2
+    assert storage.list_objects(work) == []
     record(faults=1, survived=1)
 
 

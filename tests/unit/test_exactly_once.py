@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from maas.modules import formats, storage
+from maas.modules import formats, parts, storage
 from maas.modules.claims import Claims
 from maas.modules.errors import InputError, LeaseLost, StorageError
 from maas.modules.score import ScoreParams, plan, score_file
@@ -95,6 +95,32 @@ def test_a_stale_lease_holder_is_fenced_off(tmp_path: Path) -> None:
     patient.check(taker)  # the newest attempt may publish
     assert patient.complete(taker, "scored", "rec", "out") and not patient.complete(taker, "scored", "rec", "out")
     assert patient.finished("s3://b/in/x.csv", "e1", "m/1").attempt == taker.attempt
+
+
+def test_a_holder_whose_claim_was_taken_over_publishes_no_part(tmp_path: Path) -> None:
+    state = (tmp_path / "state").as_uri()
+    claims = Claims(state, lease_seconds=60)
+    stale = claims.acquire("s3://b/in/x.csv", "e1", "m/1")
+    claims.release(stale)  # as if its lease had run out: another run takes over
+    taker = claims.acquire("s3://b/in/x.csv", "e1", "m/1")
+    assert taker.attempt == stale.attempt + 1
+    frame = synthetic_classification(20, seed=3)
+    for lease in (stale, taker):
+        scratch = tmp_path / f"scratch-{lease.attempt}"
+        scratch.mkdir()
+        outputs = parts.Outputs(scratch, "csv", lease.input_uri, 10, parts.Work(state, lease, "s"), claims)
+        outputs.writer("output").write(frame)
+        if lease is stale:  # its in-memory lease has not run out: only the newer attempt fences it
+            with pytest.raises(LeaseLost, match="took the claim over"):
+                outputs.roll(lease, parts.Checkpoint(rows_in=20))
+        else:
+            outputs.roll(lease, parts.Checkpoint(rows_in=20))
+    work = parts.Work(state, taker, "s")
+    assert [o.uri.rsplit("/", 1)[-1] for o in storage.list_objects(work.uri)] == [
+        "00000001-00000002.json",
+        "00000001-00000002.output.csv",
+    ]
+    assert work.latest().attempt == taker.attempt and work.latest().rows_in == 20
 
 
 def test_a_same_size_rewrite_that_keeps_the_mtime_is_a_new_version(tmp_path: Path) -> None:

@@ -67,6 +67,14 @@ def test_iter_frames_streams_in_bounded_batches(local_bucket: str, name: str) ->
     assert joined["x"].astype(float).tolist() == [i * 0.5 for i in range(5000)]
 
 
+def test_large_row_groups_stream_through_a_buffer_on_every_store(any_bucket: str, monkeypatch) -> None:
+    monkeypatch.setattr(formats, "PARQUET_WHOLE_CHUNKS_BYTES", 0)  # every row group counts as large
+    uri = storage.join(any_bucket, "big.parquet")
+    formats.write_frame(_numbers(2000), uri)
+    frames = list(formats.iter_frames(uri, batch_rows=500))
+    assert [len(f) for f in frames] == [500] * 4 and frames[-1]["x"].iloc[-1] == 1999 * 0.5
+
+
 def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(local_bucket: str) -> None:
     frame = _numbers(30000).astype({"x": "object"})
     frame.loc[25000, "x"] = "abc"

@@ -187,3 +187,75 @@ def test_a_group_is_estimated_by_its_largest_file_and_a_large_file_by_what_strea
     assert memory_estimate(files(1_000, 3_000)) == 24_000  # scored one after the other: the largest counts
     assert memory_estimate(files(10 << 30)) == memory_estimate(files(1 << 30)) == STREAMED_FILE_BYTES
     assert memory_estimate([]) == 0
+
+
+class _Crash(Exception):
+    """Stands in for a worker that dies mid-file (the SIGKILL version is in tests/reliability)."""
+
+
+def _large_input(root: str, rows: int) -> None:
+    frame = synthetic_classification(rows, seed=7).drop(columns=["label"])
+    frame["x1"] = frame["x1"].astype(object)
+    frame.loc[frame.index % 97 == 3, "x1"] = "oops"  # rejected rows in several parts
+    formats.write_frame(frame, storage.join(root, "incoming", "big.csv"))
+
+
+def _rooted(bucket: str, root: str, **settings: object) -> ScoreParams:
+    folders = {"input": "incoming", "output": "predictions", "quarantine": "quarantine", "state": "state"}
+    where = {f"{param}_uri": storage.join(root, folder) for param, folder in folders.items()}
+    return ScoreParams(model="toy@production", bucket=bucket, batch_rows=100, **where, **settings)
+
+
+def _score_counting(params: ScoreParams, crash_after: int | None = None) -> tuple[list[int], storage.ObjectInfo]:
+    """Score the one input, counting the rows scored; raise `_Crash` once `crash_after` rows were scored."""
+    job = plan(params)
+    (obj,) = job.files
+    scored: list[int] = []
+
+    def progress(rows: int) -> None:
+        scored.append(rows)
+        if crash_after is not None and sum(scored) >= crash_after:
+            raise _Crash
+
+    outcome = score_file(job, obj, progress)
+    assert outcome.status == "scored", outcome
+    return scored, obj
+
+
+_RUN_FIELDS = {"input_uri", "input_etag", "output_uri", "rejected_uri", "scored_by", "attempt", "started_at", "seconds"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_a_crashed_run_is_resumed_from_its_last_part_and_writes_what_an_uninterrupted_run_writes(
+    registered, tmp_path, request, where: str, fmt: str
+) -> None:
+    bucket, _ = registered
+    base = (tmp_path / "b").as_uri() if where == "file" else request.getfixturevalue("s3_bucket")
+    whole, parted = storage.join(base, "whole"), storage.join(base, "parted")
+    for root in (whole, parted):
+        _large_input(root, 2_000)
+    _score_counting(_rooted(bucket, whole, output_format=fmt))  # one part: the single-write path
+    params = _rooted(bucket, parted, output_format=fmt, part_rows=400)
+    with pytest.raises(_Crash):
+        _score_counting(params, crash_after=1_050)  # 1,100 rows scored: parts 1-2 complete, part 3 not
+    work = storage.join(parted, "state", "work")
+    checkpoints = [o.uri for o in storage.list_objects(work) if o.uri.endswith(".json")]
+    assert len(checkpoints) == 2
+    scored, _ = _score_counting(params)
+    assert sum(scored) == 2_000 - 800  # went on after part 2: 300 rows scored twice, less than one part
+    assert storage.list_objects(work) == []  # parts deleted once the output is published
+    name = f"big.csv.predictions.{fmt}"
+    ours, theirs = (storage.read_bytes(storage.join(root, "predictions", name)) for root in (parted, whole))
+    assert storage.sha256_hex(ours) == storage.sha256_hex(theirs)
+    rejected = [
+        storage.read_bytes(storage.join(root, "predictions", f"big.csv.rejected.{fmt}")) for root in (parted, whole)
+    ]
+    assert rejected[0] == rejected[1]
+    manifests = [
+        storage.read_json(storage.join(root, "predictions", "big.csv.manifest.json")) for root in (parted, whole)
+    ]
+    assert manifests[0]["attempt"] == 2 and manifests[0]["rows_rejected"] == 21
+    assert {k: v for k, v in manifests[0].items() if k not in _RUN_FIELDS} == {
+        k: v for k, v in manifests[1].items() if k not in _RUN_FIELDS
+    }

@@ -155,3 +155,18 @@ def test_local_outputs_follow_the_umask(tmp_path: Path, umask: int) -> None:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
     assert modes == dict.fromkeys(["written.bin", "created.bin", "uploaded.bin"], 0o666 & ~umask)
+
+
+def test_s3_objects_merge_server_side_in_order(s3_bucket: str) -> None:
+    big = [bytes([65 + i]) * storage.MULTIPART_MIN_BYTES for i in range(2)]
+    pieces = [*big, b"tail"]
+    sources = []
+    for i, data in enumerate(pieces):
+        storage.write_bytes(storage.join(s3_bucket, "parts", f"{i}"), data)
+        sources.append(storage.ObjectInfo(uri=storage.join(s3_bucket, "parts", f"{i}"), size=len(data), etag=""))
+    assert storage.can_merge(sources, storage.join(s3_bucket, "whole"))
+    assert not storage.can_merge(sources[::-1], storage.join(s3_bucket, "whole"))  # a small part before the last
+    storage.merge(sources, storage.join(s3_bucket, "whole"))
+    assert storage.read_bytes(storage.join(s3_bucket, "whole")) == b"".join(pieces)
+    storage.delete_prefix(storage.join(s3_bucket, "parts"))
+    assert storage.list_objects(storage.join(s3_bucket, "parts")) == []
