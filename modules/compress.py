@@ -279,27 +279,26 @@ def choose_served(
     fewest multiply-adds per row (structured pruning's saving); between equals (fp32 ONNX, dynamic and
     static int8 of one network) the better validation metric, so a near-tie goes to the more accurate,
     then the smaller artifact, then the name. Measured rows/s never decide: they change with the
-    machine's load, and would let a busy machine pick a different model; the reason lists them beside
-    each candidate's validation metric. With none within the tolerance, the unpruned fp32 ONNX (the
-    closest to fp32 there is; the gate then judges it on the test split).
+    machine's load, and would let a busy machine pick a different model (the variants carry them). The
+    reason lists each candidate's validation metric, within the tolerance or not. With none within it,
+    the unpruned fp32 ONNX (the closest to fp32 there is; the gate then judges it on the test split).
     """
-    figures = "; ".join(
-        f"{v.name} val {_val(v):.4g}, {v.multiply_adds:,} multiply-adds, {v.size_bytes:,} bytes, "
-        f"{v.rows_per_s:,.0f} rows/s" + ("" if _keeps(metric, fp32, v, params) else " (outside the tolerance)")
-        for v in candidates
-    )
-    measured = f" Candidates on validation (fp32 {_val(fp32):.4g}): {figures}. Rows/s are reported, never decide."
-    if params.quantization != "auto":
-        return params.quantization, f"{params.quantization}: asked for (quantization={params.quantization})." + measured
-    sign = 1 if metric == "accuracy" else -1  # higher accuracy, lower RMSE
     keeping = [v for v in candidates if _keeps(metric, fp32, v, params)]
+    outside = [v for v in candidates if v not in keeping]
+    listed = lambda variants: ", ".join(f"{v.name} {_val(v):.4g}" for v in variants) or "none"  # noqa: E731
+    within = (
+        f"within {_tolerance(metric, params.max_metric_drop)} of fp32's {_val(fp32):.4g} on validation: "
+        f"{listed(keeping)}; outside: {listed(outside)}. Measured rows/s (in the variants) are reported, never decide."
+    )
+    if params.quantization != "auto":
+        return params.quantization, f"{params.quantization}: asked for (quantization). Candidates " + within
     if not keeping:
-        return "fp32-onnx", "fp32-onnx: no candidate kept the validation metric within the tolerance." + measured
+        return "fp32-onnx", "fp32-onnx: the closest to fp32, as no candidate is " + within
+    sign = 1 if metric == "accuracy" else -1  # higher accuracy, lower RMSE
     served = min(keeping, key=lambda v: (v.multiply_adds, -sign * _val(v), v.size_bytes, v.name))
     return served.name, (
-        f"{served.name}: the fewest multiply-adds per row ({served.multiply_adds:,}) of the {len(keeping)} candidates "
-        f"within {_tolerance(metric, params.max_metric_drop)} of fp32 on validation, then the better validation "
-        "metric, then the smaller file." + measured
+        f"{served.name}: the fewest multiply-adds ({served.multiply_adds:,} per row), then the better validation "
+        f"metric, then the smaller file, of the candidates " + within
     )
 
 

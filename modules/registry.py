@@ -13,8 +13,8 @@ version, whatever `promote` and `rollback` do at the same time. No lock, nothing
 process dies, and the log says who moved the alias, when and from where. (A bucket written before
 the log existed keeps its `aliases/<alias>.json` pointer as generation 0.)
 
-`register` moves `production` only for a version that passed both gates: the compression gate (int8
-keeps fp32's test metric, `maas.modules.compress`) and the champion gate (not worse than the production
+`register` moves `production` only for a version that passed both gates: the compression gate (the served
+variant keeps fp32's test metric, `maas.modules.compress`) and the champion gate (not worse than the production
 version on the candidate's test split, `maas.modules.champion`). With the model's policy
 (`models/<name>/policy.json`) requiring approval, such a version waits as `pending` until `approve`
 records who, when and why in its card and moves `production`.

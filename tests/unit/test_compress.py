@@ -206,12 +206,18 @@ def test_fp32_onnx_of_one_network_wins_a_near_tie_and_int8_an_exact_one() -> Non
     # int8 rounding raises RMSE past a tight tolerance: the fp32 graph is served, not the unpruned int8
     tight = params.model_copy(update={"max_metric_drop": 0.002})
     assert _chosen("rmse", fp32, [*dense, onnx, dynamic], tight) == "pruned-fp32-onnx"
-    # equal on validation: the smaller file; the reason names every candidate with its figures
+    # equal on validation: the smaller file; the reason gives every candidate's validation metric
     tied = dynamic.model_copy(update={"val_metric": 2.001})
     name, reason = choose_served("rmse", fp32, [*dense, onnx, tied], params)
-    assert name == "pruned-int8-dynamic" and reason.startswith("pruned-int8-dynamic: the fewest multiply-adds")
-    assert "pruned-fp32-onnx val 2.001, 400 multiply-adds, 80 bytes, 3,000,000 rows/s" in reason
-    assert all(f"{v} val" in reason for v in ("fp32-onnx", "int8", "pruned-fp32-onnx", "pruned-int8-dynamic"))
+    assert name == "pruned-int8-dynamic" and reason.startswith(
+        "pruned-int8-dynamic: the fewest multiply-adds (400 per row)"
+    )
+    assert "within +1.00% RMSE of fp32's 2 on validation: fp32-onnx 2, int8 2.005, pruned-fp32-onnx 2.001" in reason
+    assert "outside: none" in reason
+    assert (
+        "outside: int8 2.005, pruned-int8-dynamic 2.006"
+        in choose_served("rmse", fp32, [*dense, onnx, dynamic], tight)[1]
+    )
 
 
 def test_unstructured_pruning_reports_honestly_that_dense_size_is_unchanged(tmp_path) -> None:
