@@ -113,7 +113,8 @@ def test_a_linear_network_compresses_and_scores_served_as_fp32_onnx(
     assert {"fp32-onnx", "int8", "pruned-fp32-onnx", "pruned-int8-dynamic"} <= set(variants)  # int8 still applies
     assert all(v.rows_per_s > 0 and v.val_metric is not None for v in variants.values())
     assert compressed.served == "fp32-onnx" and compressed.gate.passed
-    assert compressed.served_reason.startswith("fp32-onnx: asked for") and "pruned-int8-dynamic" in compressed.served_reason
+    reason = compressed.served_reason
+    assert reason.startswith("fp32-onnx: asked for") and "pruned-int8-dynamic" in reason
 
     register(RegisterParams(compress_manifest=compressed.manifest_uri, bucket=bucket, name="lin"))
     card = registry.load_card(registry.card_uri(bucket, "lin", 1))
