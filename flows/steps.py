@@ -66,6 +66,7 @@ def compress(params: CompressParams) -> CompressResult:
         logger.info("%-20s %s %.4f (val %.4f), %d parameters, %d multiply-adds, %d bytes, %.0f rows/s (%s)%s",
                     v.name, result.metric, v.metric, v.val_metric, v.parameters, v.multiply_adds, v.size_bytes,
                     v.rows_per_s, v.engine, served)  # fmt: skip
+    logger.info("served %s", result.served_reason)
     logger.info("gate %s", result.gate.reason)
     for b in result.baselines:
         logger.info("%-20s %s %.4f (baseline, %s)", b.name, result.metric, b.metric, b.model)
@@ -84,7 +85,7 @@ def compress(params: CompressParams) -> CompressResult:
         _importance_artifact(result.explanations)
     create_markdown_artifact(
         key="compression-gate",
-        markdown=f"**Gate {result.gate.reason}**\n\n"
+        markdown=f"**Gate {result.gate.reason}**\n\nServed {result.served_reason}\n\n"
         + (f"**Warning: {result.baseline_warning}**\n\n" if result.baseline_warning else "")
         + f"Trade-off plot: `{result.report_uri}`",
         description="Quality gate decision",

@@ -2,14 +2,14 @@
 version serving there now, on the same rows.
 
 The rows are the candidate's own test split (raw, labeled, never trained on by the candidate), scored
-by the champion and by the candidate's served int8 artifact, each through its own folded-in
+by the champion and by the candidate's served ONNX artifact, each through its own folded-in
 preprocessing. The metric is the compression gate's (`maas.modules.metrics`): accuracy may drop by at most
 `max_drop` points, RMSE rise by at most `max_drop` relative. Nothing here reads a clock, so the same
 two models on the same rows always get the same decision.
 
 A champion that cannot score those rows (a feature column it needs is absent, a value it cannot
 encode, a class it never learned, another task or target) is no yardstick: the decision records why
-and passes, leaving the int8-vs-fp32 gate to decide alone.
+and passes, leaving the compression gate to decide alone.
 
 Then the same on the freshest ground truth, when there is any: the input rows the champion scored
 whose labels have arrived (`maas.modules.evaluate.labeled_inputs`, found through the champion's last
@@ -34,7 +34,7 @@ class ChampionDecision(BaseModel):
     champion: str = Field(description="The production version compared with, NAME/VERSION.")
     metric: Literal["accuracy", "rmse"]
     champion_metric: float | None = Field(description="The champion's metric on the rows; None if it could not.")
-    candidate_metric: float | None = Field(description="The candidate's served int8 metric on the same rows.")
+    candidate_metric: float | None = Field(description="The candidate's served metric on the same rows.")
     rows: int = Field(description="Rows compared.")
     data_uri: str = Field(description="The rows: the candidate's test split, or the labels they came with.")
     max_champion_drop: float = Field(description="Accuracy points (or relative RMSE rise) the candidate may lose.")

@@ -4,17 +4,22 @@
   each followed by a short fine-tune, so the matrices really shrink (`maas.modules.pruning`);
   `unstructured` zeroes the smallest weights globally (smaller only once compressed, never faster
   on dense kernels: reported as such); `none` quantizes the trained network as it is;
-- int8 backends, each measured: ONNX Runtime dynamic (weights int8 per channel, activations
-  quantized on the fly) on the unpruned network (`int8`) and on the pruned one
-  (`pruned-int8-dynamic`), ONNX Runtime static on the pruned one (`pruned-int8-static`: activation
-  ranges calibrated on a sample of the training split, QDQ), and torch dynamic
-  (`pruned-torch-int8`, served by `--engine torch`);
+- ONNX Runtime candidates, each measured: fp32 with ONNX Runtime's graph optimizations saved at
+  compress time, of the unpruned network (`fp32-onnx`) and of the pruned one (`pruned-fp32-onnx`);
+  dynamic int8 (weights int8 per channel, activations quantized on the fly) of the unpruned network
+  (`int8`) and of the pruned one (`pruned-int8-dynamic`); static int8 of the pruned one
+  (`pruned-int8-static`: activation ranges calibrated on a sample of the training split, QDQ). For a
+  small network, or a regression whose error int8 rounding raises, the fp32 graph is the better one;
+- torch dynamic int8 (`pruned-torch-int8`, served by `--engine torch`), measured too;
 - measured for every variant: metric on the validation and on the test split, non-zero
   parameters, multiply-adds per row, artifact size (plain and gzipped), and rows/s on the engine
-  it would be served with (informative: wall-clock speed depends on how busy the machine is);
-- the served int8 artifact (`quantization="auto"`) is chosen on the **validation** split: of the
-  ONNX Runtime variants whose validation metric is within `max_metric_drop` of fp32's, the one
-  with the fewest multiply-adds (see `choose_served`); none within it: the unpruned int8;
+  it would be served with, in batches of the size scoring runs (informative: wall-clock speed
+  depends on how busy the machine is);
+- the served ONNX artifact (`quantization="auto"`) is chosen on the **validation** split: of the
+  ONNX Runtime candidates whose validation metric is within `max_metric_drop` of fp32's, the one
+  with the fewest multiply-adds, then the better validation metric, then the smaller file (see
+  `choose_served`); none within it: the unpruned fp32 ONNX. `served_reason` says why, with every
+  candidate's figures;
 - gate, on the **test** split: the served variant passes when its test metric is within
   `max_metric_drop` of fp32's; otherwise production stays where it is.
 
@@ -44,7 +49,7 @@ from pydantic import BaseModel, Field
 
 from maas.modules import baselines, explain, plots, pruning, storage
 from maas.modules.config import Location, sibling_output
-from maas.modules.engines import OnnxEngine, TorchEngine
+from maas.modules.engines import DEFAULT_BATCH_ROWS, OnnxEngine, TorchEngine
 from maas.modules.explain import Explainer
 from maas.modules.manifests import (
     ArtifactRef,
@@ -70,8 +75,9 @@ from maas.modules.pruning import Importance
 from maas.modules.schedules import ScheduleConfig
 from maas.modules.train import Hardware, build_trainer, load_inputs, seed_everything
 
-THROUGHPUT_ROWS = 32_768
-THROUGHPUT_BATCH = 8_192
+THROUGHPUT_ROWS = DEFAULT_BATCH_ROWS  # one pass = one batch of the size scoring hands the engine
+UNPRUNED = ("fp32-onnx", "int8")  # the ONNX Runtime candidates of the unpruned network...
+PRUNED = ("pruned-fp32-onnx", "pruned-int8-dynamic", "pruned-int8-static")  # ...and of the pruned one
 
 
 class CompressParams(BaseModel):
@@ -94,11 +100,14 @@ class CompressParams(BaseModel):
     )
     prune_steps: int = Field(2, ge=1, description="Structured pruning in this many steps, each with its fine-tune.")
     finetune_epochs: int = Field(6, ge=0, description="Epochs of fine-tuning after pruning, shared out over the steps.")
-    quantization: Literal["auto", "int8", "pruned-int8-dynamic", "pruned-int8-static"] = Field(
+    quantization: Literal[
+        "auto", "fp32-onnx", "int8", "pruned-fp32-onnx", "pruned-int8-dynamic", "pruned-int8-static"
+    ] = Field(
         "auto",
-        description="ONNX Runtime variant served: int8 (unpruned, dynamic), pruned-int8-dynamic or pruned-int8-static; "
-        "auto: of those whose validation metric stays within max_metric_drop of fp32's, the one with the fewest "
-        "multiply-adds per row (then the better validation metric, then the smaller file).",
+        description="ONNX Runtime variant served: fp32-onnx or int8 (unpruned; fp32 graph-optimized, dynamic "
+        "int8), pruned-fp32-onnx, pruned-int8-dynamic or pruned-int8-static; auto: of those whose validation "
+        "metric stays within max_metric_drop of fp32's, the one with the fewest multiply-adds per row (then the "
+        "better validation metric, then the smaller file).",
     )
     calibration_rows: int = Field(2048, ge=16, description="Training rows that calibrate static quantization.")
     finetune_lr: float = Field(1e-3, gt=0, description="Learning rate of the fine-tune after pruning.")
@@ -113,14 +122,13 @@ class CompressParams(BaseModel):
 
 
 def rows_per_second(run: Callable[[np.ndarray], object], features: np.ndarray) -> float:
-    """Best of three passes over THROUGHPUT_ROWS rows in batches, after one untimed pass."""
-    rows = np.resize(features, (THROUGHPUT_ROWS, features.shape[1])).astype(np.float32)
-    batches = [rows[offset : offset + THROUGHPUT_BATCH] for offset in range(0, len(rows), THROUGHPUT_BATCH)]
+    """Best of three passes over THROUGHPUT_ROWS rows, after one untimed pass. `run` batches as scoring does
+    (the engines' and `torch_runner`'s DEFAULT_BATCH_ROWS), so each variant is timed on scoring's batch size."""
+    rows = np.ascontiguousarray(np.resize(features, (THROUGHPUT_ROWS, features.shape[1])), dtype=np.float32)
 
     def one_pass() -> float:
         start = time.perf_counter()
-        for batch in batches:
-            run(batch)
+        run(rows)
         return time.perf_counter() - start
 
     one_pass()
@@ -132,7 +140,8 @@ def torch_runner(head: ScoringHead) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(features: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return head(torch.from_numpy(features)).numpy()
+            batches = [features[i : i + DEFAULT_BATCH_ROWS] for i in range(0, len(features), DEFAULT_BATCH_ROWS)]
+            return np.concatenate([head(torch.from_numpy(batch)).numpy() for batch in batches])
 
     return run
 
@@ -170,6 +179,20 @@ def _quiet_root_logger() -> Iterator[None]:
         yield
     finally:
         logging.disable(logging.NOTSET)
+
+
+def optimize_onnx(source: Path, target: Path) -> None:
+    """Save the graph ONNX Runtime runs after its basic and extended optimizations (constant folding, Gemm and
+    activation fusions), so a scoring session starts from it. Not the layout level (`ORT_ENABLE_ALL`): ONNX Runtime
+    documents layout-optimized graphs as specific to the hardware they were saved on, and the artifact is scored
+    on other machines. Extended fusions are ONNX Runtime operators, which is the engine that serves this file."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
 def quantize_int8(source: Path, target: Path) -> None:
@@ -246,24 +269,45 @@ def decide(metric: str, fp32: VariantReport, served: VariantReport, max_drop: fl
     )
 
 
-def choose_served(metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams) -> str:
-    """The asked-for variant; with `quantization="auto"`, a choice made on the validation split only
-    (the test split stays for the gate) and by deterministic measures only.
+def choose_served(
+    metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams
+) -> tuple[str, str]:
+    """The served variant and why: the asked-for one, or with `quantization="auto"` a choice made on the
+    validation split only (the test split stays for the gate) and by deterministic measures only.
 
     Of the candidates whose validation metric is within `max_metric_drop` of fp32's, the one with the
-    fewest multiply-adds per row (structured pruning's saving); between equals (dynamic and static
-    int8 of one network) the better validation metric, then the smaller artifact, then the name.
-    Measured rows/s never decide: they change with the machine's load, and would let a busy machine
-    pick a different model. With none within the tolerance, the unpruned `int8` (pruning cost too
-    much; the gate then judges it on the test split).
+    fewest multiply-adds per row (structured pruning's saving); between equals (fp32 ONNX, dynamic and
+    static int8 of one network) the better validation metric, so a near-tie goes to the more accurate,
+    then the smaller artifact, then the name. Measured rows/s never decide: they change with the
+    machine's load, and would let a busy machine pick a different model (the variants carry them). The
+    reason lists each candidate's validation metric, within the tolerance or not. With none within it,
+    the unpruned fp32 ONNX (the closest to fp32 there is; the gate then judges it on the test split).
     """
+    keeping = [v for v in candidates if _keeps(metric, fp32, v, params)]
+    outside = [v for v in candidates if v not in keeping]
+    listed = lambda variants: ", ".join(f"{v.name} {_val(v):.4g}" for v in variants) or "none"  # noqa: E731
+    within = (
+        f"within {_tolerance(metric, params.max_metric_drop)} of fp32's {_val(fp32):.4g} on validation: "
+        f"{listed(keeping)}; outside: {listed(outside)}. Measured rows/s (in the variants) are reported, never decide."
+    )
     if params.quantization != "auto":
-        return params.quantization
-    sign = 1 if metric == "accuracy" else -1  # higher accuracy, lower RMSE
-    keeping = [v for v in candidates if keeps_metric(metric, _val(fp32), _val(v), params.max_metric_drop)]
+        return params.quantization, f"{params.quantization}: asked for (quantization). Candidates " + within
     if not keeping:
-        return "int8"
-    return min(keeping, key=lambda v: (v.multiply_adds, -sign * _val(v), v.size_bytes, v.name)).name
+        return "fp32-onnx", "fp32-onnx: the closest to fp32, as no candidate is " + within
+    sign = 1 if metric == "accuracy" else -1  # higher accuracy, lower RMSE
+    served = min(keeping, key=lambda v: (v.multiply_adds, -sign * _val(v), v.size_bytes, v.name))
+    return served.name, (
+        f"{served.name}: the fewest multiply-adds ({served.multiply_adds:,} per row), then the better validation "
+        f"metric, then the smaller file, of the candidates " + within
+    )
+
+
+def _keeps(metric: str, fp32: VariantReport, variant: VariantReport, params: CompressParams) -> bool:
+    return keeps_metric(metric, _val(fp32), _val(variant), params.max_metric_drop)
+
+
+def _tolerance(metric: str, max_drop: float) -> str:
+    return f"{max_drop * 100:.2f} accuracy points" if metric == "accuracy" else f"+{max_drop * 100:.2f}% RMSE"
 
 
 def _val(variant: VariantReport) -> float:
@@ -317,27 +361,30 @@ def run_compress(params: CompressParams) -> CompressResult:
         # 40% here); measured first, fp32 would look slower than it is. Run it once and discard it.
         rows_per_second(torch_runner(ScoringHead(copy.deepcopy(dense), spec)), test_x)
         fp32 = measure("fp32", "torch", dense, torch_runner(ScoringHead(dense, spec)), root / "dense.fp32.onnx")
+
+        def onnx_variant(name: str, of: TabularNet) -> VariantReport:
+            return measure(name, "onnxruntime", of, _onnx_runner(spec, root / f"{name}.onnx"), root / f"{name}.onnx")
+
+        optimize_onnx(root / "dense.fp32.onnx", root / "fp32-onnx.onnx")
         quantize_int8(root / "dense.fp32.onnx", root / "int8.onnx")
-        int8 = measure("int8", "onnxruntime", dense, _onnx_runner(spec, root / "int8.onnx"), root / "int8.onnx")
+        unpruned = [onnx_variant(name, dense) for name in UNPRUNED]
 
         net = _prune_and_finetune(module, spec, config, data, params, calibration, root)
         export_onnx(ScoringHead(net, spec), spec.width, root / "pruned.fp32.onnx")
         pruned = measure("pruned", "torch", net, torch_runner(ScoringHead(net, spec)), root / "pruned.fp32.onnx")
+        optimize_onnx(root / "pruned.fp32.onnx", root / "pruned-fp32-onnx.onnx")
         quantize_int8(root / "pruned.fp32.onnx", root / "pruned-int8-dynamic.onnx")
         quantize_int8_static(root / "pruned.fp32.onnx", root / "pruned-int8-static.onnx", calibration.numpy())
-        pruned_int8 = [
-            measure(name, "onnxruntime", net, _onnx_runner(spec, root / f"{name}.onnx"), root / f"{name}.onnx")
-            for name in ("pruned-int8-dynamic", "pruned-int8-static")
-        ]
+        pruned_onnx = [onnx_variant(name, net) for name in PRUNED]
         torch_int8 = TorchEngine(spec, _layers(net, config), _state_dict(net))
         torch.save(torch_int8.model.state_dict(), root / "pruned-torch-int8.pt")
         torch_variant = measure("pruned-torch-int8", "torch", net, torch_int8.run, root / "pruned-torch-int8.pt")
 
-        served = choose_served(trained.metric, fp32, [int8, *pruned_int8], params)
-        served_net, served_fp32 = (dense, "dense.fp32.onnx") if served == "int8" else (net, "pruned.fp32.onnx")
+        served, served_reason = choose_served(trained.metric, fp32, [*unpruned, *pruned_onnx], params)
+        served_net, served_fp32 = (dense, "dense.fp32.onnx") if served in UNPRUNED else (net, "pruned.fp32.onnx")
         explanations = _explanations(served_net, spec, served, root, train_x, test_x, test_y, params.hardware.seed)
         files = {
-            "int8": ("model.int8.onnx", (root / f"{served}.onnx").read_bytes()),
+            "int8": ("model.onnx", (root / f"{served}.onnx").read_bytes()),  # the served ONNX (key kept for old cards)
             "fp32": ("model.fp32.onnx", (root / served_fp32).read_bytes()),
             "torch": ("model.pt", _state_dict(served_net)),
             "explain": ("model.explain.onnx", (root / "explain.onnx").read_bytes()),
@@ -349,7 +396,7 @@ def run_compress(params: CompressParams) -> CompressResult:
             artifacts[variant] = ArtifactRef(uri=uri, sha256=storage.sha256_hex(data_bytes), size_bytes=len(data_bytes))
         served_model = _layers(served_net, config)
 
-    variants = [fp32, int8, pruned, *pruned_int8, torch_variant]
+    variants = [fp32, *unpruned, pruned, *pruned_onnx, torch_variant]
     served_variant = {v.name: v for v in variants}[served]
     report_uri = storage.join(output, "tradeoff.png")
     storage.write_bytes(report_uri, plots.compression_tradeoff(variants, trained.metric))
@@ -361,6 +408,7 @@ def run_compress(params: CompressParams) -> CompressResult:
         metric=trained.metric,
         variants=variants,
         served=served,
+        served_reason=served_reason,
         model=served_model,
         artifacts=artifacts,
         gate=decide(trained.metric, fp32, served_variant, params.max_metric_drop),
@@ -394,7 +442,7 @@ def _explanations(
 
     with torch.no_grad():
         explained, baseline = in_output_units(net(torch.from_numpy(test_x))), in_output_units(net.mlp(reference[None]))
-    explains = f"the fp32 network that {served} quantizes (hidden layers {pruning.widths(net)})"
+    explains = f"the fp32 network behind {served} (hidden layers {pruning.widths(net)})"
     explainer = Explainer(spec, (root / "explain.onnx").read_bytes())
     run = _onnx_runner(spec, root / f"{served}.onnx")
     return explain.report(spec, explainer, run, test_x, test_y, explained, baseline[0], explains, seed)
@@ -438,8 +486,10 @@ def _prune_and_finetune(
     calibration: torch.Tensor,
     root: Path,
 ) -> TabularNet:
-    """The pruned, fine-tuned network (the trained one itself with `pruning="none"` or sparsity 0)."""
-    if params.pruning == "none" or params.sparsity == 0:
+    """The pruned, fine-tuned network (the trained one itself with `pruning="none"`, sparsity 0, or structured
+    pruning of a linear network, which has no hidden units to remove)."""
+    structured_nothing = params.pruning == "structured" and not pruning.widths(module.net)
+    if params.pruning == "none" or params.sparsity == 0 or structured_nothing:
         return module.net.cpu().eval()
     if params.pruning == "unstructured":
         pruning.mask_unstructured(module.net, params.sparsity)

@@ -1,7 +1,8 @@
 """Scoring engines: encoded feature rows in, model outputs out, on ONNX Runtime or torch.
 
 Both run the same network with the preprocessing folded in (`maas.modules.model.FeatureTransform`):
-- `OnnxEngine`: the int8 ONNX artifact on ONNX Runtime, the fast default on CPU;
+- `OnnxEngine`: the served ONNX artifact (int8, or fp32 graph-optimized where that was chosen) on ONNX
+  Runtime, the fast default on CPU;
 - `TorchEngine`: the pruned fp32 weights, quantized to int8 by torch's dynamic quantization at
   load time, for machines without ONNX Runtime. torch is imported only when it is chosen, so a
   scoring container does not need it.

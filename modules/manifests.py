@@ -70,8 +70,8 @@ class VariantReport(BaseModel):
     """
 
     name: str = Field(
-        description="fp32, pruned (torch), int8, pruned-int8-dynamic, pruned-int8-static (ONNX Runtime) "
-        "or pruned-torch-int8."
+        description="fp32, pruned (torch), fp32-onnx, int8, pruned-fp32-onnx, pruned-int8-dynamic, pruned-int8-static "
+        "(ONNX Runtime) or pruned-torch-int8."
     )
     engine: str
     metric: float = Field(description="Metric on the test split: what the gate judges.")
@@ -154,12 +154,14 @@ class CompressResult(BaseModel):
     metric: Literal["accuracy", "rmse"]
     variants: list[VariantReport]
     served: str = Field(
-        description="The variant published as the int8 artifact: the one with the fewest multiply-adds whose "
+        description="The variant published as the served ONNX artifact: the one with the fewest multiply-adds whose "
         "validation metric is within the tolerance."
     )
+    served_reason: str = Field("", description="Why `served` was chosen, with every candidate's figures.")
     model: dict = Field(description="Layer sizes of the compressed network (MLPConfig), for the torch engine.")
     artifacts: dict[str, ArtifactRef] = Field(
-        description="int8 ONNX (served), fp32 ONNX (pruned), torch (pruned state_dict, for the torch engine), "
+        description="int8: the served ONNX model (int8, or fp32 graph-optimized: see `served`; the key predates fp32 "
+        "serving); fp32: the served network's fp32 ONNX as exported; torch (its state_dict, for the torch engine); "
         "explain (the attribution graph of the fp32 network, ONNX)."
     )
     gate: GateDecision

@@ -21,7 +21,9 @@ from maas.modules.preprocess import FeatureSpec
 
 
 class MLPConfig(BaseModel):
-    hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
+    hidden_sizes: list[int] = Field(
+        [256, 128], description="Width of each hidden layer; none: a linear model (logistic or linear regression)."
+    )
     dropout: float = Field(0.3, ge=0, lt=1, description="Dropout after each hidden layer while training.")
     batch_norm: bool = Field(
         False,

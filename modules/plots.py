@@ -50,7 +50,7 @@ def training_curves(epochs: pd.DataFrame, lr: pd.DataFrame, metric: str) -> byte
 def compression_tradeoff(variants: list[VariantReport], metric: str) -> bytes:
     """Test metric against artifact size and against rows/s, one point per variant."""
     plt, figure, (size, speed) = _figure(2)
-    markers = "osD^vP"
+    markers = "osD^vPX*"
     for i, v in enumerate(variants):  # variants often coincide on one axis: markers and a legend, no labels
         style = {"s": 70, "marker": markers[i % len(markers)], "alpha": 0.8, "label": f"{v.name} ({v.engine})"}
         size.scatter(v.size_bytes / 1024, v.metric, **style)

@@ -13,8 +13,8 @@ version, whatever `promote` and `rollback` do at the same time. No lock, nothing
 process dies, and the log says who moved the alias, when and from where. (A bucket written before
 the log existed keeps its `aliases/<alias>.json` pointer as generation 0.)
 
-`register` moves `production` only for a version that passed both gates: the compression gate (int8
-keeps fp32's test metric, `maas.modules.compress`) and the champion gate (not worse than the production
+`register` moves `production` only for a version that passed both gates: the compression gate (the served
+variant keeps fp32's test metric, `maas.modules.compress`) and the champion gate (not worse than the production
 version on the candidate's test split, `maas.modules.champion`). With the model's policy
 (`models/<name>/policy.json`) requiring approval, such a version waits as `pending` until `approve`
 records who, when and why in its card and moves `production`.
@@ -105,7 +105,8 @@ class ModelCard(BaseModel):
     features: FeatureSpec = Field(description="Input schema and the preprocessing folded into the artifacts.")
     artifacts: dict[str, CardArtifact]
     metrics: list[VariantReport]
-    served: str = Field(description="The variant measured in `metrics` that the int8 artifact is.")
+    served: str = Field(description="The variant measured in `metrics` that the served ONNX (`int8`) artifact is.")
+    served_reason: str = Field("", description="Why that variant is served, with every candidate's figures.")
     model: dict = Field(description="Layer sizes of the compressed network (the torch engine rebuilds it).")
     report: str | None = Field(None, description="The compression trade-off plot (PNG) in the version folder.")
     explanations: ExplanationReport | None = Field(
@@ -384,7 +385,8 @@ def read_artifact(card_location: str, card: ModelCard, variant: str) -> bytes:
 
 
 def load_engine(card_location: str, engine: str = "auto", threads: int | None = None) -> tuple[ModelCard, Engine]:
-    """The model ready to score, on ONNX Runtime (int8 ONNX) or torch (int8 from the pruned weights).
+    """The model ready to score, on ONNX Runtime (the served ONNX: int8, or fp32 graph-optimized) or torch (int8
+    from the served network's weights).
 
     `auto` takes ONNX Runtime when it is installed. Every artifact is checked against its sha256.
     """
@@ -459,6 +461,7 @@ def register(params: RegisterParams) -> RegisterResult:
         artifacts=artifacts,
         metrics=compressed.variants,
         served=compressed.served,
+        served_reason=compressed.served_reason,
         model=compressed.model,
         report=report,
         explanations=compressed.explanations,

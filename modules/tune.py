@@ -1,6 +1,7 @@
 """Hyperparameter search with Optuna, within a budget, and reproducible from its seed.
 
-The search varies the network (depth, width, dropout, batch norm), the optimizer (learning rate, weight
+The search varies the network (depth, from none (a linear model, always the first trial) to three hidden layers,
+width, dropout, batch norm), the optimizer (learning rate, weight
 decay, LR schedule) and the batch size. Each configuration is judged by `maas.modules.train.evaluate`: the best
 validation loss, averaged over k folds on a small dataset (cross-validation) or on the validation split.
 
@@ -37,7 +38,7 @@ from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule
 from maas.modules.train import TrainParams, cross_validation_applies, evaluate, load_inputs
 
 SPACE: dict[str, BaseDistribution] = {
-    "depth": IntDistribution(1, 3),
+    "depth": IntDistribution(0, 3),  # 0: a linear model, so the search can always match logistic/ridge
     "width": CategoricalDistribution([32, 64, 128, 256, 512]),
     "dropout": FloatDistribution(0.0, 0.5),
     "batch_norm": CategoricalDistribution([False, True]),
@@ -45,6 +46,21 @@ SPACE: dict[str, BaseDistribution] = {
     "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
     "schedule": CategoricalDistribution(["onecycle", "cosine", "none"]),
     "batch_size": CategoricalDistribution([32, 64, 128, 256]),
+}
+
+# The first trial of every study: a linear network (its hidden-layer parameters unused), with the search's highest
+# learning rate and a small batch, so that AdamW converges on the convex loss within the default 40 epochs. A few
+# random trials may never sample depth 0; with this one every study tries the model logistic/ridge regression is,
+# and keeps it when it judges best.
+LINEAR_TRIAL = {
+    "depth": 0,
+    "width": 32,
+    "dropout": 0.0,
+    "batch_norm": False,
+    "lr": 3e-2,
+    "weight_decay": 1e-6,
+    "schedule": "onecycle",
+    "batch_size": 32,
 }
 
 
@@ -100,7 +116,8 @@ class TuneResult(BaseModel):
 
 
 def tuned(base: TrainParams, params: dict) -> TrainParams:
-    """`base` with the sampled hyperparameters: `depth` layers starting at `width` units, halving (at least 8)."""
+    """`base` with the sampled hyperparameters: `depth` layers starting at `width` units, halving (at least 8);
+    depth 0 is a linear model."""
     hidden = [max(8, params["width"] // 2**layer) for layer in range(params["depth"])]
     model = MLPConfig(hidden_sizes=hidden, dropout=params["dropout"], batch_norm=params["batch_norm"])
     schedule = base.optim.schedule.model_copy(update={"name": params["schedule"]})
@@ -186,6 +203,7 @@ def search(params: TuneParams, run_wave: Wave | None = None) -> TuneResult:
     seed = params.train.hardware.seed
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.startup_trials, constant_liar=True)
     study = optuna.create_study(direction="minimize", sampler=sampler, pruner=_pruner(params))
+    study.enqueue_trial(LINEAR_TRIAL)
     history: list[TrialRecord] = []
     start = time.monotonic()
     while len(history) < params.trials and (params.minutes is None or time.monotonic() - start < params.minutes * 60):

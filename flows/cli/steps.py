@@ -187,7 +187,7 @@ def _search_line(tuned: BaseModel) -> str:
 
 def show_pipeline(result: BaseModel) -> None:
     console.print(_variants_table(result))
-    console.print(f"* served (the int8 artifact, chosen on val); gate: {result.gate}")
+    console.print(f"* served: {result.compressed.served_reason}\ngate: {result.gate}")
     if result.trained:
         console.print(_selection_line(result.trained))
     if result.tuned:

@@ -47,7 +47,7 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
         "train/checkpoint.ckpt",
         "train/lr.csv",
         "train/metrics.csv",
-        "compress/model.int8.onnx",
+        "compress/model.onnx",
         "compress/manifest.json",
     } <= run_files
     test_split = formats.read_frame(storage.join(result.run_uri, "preprocess", "test.parquet"))

@@ -151,6 +151,10 @@ def test_gate_judges_the_test_metric_and_only_reports_speed(
     assert gate.speedup == pytest.approx(rows_per_s / 1e6)
 
 
+def _chosen(metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams) -> str:
+    return choose_served(metric, fp32, candidates, params)[0]
+
+
 def test_served_variant_has_the_fewest_multiply_adds_among_those_that_keep_the_validation_metric() -> None:
     fp32 = _report("fp32", 0.98, val=0.97, multiply_adds=1000)
     params = CompressParams(train_manifest="unused")
@@ -158,25 +162,25 @@ def test_served_variant_has_the_fewest_multiply_adds_among_those_that_keep_the_v
     dynamic = _report("pruned-int8-dynamic", 0.975, 4e6, val=0.965, multiply_adds=400, size=20)
     static = _report("pruned-int8-static", 0.972, 4.1e6, val=0.968, multiply_adds=400, size=24)
     # same compute: the better validation metric wins, whatever the (measured) speed or the test metric
-    assert choose_served("accuracy", fp32, [dense, dynamic, static], params) == "pruned-int8-static"
+    assert _chosen("accuracy", fp32, [dense, dynamic, static], params) == "pruned-int8-static"
     slow = [dense, dynamic, static.model_copy(update={"rows_per_s": 1.0})]
-    assert choose_served("accuracy", fp32, slow, params) == "pruned-int8-static"
+    assert _chosen("accuracy", fp32, slow, params) == "pruned-int8-static"
     # equal on validation too: the smaller file, then the name, so the choice never depends on order
     tied = static.model_copy(update={"val_metric": 0.965})
-    assert choose_served("accuracy", fp32, [tied, dense, dynamic], params) == "pruned-int8-dynamic"
-    assert choose_served("accuracy", fp32, [tied.model_copy(update={"size_bytes": 20}), dynamic], params) == (
+    assert _chosen("accuracy", fp32, [tied, dense, dynamic], params) == "pruned-int8-dynamic"
+    assert _chosen("accuracy", fp32, [tied.model_copy(update={"size_bytes": 20}), dynamic], params) == (
         "pruned-int8-dynamic"
     )
     # judged on validation, not test: a pruned variant that is worse on test only is still chosen
     worse_on_test = _report("pruned-int8-dynamic", 0.9, val=0.97, multiply_adds=400)
-    assert choose_served("accuracy", fp32, [dense, worse_on_test], params) == "pruned-int8-dynamic"
+    assert _chosen("accuracy", fp32, [dense, worse_on_test], params) == "pruned-int8-dynamic"
     ruined = [dense, _report("pruned-int8-dynamic", 0.98, 5e6, val=0.90, multiply_adds=400)]
-    assert choose_served("accuracy", fp32, ruined, params) == "int8"  # pruning cost too much: unpruned int8
-    # none within the tolerance: the unpruned int8, and the gate decides
+    assert _chosen("accuracy", fp32, ruined, params) == "int8"  # pruning cost too much: unpruned int8
+    # none within the tolerance: the unpruned fp32 ONNX (the closest to fp32), and the gate decides
     hopeless = [_report("pruned-int8-dynamic", 0.9, multiply_adds=400), _report("int8", 0.9)]
-    assert choose_served("accuracy", fp32, hopeless, params) == "int8"
+    assert _chosen("accuracy", fp32, hopeless, params) == "fp32-onnx"
     forced = params.model_copy(update={"quantization": "pruned-int8-dynamic"})
-    assert choose_served("accuracy", fp32, [dense, dynamic, static], forced) == "pruned-int8-dynamic"
+    assert _chosen("accuracy", fp32, [dense, dynamic, static], forced) == "pruned-int8-dynamic"
 
 
 def test_rmse_choice_and_gate_are_relative_and_lower_is_better() -> None:
@@ -186,9 +190,34 @@ def test_rmse_choice_and_gate_are_relative_and_lower_is_better() -> None:
     params = CompressParams(train_manifest="unused")
     dynamic = _report("pruned-int8-dynamic", 2.0, val=2.015, multiply_adds=400)
     static = _report("pruned-int8-static", 2.0, val=2.01, multiply_adds=400)
-    assert choose_served("rmse", fp32, [_report("int8", 2.0), dynamic, static], params) == "pruned-int8-static"
+    assert _chosen("rmse", fp32, [_report("int8", 2.0), dynamic, static], params) == "pruned-int8-static"
     too_far = _report("pruned-int8-dynamic", 2.0, val=2.03, multiply_adds=400)
-    assert choose_served("rmse", fp32, [_report("int8", 2.0), too_far], params) == "int8"
+    assert _chosen("rmse", fp32, [_report("int8", 2.0), too_far], params) == "int8"
+
+
+def test_fp32_onnx_of_one_network_wins_a_near_tie_and_int8_an_exact_one() -> None:
+    fp32 = _report("fp32", 2.0, val=2.0, multiply_adds=1000)
+    params = CompressParams(train_manifest="unused")
+    onnx = _report("pruned-fp32-onnx", 2.0, 3e6, val=2.001, multiply_adds=400, size=80)
+    dynamic = _report("pruned-int8-dynamic", 2.0, 2e6, val=2.006, multiply_adds=400, size=20)
+    dense = [_report("fp32-onnx", 2.0, val=2.0, size=200), _report("int8", 2.0, val=2.005, size=50)]
+    # the same network: the more accurate wins, though the int8 file is smaller (and whatever the speeds)
+    assert _chosen("rmse", fp32, [*dense, onnx, dynamic], params) == "pruned-fp32-onnx"
+    # int8 rounding raises RMSE past a tight tolerance: the fp32 graph is served, not the unpruned int8
+    tight = params.model_copy(update={"max_metric_drop": 0.002})
+    assert _chosen("rmse", fp32, [*dense, onnx, dynamic], tight) == "pruned-fp32-onnx"
+    # equal on validation: the smaller file; the reason gives every candidate's validation metric
+    tied = dynamic.model_copy(update={"val_metric": 2.001})
+    name, reason = choose_served("rmse", fp32, [*dense, onnx, tied], params)
+    assert name == "pruned-int8-dynamic" and reason.startswith(
+        "pruned-int8-dynamic: the fewest multiply-adds (400 per row)"
+    )
+    assert "within +1.00% RMSE of fp32's 2 on validation: fp32-onnx 2, int8 2.005, pruned-fp32-onnx 2.001" in reason
+    assert "outside: none" in reason
+    assert (
+        "outside: int8 2.005, pruned-int8-dynamic 2.006"
+        in choose_served("rmse", fp32, [*dense, onnx, dynamic], tight)[1]
+    )
 
 
 def test_unstructured_pruning_reports_honestly_that_dense_size_is_unchanged(tmp_path) -> None:

@@ -91,7 +91,7 @@ def test_the_two_features_the_label_depends_on_come_first(model, tmp_path) -> No
     by_attribution = sorted(report.importance, key=lambda f: -f.mean_abs_attribution)
     assert {f.feature for f in by_attribution[:2]} == set(SIGNAL)
     assert len(report.importance) == 9 and report.rows == 150 and report.repeats == 5
-    assert report.explains == "the fp32 network that pruned-int8-dynamic quantizes (hidden layers [16, 8])"
+    assert report.explains == "the fp32 network behind pruned-int8-dynamic (hidden layers [16, 8])"
     assert report.output == "the predicted class's logit"
     assert storage.exists(registry.card_uri(bucket, "signals", 1).replace("card.json", report.plot))
 

@@ -19,8 +19,9 @@ def test_first_registration_is_version_1_latest_and_production(registered) -> No
     card = registry.load_card(result.card_uri)
     assert card.features.feature_names == ["x1", "x2", "color"] and card.classes == ["a", "b", "c"]
     names = {v.name for v in card.metrics}
-    assert names == {"fp32", "int8", "pruned", "pruned-int8-dynamic", "pruned-int8-static", "pruned-torch-int8"}
-    assert card.served in names
+    onnx = {"fp32-onnx", "int8", "pruned-fp32-onnx", "pruned-int8-dynamic", "pruned-int8-static"}
+    assert names == {"fp32", "pruned", "pruned-torch-int8", *onnx}
+    assert card.served in onnx and card.served_reason.startswith(card.served)
     assert card.gate.passed and card.lineage.data_uri.endswith("raw/data.csv")
     assert card.lineage.data_etag == storage.info(card.lineage.data_uri).etag
     assert {"torch", "onnxruntime", "pytorch-lightning"} <= set(card.packages)
