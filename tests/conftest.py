@@ -57,6 +57,20 @@ def pytest_testnodedown(node: object, error: object) -> None:
     record(**getattr(node, "workeroutput", {}).get("tally", {}))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keeps the two xdist workers busy to the end (`--dist loadgroup`): a test that shares a module-scoped fixture
+    (a trained model, a running stack) is grouped with its module, so the module runs on one worker, in order, and
+    sets the fixture up once; other tests spread one at a time. Tests marked `long` are handed out first (a stable
+    sort keeps each module's order)."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in fixtures.name2fixturedefs.values() for d in defs} if fixtures else set()
+        if scopes & {"module", "package", "class"}:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -59,6 +59,7 @@ def test_help(command: list[str], tmp_path: Path) -> None:
     assert result.returncode == 0 and "Usage: maas" in result.stdout
 
 
+@pytest.mark.long
 def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
     result = _maas("demo", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -98,6 +99,7 @@ def test_demo_runs_the_main_job_on_the_local_default(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "no version 9" in refused.stderr
 
 
+@pytest.mark.long
 def test_approval_policy_holds_a_version_until_approved(tmp_path: Path) -> None:
     bucket = (tmp_path / ".maas" / "bucket").as_uri()  # the CLI's default bucket in cwd=tmp_path
 
@@ -129,6 +131,7 @@ def test_approval_policy_holds_a_version_until_approved(tmp_path: Path) -> None:
     assert registry.read_policy(bucket, "gated").require_approval is False
 
 
+@pytest.mark.long
 def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:
     storage.write_bytes((tmp_path / ".maas" / "bucket" / "incoming" / "x.csv").as_uri(), b"a\n1\n")  # to score
     result = _maas("score", "--model", "nope@production", "--json", cwd=tmp_path)
@@ -146,6 +149,7 @@ def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:
     assert result.returncode == 1 and "invalid parameter sparsity" in result.stderr
 
 
+@pytest.mark.long
 def test_each_step_runs_on_its_own_and_they_chain_by_manifest_uri(tmp_path: Path) -> None:
     raw = (tmp_path / "data.csv").as_uri()
     formats.write_frame(formats.read_frame((Path(__file__).parent.parent / "data" / "tiny.csv").as_uri()), raw)
@@ -163,6 +167,7 @@ def test_each_step_runs_on_its_own_and_they_chain_by_manifest_uri(tmp_path: Path
     assert trained["scheduler"] == "cosine" and trained["epochs_run"] <= 3
 
 
+@pytest.mark.long
 def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_path: Path) -> None:
     bucket = (tmp_path / ".maas" / "bucket").as_uri()
     register(RegisterParams(compress_manifest=train_and_compress(bucket, "run-1"), bucket=bucket, name="tiny"))

@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score
 from maas.modules import formats, registry, storage
 from tests.conftest import free_port, synthetic_classification
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 MAAS = str(Path(sys.executable).parent / "maas")
 PREFECT_FILE = Path(__file__).resolve().parents[2] / "deployments" / "prefect.yaml"

@@ -73,6 +73,7 @@ def _wait_for(condition, what: str, seconds: float = 120):  # noqa: ANN001, ANN2
     return found
 
 
+@pytest.mark.long
 def test_two_runs_through_throttling_errors_and_conflicts_score_each_file_once(
     model_bucket: str, s3_endpoint: str
 ) -> None:

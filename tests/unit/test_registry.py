@@ -78,6 +78,7 @@ def test_tampered_artifact_is_refused(registered, tmp_path) -> None:
         registry.load_engine(card_location)
 
 
+@pytest.mark.long
 def test_gate_refusal_keeps_production_and_moves_latest(tmp_path) -> None:
     bucket = (tmp_path / "bucket").as_uri()
     good = register(RegisterParams(compress_manifest=train_and_compress(bucket, "good"), bucket=bucket, name="m"))

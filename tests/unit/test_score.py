@@ -152,6 +152,7 @@ def test_drift_off_leaves_no_drift_report(registered, tmp_path) -> None:
     assert result.drift is None and result.files[0].drift is None and result.drift_report_uri is None
 
 
+@pytest.mark.long
 def test_a_challenger_scores_in_the_shadow_and_the_run_reports_agreement(tmp_path) -> None:
     bucket = (tmp_path / "bucket").as_uri()
     register(RegisterParams(compress_manifest=train_and_compress(bucket, "champion"), bucket=bucket, name="duo"))
