@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,18 +58,14 @@ def pytest_testnodedown(node: object, error: object) -> None:
     record(**getattr(node, "workeroutput", {}).get("tally", {}))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keeps the two xdist workers busy to the end (`--dist loadgroup`): a test that shares a module-scoped fixture
-    (a trained model, a running stack) is grouped with its module, so the module runs on one worker, in order, and
-    sets the fixture up once; other tests spread one at a time. Tests marked `long` are handed out first (a stable
-    sort keeps each module's order)."""
-    for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        scopes = {d.scope for defs in fixtures.name2fixturedefs.values() for d in defs} if fixtures else set()
-        if scopes & {"module", "package", "class"}:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+    """Keeps the two xdist workers busy to the end. Files go to the workers whole (`--dist loadfile`: module-scoped
+    stacks and models are set up once, and a module's tests run in order), in collection order
+    (`--no-loadscope-reorder`); a file with a test marked `long` is moved to the front, so no worker is left alone
+    with a long file at the end. (pytest-xdist's `loadgroup` would spread the rest one by one, but its groups do not
+    take with pytest 9: tests of one group ran on both workers.)"""
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
+    items.sort(key=lambda item: item.path not in long_files)  # stable: each file keeps its order
 
 
 def free_port() -> int:
@@ -83,6 +80,7 @@ def s3_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     port = free_port()
+    _serialize_moto_puts()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -90,6 +88,24 @@ def s3_endpoint() -> Iterator[str]:
     yield endpoint
     server.stop()
     os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+def _serialize_moto_puts() -> None:
+    """moto checks `If-None-Match: *` and then stores the object, with no lock between the two, so two conditional
+    creates of one key on its threads can both succeed (seen: two watchers both created generation 1). S3 and
+    MinIO decide a conditional create atomically; one PUT at a time gives moto that guarantee too."""
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "serialized", False):
+        return
+    lock, put = threading.Lock(), S3Response.put_object
+
+    def serialized_put(self: S3Response) -> object:
+        with lock:
+            return put(self)
+
+    serialized_put.serialized = True  # type: ignore[attr-defined]
+    S3Response.put_object = serialized_put  # type: ignore[method-assign]
 
 
 @pytest.fixture
