@@ -102,10 +102,12 @@ def test_a_lease_holder_paused_past_its_lease_cannot_publish(model_bucket: str, 
     root = storage.join(model_bucket, "paused")
     (key,) = _drop(root, 1, 4000)
     with FaultyS3(_port(s3_endpoint)) as s3:
-        victim = _worker(_params(model_bucket, root, batch_rows=100, lease_seconds=4), s3.url, pause=0.25)
-        claims = storage.join(root, "state", "claims")
-        lease_uri = _wait_for(lambda: [o.uri for o in storage.list_objects(claims)], "the first claim")[0]
+        victim = _worker(_params(model_bucket, root, batch_rows=100, lease_seconds=4), s3.url, 0.25, "--rows")
+        # Paused mid-stream, once a batch is scored. Paused earlier (between its claim and its look at the
+        # output names) it would rightly adopt the taker's finished unit as done and never try to publish.
+        assert "rows" in json.loads(victim.stdout.readline())
         victim.send_signal(signal.SIGSTOP)
+        lease_uri = [o.uri for o in storage.list_objects(storage.join(root, "state", "claims"))][0]
         try:
 
             def expired() -> bool:
@@ -116,7 +118,7 @@ def test_a_lease_holder_paused_past_its_lease_cannot_publish(model_bucket: str, 
             taker = _outcomes(_worker(_params(model_bucket, root, lease_seconds=300), s3.url))
         finally:
             victim.send_signal(signal.SIGCONT)
-        stalled = _outcomes(victim)
+        stalled = [o for o in _outcomes(victim) if "rows" not in o]
         prefix = f"/{model_bucket.removeprefix('s3://')}/paused/predictions/{key}"
         output_puts = s3.objects_written(f"{prefix}.predictions.parquet")
         manifest_puts = s3.objects_written(f"{prefix}.manifest.json")
