@@ -118,13 +118,19 @@ class CompressParams(BaseModel):
         "split to choose the served variant, on the test split for the gate.",
     )
     batch_size: int = Field(64, ge=1, description="Rows per fine-tuning batch.")
+    timing_rows: int = Field(
+        THROUGHPUT_ROWS,
+        ge=1,
+        description="Rows per timed pass of each variant (default: the batch scoring hands the engine). The rows/s "
+        "are reported, never used to choose; fewer rows make compress faster and the figures rougher.",
+    )
     hardware: Hardware = Hardware()
 
 
-def rows_per_second(run: Callable[[np.ndarray], object], features: np.ndarray) -> float:
-    """Best of three passes over THROUGHPUT_ROWS rows, after one untimed pass. `run` batches as scoring does
-    (the engines' and `torch_runner`'s DEFAULT_BATCH_ROWS), so each variant is timed on scoring's batch size."""
-    rows = np.ascontiguousarray(np.resize(features, (THROUGHPUT_ROWS, features.shape[1])), dtype=np.float32)
+def rows_per_second(run: Callable[[np.ndarray], object], features: np.ndarray, count: int = THROUGHPUT_ROWS) -> float:
+    """Best of three passes over `count` rows, after one untimed pass. `run` batches as scoring does (the
+    engines' and `torch_runner`'s DEFAULT_BATCH_ROWS), so by default each variant is timed on scoring's batch size."""
+    rows = np.ascontiguousarray(np.resize(features, (count, features.shape[1])), dtype=np.float32)
 
     def one_pass() -> float:
         start = time.perf_counter()
@@ -350,7 +356,7 @@ def run_compress(params: CompressParams) -> CompressResult:
             multiply_adds=pruning.multiply_adds(net),
             size_bytes=artifact.stat().st_size,
             gzip_bytes=_gzip_size(artifact),
-            rows_per_s=rows_per_second(run, test_x),
+            rows_per_s=rows_per_second(run, test_x, params.timing_rows),
         )
 
     with tempfile.TemporaryDirectory(prefix="maas-compress-") as scratch:
@@ -359,7 +365,7 @@ def run_compress(params: CompressParams) -> CompressResult:
         export_onnx(ScoringHead(dense, spec), spec.width, root / "dense.fp32.onnx")
         # The first throughput run in a process is slow throughout (memory allocator warming up, about
         # 40% here); measured first, fp32 would look slower than it is. Run it once and discard it.
-        rows_per_second(torch_runner(ScoringHead(copy.deepcopy(dense), spec)), test_x)
+        rows_per_second(torch_runner(ScoringHead(copy.deepcopy(dense), spec)), test_x, params.timing_rows)
         fp32 = measure("fp32", "torch", dense, torch_runner(ScoringHead(dense, spec)), root / "dense.fp32.onnx")
 
         def onnx_variant(name: str, of: TabularNet) -> VariantReport:

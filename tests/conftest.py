@@ -26,6 +26,10 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "MAAS_DAEMON": "0",  # no background daemon from a test's `maas` commands (tests/integration/test_daemon.py)
+        # Two xdist workers share two cores: OpenMP pools of two threads per process (torch, scikit-learn's
+        # gradient boosting of the baselines) oversubscribe them, and their spin-waits made a 400-row baseline fit
+        # take seconds. Set before anything loads libgomp; subprocesses inherit it.
+        "OMP_NUM_THREADS": "1",
     }
 )
 _UNSET = ("PREFECT_API_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "MAAS_BUCKET", "MAAS_MODEL", "MAAS_REQUIRE_BUCKET")

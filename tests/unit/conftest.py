@@ -34,7 +34,7 @@ def train_and_compress(
     options = {"max_epochs": 4, "cv_below_rows": 0} | (train or {})
     trained = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, **options))
     return run_compress(
-        CompressParams(train_manifest=trained.manifest_uri, **({"finetune_epochs": 2} | compress))
+        CompressParams(train_manifest=trained.manifest_uri, **({"finetune_epochs": 2, "timing_rows": 1024} | compress))
     ).manifest_uri
 
 
