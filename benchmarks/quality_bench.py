@@ -9,15 +9,19 @@ For each dataset and seed (the seed splits the data and seeds training): preproc
   training and compression with the best parameters;
 - logistic/ridge and gradient boosting: the baselines each training fits on the rows the network fitted on
   (train+validation under cross-validation), measured on the same test split.
-Writes benchmarks/results/quality.json (appending per run, so a long run can be resumed) and quality.md.
+Writes benchmarks/results/quality.json (appending per run, so a long run can be resumed; several processes may
+run at once, one per dataset, each merging its runs into the file under a lock) and quality.md. Each run records
+the commit of the code that produced it (`code`). `--render` only rewrites quality.md (with `--note`).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +43,7 @@ from maas.modules.train import Hardware, TrainParams, run_training  # noqa: E402
 from maas.modules.tune import TuneParams, search  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+ORDER = ["diabetes", "wine", "breast_cancer", "digits"]  # the table's order
 DATASETS = {
     "digits": bundled.load_digits,
     "breast_cancer": bundled.load_breast_cancer,
@@ -76,6 +81,7 @@ def one_run(name: str, seed: int, trials: int, minutes: float | None, bucket: st
     return {
         "dataset": name,
         "seed": seed,
+        "code": _commit(),
         "metric": trained.metric,
         "rows": prep.rows,
         "selection": trained.selection,
@@ -89,6 +95,13 @@ def one_run(name: str, seed: int, trials: int, minutes: float | None, bucket: st
         "linear": baselines.get("logistic", baselines.get("ridge")),
         "gradient_boosting": baselines["gradient-boosting"],
     }
+
+
+def _commit() -> str:
+    """The commit the benchmarked code is at, marked when the work tree differs from it."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "modules", "benchmarks"])
+    return head.stdout.strip() + ("+changes" if dirty.returncode else "")
 
 
 def _summary(trained: TrainResult, compressed: CompressResult, seconds: float) -> dict:
@@ -120,10 +133,10 @@ def render(runs: list[dict], note: str) -> str:
         note,
         "",
         "| dataset | seed | metric | default served (fp32) | default cv | --tune served (fp32) | --tune cv | trials "
-        "(pruned) | served (default / --tune) | logistic/ridge | gradient boosting | tune served vs linear |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(pruned) | served (default / --tune) | logistic/ridge | gradient boosting | tune served vs linear | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (ORDER.index(r["dataset"]), r["seed"])):
         d, t = r["default"], r["tune"]
         better = 1 if r["metric"] == "accuracy" else -1
         verdict = "as good or better" if better * (t["served"] - r["linear"]) >= -1e-9 else "worse"
@@ -131,11 +144,11 @@ def render(runs: list[dict], note: str) -> str:
             f"| {r['dataset']} | {r['seed']} | {r['metric']} | {d['served']:.4f} ({d['fp32']:.4f}) | {_cv(d)} | "
             f"{t['served']:.4f} ({t['fp32']:.4f}) | {_cv(t)} | {t['trials']} ({t['pruned']}) | "
             f"{d['served_variant']} / {t['served_variant']} | {r['linear']:.4f} | "
-            f"{r['gradient_boosting']:.4f} | {verdict} |"
+            f"{r['gradient_boosting']:.4f} | {verdict} | {r.get('code', '')} |"
         )
     lines += ["", "Means over seeds:", "", "| dataset | default served | --tune served | linear | gradient boosting |",
               "|---|---|---|---|---|"]  # fmt: skip
-    for name in dict.fromkeys(r["dataset"] for r in runs):
+    for name in sorted(dict.fromkeys(r["dataset"] for r in runs), key=ORDER.index):
         rows = [r for r in runs if r["dataset"] == name]
         means = [np.mean([get(r) for r in rows]) for get in (lambda r: r["default"]["served"],
                  lambda r: r["tune"]["served"], lambda r: r["linear"], lambda r: r["gradient_boosting"])]  # fmt: skip
@@ -154,25 +167,42 @@ def main() -> None:
     parser.add_argument("--tune-minutes", type=float, default=None)
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--note", default="")
+    parser.add_argument("--render", action="store_true", help="Only rewrite quality.md from quality.json.")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "quality.json"
-    saved = json.loads(path.read_text()) if path.exists() else {"runs": []}
-    done = {(r["dataset"], r["seed"]) for r in saved["runs"]}
+    if args.render:
+        return _saved(lambda saved: (RESULTS / "quality.md").write_text(render(saved["runs"], args.note)))
+    done = _saved(lambda saved: {(r["dataset"], r["seed"]) for r in saved["runs"]})
     with tempfile.TemporaryDirectory(prefix="maas-quality-") as scratch:
         for seed in range(args.seeds):
             for name in args.datasets:
                 if (name, seed) in done:
                     continue
                 run = one_run(name, seed, args.trials, args.tune_minutes, Path(scratch).as_uri())
-                saved["runs"].append(run)
-                saved["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-                path.write_text(json.dumps(saved, indent=1))
+                _saved(lambda saved, run=run: _add(saved, run, args.note))
                 shown = {k: run[k] for k in ("dataset", "seed", "linear", "gradient_boosting")}
                 print(
                     json.dumps(shown | {"default": run["default"]["served"], "tune": run["tune"]["served"]}), flush=True
                 )
-                (RESULTS / "quality.md").write_text(render(saved["runs"], args.note))
+
+
+def _saved(use):
+    """`use(saved)` on quality.json's contents, under a lock, writing them back when `use` changed them."""
+    path = RESULTS / "quality.json"
+    with open(Path(tempfile.gettempdir()) / "maas-quality-bench.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = json.loads(path.read_text()) if path.exists() else {"runs": []}
+        before = json.dumps(saved)
+        answer = use(saved)
+        if json.dumps(saved) != before:
+            path.write_text(json.dumps(saved, indent=1))
+        return answer
+
+
+def _add(saved: dict, run: dict, note: str) -> None:
+    saved["runs"].append(run)
+    saved["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    (RESULTS / "quality.md").write_text(render(saved["runs"], note))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ class TrainResult(BaseModel):
     baselines: list[BaselineReport] = Field([], description="Classical models fitted on the same rows and split.")
     manifest_uri: str
 
+    @property
+    def refit_on_validation(self) -> bool:
+        """Cross-validation chose the epochs and the model was refit on train+validation: the validation rows are
+        not unseen by it (only the test split is)."""
+        return bool(self.cv_fold_metrics)
+
 
 class VariantReport(BaseModel):
     """One model variant measured on the engine it would be served with.

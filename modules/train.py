@@ -240,6 +240,8 @@ def _fit(
 ) -> tuple[TabularModule, pl.Trainer]:
     """A freshly seeded network fitted on `data` (validated on its val split, if it has one)."""
     seed_everything(params.hardware)
+    if params.optim.optimizer == "lbfgs":  # one batch of every row: its line search needs the same loss each time
+        data = data.with_datasets(data.datasets, batch_size=len(data.datasets["train"]))
     module = TabularModule(spec.model_dump(), params.model.model_dump(), params.optim.model_dump())
     validate = "val" in data.datasets
     trainer = build_trainer(params.hardware, root, epochs or params.max_epochs, callbacks, logger, validate=validate)

@@ -1,7 +1,7 @@
 """Hyperparameter search with Optuna, within a budget, and reproducible from its seed.
 
-The search varies the network (depth, from none (a linear model, always the first trial) to three hidden layers,
-width, dropout, batch norm), the optimizer (learning rate, weight
+The search varies the network (depth, from none (a linear model fitted as logistic/ridge regression is, always the
+first trial) to three hidden layers, width, dropout, batch norm), the optimizer (learning rate, weight
 decay, LR schedule) and the batch size. Each configuration is judged by `maas.modules.train.evaluate`: the best
 validation loss, averaged over k folds on a small dataset (cross-validation) or on the validation split.
 
@@ -48,10 +48,10 @@ SPACE: dict[str, BaseDistribution] = {
     "batch_size": CategoricalDistribution([32, 64, 128, 256]),
 }
 
-# The first trial of every study: a linear network (its hidden-layer parameters unused), with the search's highest
-# learning rate and a small batch, so that AdamW converges on the convex loss within the default 40 epochs. A few
-# random trials may never sample depth 0; with this one every study tries the model logistic/ridge regression is,
-# and keeps it when it judges best.
+# The first trial of every study: a linear network. Depth 0 is fitted as logistic/ridge regression is (full-batch
+# L-BFGS with their default L2 penalty, to convergence), so the other parameters do not apply to it, and a few
+# random trials that never sample depth 0 cannot leave out the model those baselines are: every study tries it,
+# reaching their optimum, and keeps it when it judges it best.
 LINEAR_TRIAL = {
     "depth": 0,
     "width": 32,
@@ -116,12 +116,14 @@ class TuneResult(BaseModel):
 
 
 def tuned(base: TrainParams, params: dict) -> TrainParams:
-    """`base` with the sampled hyperparameters: `depth` layers starting at `width` units, halving (at least 8);
-    depth 0 is a linear model."""
+    """`base` with the sampled hyperparameters: `depth` layers starting at `width` units, halving (at least 8).
+    Depth 0 is a linear model fitted by L-BFGS with the baselines' L2 penalty (`OptimConfig.optimizer`): the same
+    fit whatever the other parameters."""
     hidden = [max(8, params["width"] // 2**layer) for layer in range(params["depth"])]
     model = MLPConfig(hidden_sizes=hidden, dropout=params["dropout"], batch_norm=params["batch_norm"])
     schedule = base.optim.schedule.model_copy(update={"name": params["schedule"]})
-    optim = OptimConfig(lr=params["lr"], weight_decay=params["weight_decay"], schedule=schedule)
+    optimizer = "adamw" if hidden else "lbfgs"
+    optim = OptimConfig(optimizer=optimizer, lr=params["lr"], weight_decay=params["weight_decay"], schedule=schedule)
     return base.model_copy(update={"model": model, "optim": optim, "batch_size": params["batch_size"]})
 
 
@@ -165,7 +167,11 @@ def _local_trial(spec: TrialSpec, params: TuneParams, history: list[TrialRecord]
 
 
 def run_trial(spec: TrialSpec, params: TuneParams, history: list[TrialRecord]) -> TrialRecord:
-    """Fit and judge one configuration (k folds on small data), stopped early when the median pruner says so."""
+    """Fit and judge one configuration (k folds on small data), stopped early when the median pruner says so.
+    A linear network already judged in an earlier wave is not fitted again: it would be the same fit."""
+    linear = next((r for r in history if r.params["depth"] == 0 and r.state == "complete"), None)
+    if spec.params["depth"] == 0 and linear is not None:
+        return linear.model_copy(update={"number": spec.number, "params": spec.params, "seconds": 0.0})
     start = time.perf_counter()
     prep, feature_spec = load_inputs(params.train.preprocess_manifest)
     train = tuned(params.train, spec.params)
