@@ -100,7 +100,9 @@ def one_run(name: str, seed: int, trials: int, minutes: float | None, bucket: st
 def _commit() -> str:
     """The commit the benchmarked code is at, marked when the work tree differs from it."""
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "modules", "benchmarks"])
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "modules", "flows", "benchmarks/*.py"]
+    )
     return head.stdout.strip() + ("+changes" if dirty.returncode else "")
 
 
