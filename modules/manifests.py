@@ -54,7 +54,9 @@ class TrainResult(BaseModel):
     )
     cv_metric_mean: float | None = Field(None, description="Cross-validated metric: mean over the folds.")
     cv_metric_std: float | None = Field(None, description="Its standard deviation over the folds.")
-    cv_fold_metrics: list[float] = Field([], description="Each fold's validation metric at its best epoch.")
+    cv_fold_metrics: list[float] = Field(
+        [], description="Each fold's validation metric at the epoch the refit trains for (lowest mean val loss)."
+    )
     accelerator: str
     precision: str
     mean_epoch_seconds: float

@@ -2,8 +2,9 @@
 
 The search varies the network (depth, from none (a linear model fitted as logistic/ridge regression is, always the
 first trial) to three hidden layers, width, dropout, batch norm), the optimizer (learning rate, weight
-decay, LR schedule) and the batch size. Each configuration is judged by `maas.modules.train.evaluate`: the best
-validation loss, averaged over k folds on a small dataset (cross-validation) or on the validation split.
+decay, LR schedule) and the batch size. Each configuration is judged by `maas.modules.train.evaluate`: the
+validation loss averaged over k folds on a small dataset (cross-validation), at the one epoch count where that
+mean is lowest (what the refit trains for), or the best validation loss on the validation split.
 
 Who does what, so that trials can run anywhere (a process pool, a Dask cluster) and still repeat exactly:
 - `search` drives the study in the calling process: a seeded TPE sampler asks `parallel` trials at a time
@@ -90,10 +91,12 @@ class TrialRecord(BaseModel):
     number: int
     params: dict
     state: Literal["complete", "pruned"]
-    value: float | None = Field(None, description="Mean best validation loss over the folds (minimized).")
+    value: float | None = Field(
+        None, description="Mean validation loss over the folds at the epoch with the lowest mean (minimized)."
+    )
     metric: Literal["accuracy", "rmse"]
-    val_metric: float | None = Field(None, description="Mean validation metric at the folds' best epochs.")
-    epochs: int | None = Field(None, description="Epochs to the best validation loss (mean over folds).")
+    val_metric: float | None = Field(None, description="Mean validation metric over the folds at that epoch.")
+    epochs: int | None = Field(None, description="Epochs to that epoch: what a refit trains for.")
     intermediate: dict[int, float] = Field(description="Validation loss per epoch (the first fold) the pruner saw.")
     seconds: float = Field(description="Wall-clock time of the trial (informative).")
 
@@ -106,7 +109,7 @@ class TuneResult(BaseModel):
     selection: str = Field(description="What each trial was judged on: the validation split or k-fold CV.")
     trials: list[TrialRecord]
     best_number: int
-    best_value: float = Field(description="Best trial's mean best validation loss.")
+    best_value: float = Field(description="Best trial's mean validation loss (its `value`).")
     best_val_metric: float | None
     best_params: dict
     importances: dict[str, float] = Field(description="fANOVA importance of each hyperparameter (sums to 1).")

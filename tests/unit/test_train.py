@@ -16,7 +16,7 @@ from maas.modules.compress import CompressParams, run_compress
 from maas.modules.model import FeatureTransform, MLPConfig, OptimConfig, TabularDataModule
 from maas.modules.preprocess import PreprocessParams, run_preprocess
 from maas.modules.schedules import ScheduleConfig
-from maas.modules.train import TrainParams, _fit, load_inputs, run_training
+from maas.modules.train import Evaluation, TrainParams, _fit, load_inputs, run_training
 from tests.conftest import synthetic_classification
 
 
@@ -146,3 +146,18 @@ def test_a_linear_network_fitted_by_lbfgs_reaches_the_logistic_or_ridge_optimum(
     else:
         reference = LogisticRegression(max_iter=5000, tol=1e-10).fit(features, y).predict_proba(test_features)
         assert np.abs(torch.softmax(out, 1).numpy() - reference).max() < 1e-3
+
+
+def test_folds_are_judged_at_the_one_epoch_count_a_refit_trains_for() -> None:
+    """Not at each fold's own best epoch: that minimum over noisy epochs flatters a slow, noisy configuration."""
+    curve = lambda losses: pd.DataFrame(  # noqa: E731
+        {"epoch": range(len(losses)), "val_loss": losses, "val_rmse": [10 * v for v in losses]}
+    )
+    noisy = Evaluation("rmse", [curve([0.9, 0.5, 0.8, 0.7, 0.9]), curve([0.9, 0.8, 0.7, 0.5, 0.6, 0.9])])
+    assert noisy.epochs == 4 and noisy.loss == pytest.approx(0.6) and noisy.scores == pytest.approx([7.0, 5.0])
+    assert noisy.loss > np.mean([0.5, 0.5])  # what each fold's own best would have claimed
+    # epochs only one fold reached (the other stopped early) are not candidates, however low
+    stopped = Evaluation("rmse", [curve([0.9, 0.6, 0.7]), curve([0.9, 0.8, 0.7, 0.1, 0.1])])
+    assert stopped.epochs == 2 and stopped.loss == pytest.approx(0.7)
+    single = Evaluation("rmse", [curve([0.9, 0.5, 0.8])])  # one validation split: its best epoch
+    assert single.epochs == 2 and single.loss == 0.5
