@@ -44,6 +44,7 @@ from maas.modules.tune import TuneParams, search  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 ORDER = ["diabetes", "wine", "breast_cancer", "digits"]  # the table's order
+TIE = 1e-4  # relative difference from logistic/ridge counted as a tie in the verdict column
 DATASETS = {
     "digits": bundled.load_digits,
     "breast_cancer": bundled.load_breast_cancer,
@@ -139,27 +140,37 @@ def render(runs: list[dict], note: str) -> str:
         note,
         "",
         "| dataset | seed | metric | default served (fp32) | default cv | --tune served (fp32) | --tune cv | trials "
-        "(pruned) | served (default / --tune) | logistic/ridge | gradient boosting | tune served vs linear | code |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(pruned) | --tune hidden layers | served (default / --tune) | logistic/ridge | gradient boosting | "
+        "tune served vs linear | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: (ORDER.index(r["dataset"]), r["seed"])):
         d, t = r["default"], r["tune"]
-        better = 1 if r["metric"] == "accuracy" else -1
-        verdict = "as good or better" if better * (t["served"] - r["linear"]) >= -1e-9 else "worse"
+        verdict = "as good or better" if _holds(r) else "worse"
         lines.append(
             f"| {r['dataset']} | {r['seed']} | {r['metric']} | {d['served']:.4f} ({d['fp32']:.4f}) | {_cv(d)} | "
             f"{t['served']:.4f} ({t['fp32']:.4f}) | {_cv(t)} | {t['trials']} ({t['pruned']}) | "
+            f"{t['model']['hidden_sizes'] or 'none (linear)'} | "
             f"{_variant(d)} / {_variant(t)} | {r['linear']:.4f} | "
             f"{r['gradient_boosting']:.4f} | {verdict} | {r.get('code', '')} |"
         )
-    lines += ["", "Means over seeds:", "", "| dataset | default served | --tune served | linear | gradient boosting |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "Means over seeds:", "", "| dataset | default served | --tune served | linear | gradient boosting | "
+              "seeds with --tune at or above linear |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name in sorted(dict.fromkeys(r["dataset"] for r in runs), key=ORDER.index):
         rows = [r for r in runs if r["dataset"] == name]
         means = [np.mean([get(r) for r in rows]) for get in (lambda r: r["default"]["served"],
                  lambda r: r["tune"]["served"], lambda r: r["linear"], lambda r: r["gradient_boosting"])]  # fmt: skip
-        lines.append(f"| {name} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
+        held = f"{sum(_holds(r) for r in rows)}/{len(rows)}"
+        lines.append(f"| {name} | " + " | ".join(f"{m:.4f}" for m in means) + f" | {held} |")
     return "\n".join(lines) + "\n"
+
+
+def _holds(run: dict) -> bool:
+    """The target: the tuned, served model at or above logistic/ridge regression on the test split. A difference
+    within TIE (relative) is a tie: the network computes in float32, scikit-learn in float64 (an L-BFGS-fitted
+    linear network reaches ridge's RMSE to about 1e-7, relative)."""
+    better = 1 if run["metric"] == "accuracy" else -1
+    return better * (run["tune"]["served"] - run["linear"]) >= -TIE * abs(run["linear"])
 
 
 def _variant(summary: dict) -> str:
