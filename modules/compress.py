@@ -18,8 +18,10 @@
 - the served ONNX artifact (`quantization="auto"`) is chosen on the **validation** split: of the
   ONNX Runtime candidates whose validation metric is within `max_metric_drop` of fp32's, the one
   with the fewest multiply-adds, then the better validation metric, then the smaller file (see
-  `choose_served`); none within it: the unpruned fp32 ONNX. `served_reason` says why, with every
-  candidate's figures;
+  `choose_served`); none within it: the unpruned fp32 ONNX. A model refit on train+validation after
+  cross-validation trained on the validation rows, so they are no evidence of what pruning or int8
+  cost on new rows: it is served as its fp32 ONNX graph, which computes what it computes. `served_reason`
+  says why, with every candidate's figures;
 - gate, on the **test** split: the served variant passes when its test metric is within
   `max_metric_drop` of fp32's; otherwise production stays where it is.
 
@@ -107,7 +109,8 @@ class CompressParams(BaseModel):
         description="ONNX Runtime variant served: fp32-onnx or int8 (unpruned; fp32 graph-optimized, dynamic "
         "int8), pruned-fp32-onnx, pruned-int8-dynamic or pruned-int8-static; auto: of those whose validation "
         "metric stays within max_metric_drop of fp32's, the one with the fewest multiply-adds per row (then the "
-        "better validation metric, then the smaller file).",
+        "better validation metric, then the smaller file); a model refit on train+validation after cross-"
+        "validation has no unseen validation rows to judge them on: auto then serves fp32-onnx.",
     )
     calibration_rows: int = Field(2048, ge=16, description="Training rows that calibrate static quantization.")
     finetune_lr: float = Field(1e-3, gt=0, description="Learning rate of the fine-tune after pruning.")
@@ -276,10 +279,15 @@ def decide(metric: str, fp32: VariantReport, served: VariantReport, max_drop: fl
 
 
 def choose_served(
-    metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams
+    metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams, *, held_out: bool
 ) -> tuple[str, str]:
     """The served variant and why: the asked-for one, or with `quantization="auto"` a choice made on the
     validation split only (the test split stays for the gate) and by deterministic measures only.
+
+    `held_out`: whether the trained network never saw the validation rows. A refit on train+validation did: a
+    variant's metric there says little of what it costs on new rows (near the optimum of those very rows, the
+    fp32 network's loss is flat, so int8 rounding or pruning barely moves it there while moving it on others).
+    Without held-out rows the unpruned fp32 ONNX graph is served, the one candidate that needs no evidence.
 
     Of the candidates whose validation metric is within `max_metric_drop` of fp32's, the one with the
     fewest multiply-adds per row (structured pruning's saving); between equals (fp32 ONNX, dynamic and
@@ -298,6 +306,12 @@ def choose_served(
     )
     if params.quantization != "auto":
         return params.quantization, f"{params.quantization}: asked for (quantization). Candidates " + within
+    if not held_out:
+        return "fp32-onnx", (
+            "fp32-onnx: the model was refit on train+validation after cross-validation, so no rows but the test "
+            "split's (kept for the gate) are unseen by it, and pruning or int8 can only be judged on rows it "
+            "trained on; the fp32 graph computes what the trained model does. Candidates (on those rows) " + within
+        )
     if not keeping:
         return "fp32-onnx", "fp32-onnx: the closest to fp32, as no candidate is " + within
     sign = 1 if metric == "accuracy" else -1  # higher accuracy, lower RMSE
@@ -386,7 +400,9 @@ def run_compress(params: CompressParams) -> CompressResult:
         torch.save(torch_int8.model.state_dict(), root / "pruned-torch-int8.pt")
         torch_variant = measure("pruned-torch-int8", "torch", net, torch_int8.run, root / "pruned-torch-int8.pt")
 
-        served, served_reason = choose_served(trained.metric, fp32, [*unpruned, *pruned_onnx], params)
+        served, served_reason = choose_served(
+            trained.metric, fp32, [*unpruned, *pruned_onnx], params, held_out=not trained.refit_on_validation
+        )
         served_net, served_fp32 = (dense, "dense.fp32.onnx") if served in UNPRUNED else (net, "pruned.fp32.onnx")
         explanations = _explanations(served_net, spec, served, root, train_x, test_x, test_y, params.hardware.seed)
         files = {

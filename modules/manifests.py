@@ -54,12 +54,20 @@ class TrainResult(BaseModel):
     )
     cv_metric_mean: float | None = Field(None, description="Cross-validated metric: mean over the folds.")
     cv_metric_std: float | None = Field(None, description="Its standard deviation over the folds.")
-    cv_fold_metrics: list[float] = Field([], description="Each fold's validation metric at its best epoch.")
+    cv_fold_metrics: list[float] = Field(
+        [], description="Each fold's validation metric at the epoch the refit trains for (lowest mean val loss)."
+    )
     accelerator: str
     precision: str
     mean_epoch_seconds: float
     baselines: list[BaselineReport] = Field([], description="Classical models fitted on the same rows and split.")
     manifest_uri: str
+
+    @property
+    def refit_on_validation(self) -> bool:
+        """Cross-validation chose the epochs and the model was refit on train+validation: the validation rows are
+        not unseen by it (only the test split is)."""
+        return bool(self.cv_fold_metrics)
 
 
 class VariantReport(BaseModel):

@@ -7,6 +7,8 @@ training/serving skew and the ONNX artifact takes raw feature rows.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
@@ -33,9 +35,19 @@ class MLPConfig(BaseModel):
 
 
 class OptimConfig(BaseModel):
+    optimizer: Literal["adamw", "lbfgs"] = Field(
+        "adamw",
+        description="adamw: mini-batch AdamW with the LR schedule. lbfgs: full-batch L-BFGS on the loss plus the L2 "
+        "penalty of scikit-learn's LogisticRegression() or Ridge() (C=1, alpha=1), to convergence: a network with "
+        "no hidden layers then reaches the very optimum those baselines reach (lr, weight decay, schedule and batch "
+        "size unused; meant for linear networks, which have no dropout to make its line search noisy).",
+    )
     lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(1e-3, ge=0, description="AdamW weight decay.")
     schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
+
+
+LBFGS_ITERATIONS = 1000  # per step; it stops sooner when the loss or the gradient stops changing
 
 
 class FeatureTransform(nn.Module):
@@ -160,10 +172,21 @@ class TabularModule(pl.LightningModule):
             return nn.functional.cross_entropy(out.float(), y)
         return nn.functional.mse_loss(out.float().squeeze(1), y)
 
+    def _penalty(self, rows: int) -> torch.Tensor:
+        """scikit-learn's default L2 penalty per row (the loss is a mean over `rows`), on weights, not biases:
+        LogisticRegression(C=1) adds 1/2 |W|^2 to the summed log-loss, Ridge(alpha=1) |W|^2 to the summed squared
+        error. A binary logistic regression has one weight vector w where this network has one per class, and at
+        the optimum they are w/2 and -w/2, so its 1/2 |w|^2 is |W|^2 here."""
+        squares = sum((layer.weight.float() ** 2).sum() for layer in self.net.linear_layers())
+        factor = 0.5 if self.classification and self.spec.output_size > 2 else 1.0
+        return factor * squares / rows
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self._loss(self(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        if self.optim.optimizer == "lbfgs":  # full batch: len(y) is every training row
+            return loss + self._penalty(len(y))
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
@@ -185,6 +208,8 @@ class TabularModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self):
+        if self.optim.optimizer == "lbfgs":  # one step per (full-batch) epoch, to convergence within the first
+            return torch.optim.LBFGS(self.parameters(), lr=1, max_iter=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         monitor = "val_loss" if self.trainer.limit_val_batches else "train_loss"
         schedule = schedules.build(self.optim.schedule, optimizer, self.trainer.estimated_stepping_batches, monitor)
@@ -201,9 +226,10 @@ class TabularDataModule(pl.LightningDataModule):
         self.spec, self.splits, self.batch_size, self.seed = spec, splits, batch_size, seed
         self.datasets: dict[str, Dataset] = {}
 
-    def with_datasets(self, datasets: dict[str, Dataset]) -> TabularDataModule:
-        """The same loaders over other rows (a cross-validation fold, train+validation for a refit)."""
-        other = TabularDataModule(self.spec, {}, self.batch_size, self.seed)
+    def with_datasets(self, datasets: dict[str, Dataset], batch_size: int | None = None) -> TabularDataModule:
+        """The same loaders over other rows (a cross-validation fold, train+validation for a refit), or in other
+        batches."""
+        other = TabularDataModule(self.spec, {}, batch_size or self.batch_size, self.seed)
         other.datasets = dict(datasets)
         return other
 

@@ -167,28 +167,42 @@ class EpochRecorder(Callback):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """How well one configuration fits: on the validation split (one fold) or by k-fold cross-validation."""
+    """How well one configuration fits: on the validation split (one fold) or by k-fold cross-validation.
+
+    Judged at one number of epochs for every fold, the one a refit trains for: the epoch with the lowest validation
+    loss averaged over the folds (among the epochs every fold reached before early stopping ended it), as
+    `xgboost.cv` chooses its rounds. Each fold's own best epoch would flatter a configuration that takes many
+    noisy epochs (a minimum over them, per fold) against one that converges, and the refit does not get to pick
+    its epoch per fold. With one fold this is that fold's best epoch, as the checkpoint is chosen."""
 
     metric: str
     curves: list[pd.DataFrame]  # per fold: epoch, val_loss, val_<metric>
 
-    def _best(self) -> list[pd.Series]:
-        return [curve.loc[curve["val_loss"].idxmin()] for curve in self.curves]
+    @property
+    def _epoch(self) -> int:
+        """The (0-based) epoch the folds are judged at."""
+        reached = min(int(curve["epoch"].max()) for curve in self.curves)
+        mean = self.mean_curve()
+        mean = mean[mean["epoch"] <= reached]
+        return int(mean.loc[mean["val_loss"].idxmin(), "epoch"])
+
+    def _at_epoch(self) -> list[pd.Series]:
+        return [curve.loc[curve["epoch"] == self._epoch].iloc[0] for curve in self.curves]
 
     @property
     def loss(self) -> float:
-        """Mean over folds of the best epoch's validation loss: what the search minimizes."""
-        return float(np.mean([best["val_loss"] for best in self._best()]))
+        """Mean over folds of the validation loss at that epoch: what the search minimizes."""
+        return float(np.mean([row["val_loss"] for row in self._at_epoch()]))
 
     @property
     def scores(self) -> list[float]:
-        """Each fold's validation metric at its best epoch (by loss, as the checkpoint is chosen)."""
-        return [float(best[f"val_{self.metric}"]) for best in self._best()]
+        """Each fold's validation metric at that epoch."""
+        return [float(row[f"val_{self.metric}"]) for row in self._at_epoch()]
 
     @property
     def epochs(self) -> int:
-        """Epochs to refit for: the folds' mean number of epochs up to their best."""
-        return max(1, round(float(np.mean([best["epoch"] + 1 for best in self._best()]))))
+        """Epochs to refit for."""
+        return self._epoch + 1
 
     def mean_curve(self) -> pd.DataFrame:
         """Per epoch, the mean over the folds that reached it."""
@@ -240,6 +254,8 @@ def _fit(
 ) -> tuple[TabularModule, pl.Trainer]:
     """A freshly seeded network fitted on `data` (validated on its val split, if it has one)."""
     seed_everything(params.hardware)
+    if params.optim.optimizer == "lbfgs":  # one batch of every row: its line search needs the same loss each time
+        data = data.with_datasets(data.datasets, batch_size=len(data.datasets["train"]))
     module = TabularModule(spec.model_dump(), params.model.model_dump(), params.optim.model_dump())
     validate = "val" in data.datasets
     trainer = build_trainer(params.hardware, root, epochs or params.max_epochs, callbacks, logger, validate=validate)

@@ -1,9 +1,10 @@
 """Hyperparameter search with Optuna, within a budget, and reproducible from its seed.
 
-The search varies the network (depth, from none (a linear model, always the first trial) to three hidden layers,
-width, dropout, batch norm), the optimizer (learning rate, weight
-decay, LR schedule) and the batch size. Each configuration is judged by `maas.modules.train.evaluate`: the best
-validation loss, averaged over k folds on a small dataset (cross-validation) or on the validation split.
+The search varies the network (depth, from none (a linear model fitted as logistic/ridge regression is, always the
+first trial) to three hidden layers, width, dropout, batch norm), the optimizer (learning rate, weight
+decay, LR schedule) and the batch size. Each configuration is judged by `maas.modules.train.evaluate`: the
+validation loss averaged over k folds on a small dataset (cross-validation), at the one epoch count where that
+mean is lowest (what the refit trains for), or the best validation loss on the validation split.
 
 Who does what, so that trials can run anywhere (a process pool, a Dask cluster) and still repeat exactly:
 - `search` drives the study in the calling process: a seeded TPE sampler asks `parallel` trials at a time
@@ -48,10 +49,10 @@ SPACE: dict[str, BaseDistribution] = {
     "batch_size": CategoricalDistribution([32, 64, 128, 256]),
 }
 
-# The first trial of every study: a linear network (its hidden-layer parameters unused), with the search's highest
-# learning rate and a small batch, so that AdamW converges on the convex loss within the default 40 epochs. A few
-# random trials may never sample depth 0; with this one every study tries the model logistic/ridge regression is,
-# and keeps it when it judges best.
+# The first trial of every study: a linear network. Depth 0 is fitted as logistic/ridge regression is (full-batch
+# L-BFGS with their default L2 penalty, to convergence), so the other parameters do not apply to it, and a few
+# random trials that never sample depth 0 cannot leave out the model those baselines are: every study tries it,
+# reaching their optimum, and keeps it when it judges it best.
 LINEAR_TRIAL = {
     "depth": 0,
     "width": 32,
@@ -90,10 +91,12 @@ class TrialRecord(BaseModel):
     number: int
     params: dict
     state: Literal["complete", "pruned"]
-    value: float | None = Field(None, description="Mean best validation loss over the folds (minimized).")
+    value: float | None = Field(
+        None, description="Mean validation loss over the folds at the epoch with the lowest mean (minimized)."
+    )
     metric: Literal["accuracy", "rmse"]
-    val_metric: float | None = Field(None, description="Mean validation metric at the folds' best epochs.")
-    epochs: int | None = Field(None, description="Epochs to the best validation loss (mean over folds).")
+    val_metric: float | None = Field(None, description="Mean validation metric over the folds at that epoch.")
+    epochs: int | None = Field(None, description="Epochs to that epoch: what a refit trains for.")
     intermediate: dict[int, float] = Field(description="Validation loss per epoch (the first fold) the pruner saw.")
     seconds: float = Field(description="Wall-clock time of the trial (informative).")
 
@@ -106,7 +109,7 @@ class TuneResult(BaseModel):
     selection: str = Field(description="What each trial was judged on: the validation split or k-fold CV.")
     trials: list[TrialRecord]
     best_number: int
-    best_value: float = Field(description="Best trial's mean best validation loss.")
+    best_value: float = Field(description="Best trial's mean validation loss (its `value`).")
     best_val_metric: float | None
     best_params: dict
     importances: dict[str, float] = Field(description="fANOVA importance of each hyperparameter (sums to 1).")
@@ -116,12 +119,14 @@ class TuneResult(BaseModel):
 
 
 def tuned(base: TrainParams, params: dict) -> TrainParams:
-    """`base` with the sampled hyperparameters: `depth` layers starting at `width` units, halving (at least 8);
-    depth 0 is a linear model."""
+    """`base` with the sampled hyperparameters: `depth` layers starting at `width` units, halving (at least 8).
+    Depth 0 is a linear model fitted by L-BFGS with the baselines' L2 penalty (`OptimConfig.optimizer`): the same
+    fit whatever the other parameters."""
     hidden = [max(8, params["width"] // 2**layer) for layer in range(params["depth"])]
     model = MLPConfig(hidden_sizes=hidden, dropout=params["dropout"], batch_norm=params["batch_norm"])
     schedule = base.optim.schedule.model_copy(update={"name": params["schedule"]})
-    optim = OptimConfig(lr=params["lr"], weight_decay=params["weight_decay"], schedule=schedule)
+    optimizer = "adamw" if hidden else "lbfgs"
+    optim = OptimConfig(optimizer=optimizer, lr=params["lr"], weight_decay=params["weight_decay"], schedule=schedule)
     return base.model_copy(update={"model": model, "optim": optim, "batch_size": params["batch_size"]})
 
 
@@ -165,7 +170,11 @@ def _local_trial(spec: TrialSpec, params: TuneParams, history: list[TrialRecord]
 
 
 def run_trial(spec: TrialSpec, params: TuneParams, history: list[TrialRecord]) -> TrialRecord:
-    """Fit and judge one configuration (k folds on small data), stopped early when the median pruner says so."""
+    """Fit and judge one configuration (k folds on small data), stopped early when the median pruner says so.
+    A linear network already judged in an earlier wave is not fitted again: it would be the same fit."""
+    linear = next((r for r in history if r.params["depth"] == 0 and r.state == "complete"), None)
+    if spec.params["depth"] == 0 and linear is not None:
+        return linear.model_copy(update={"number": spec.number, "params": spec.params, "seconds": 0.0})
     start = time.perf_counter()
     prep, feature_spec = load_inputs(params.train.preprocess_manifest)
     train = tuned(params.train, spec.params)

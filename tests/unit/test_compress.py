@@ -152,7 +152,7 @@ def test_gate_judges_the_test_metric_and_only_reports_speed(
 
 
 def _chosen(metric: str, fp32: VariantReport, candidates: list[VariantReport], params: CompressParams) -> str:
-    return choose_served(metric, fp32, candidates, params)[0]
+    return choose_served(metric, fp32, candidates, params, held_out=True)[0]
 
 
 def test_served_variant_has_the_fewest_multiply_adds_among_those_that_keep_the_validation_metric() -> None:
@@ -208,7 +208,7 @@ def test_fp32_onnx_of_one_network_wins_a_near_tie_and_int8_an_exact_one() -> Non
     assert _chosen("rmse", fp32, [*dense, onnx, dynamic], tight) == "pruned-fp32-onnx"
     # equal on validation: the smaller file; the reason gives every candidate's validation metric
     tied = dynamic.model_copy(update={"val_metric": 2.001})
-    name, reason = choose_served("rmse", fp32, [*dense, onnx, tied], params)
+    name, reason = choose_served("rmse", fp32, [*dense, onnx, tied], params, held_out=True)
     assert name == "pruned-int8-dynamic" and reason.startswith(
         "pruned-int8-dynamic: the fewest multiply-adds (400 per row)"
     )
@@ -216,8 +216,21 @@ def test_fp32_onnx_of_one_network_wins_a_near_tie_and_int8_an_exact_one() -> Non
     assert "outside: none" in reason
     assert (
         "outside: int8 2.005, pruned-int8-dynamic 2.006"
-        in choose_served("rmse", fp32, [*dense, onnx, dynamic], tight)[1]
+        in choose_served("rmse", fp32, [*dense, onnx, dynamic], tight, held_out=True)[1]
     )
+
+
+def test_a_model_refit_on_its_validation_rows_is_served_as_its_fp32_graph() -> None:
+    """After a cross-validation refit the validation rows were trained on: no evidence for pruning or int8."""
+    fp32 = _report("fp32", 2.0, val=2.0, multiply_adds=1000)
+    params = CompressParams(train_manifest="unused")
+    candidates = [_report("fp32-onnx", 2.0, val=2.0), _report("int8", 2.06, val=2.0, size=50),
+                  _report("pruned-int8-dynamic", 2.0, val=2.001, multiply_adds=400, size=20)]  # fmt: skip
+    assert _chosen("rmse", fp32, candidates, params) == "pruned-int8-dynamic"  # held out: the cheapest that keeps
+    name, reason = choose_served("rmse", fp32, candidates, params, held_out=False)
+    assert name == "fp32-onnx" and "refit on train+validation" in reason and "pruned-int8-dynamic 2.001" in reason
+    forced = params.model_copy(update={"quantization": "int8"})  # asked for: served as asked
+    assert choose_served("rmse", fp32, candidates, forced, held_out=False)[0] == "int8"
 
 
 def test_unstructured_pruning_reports_honestly_that_dense_size_is_unchanged(tmp_path) -> None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from maas.modules import formats, storage
-from maas.modules.model import OptimConfig
+from maas.modules.compress import CompressParams, run_compress
+from maas.modules.model import FeatureTransform, MLPConfig, OptimConfig, TabularDataModule
 from maas.modules.preprocess import PreprocessParams, run_preprocess
 from maas.modules.schedules import ScheduleConfig
-from maas.modules.train import TrainParams, run_training
+from maas.modules.train import Evaluation, TrainParams, _fit, load_inputs, run_training
 from tests.conftest import synthetic_classification
 
 
@@ -106,3 +110,54 @@ def test_small_data_chooses_epochs_by_stratified_k_fold_then_refits_on_train_and
     epochs = formats.read_frame(result.metrics_uri)
     assert {"train_loss", "val_loss", "val_accuracy"} <= set(epochs.columns)  # validation: the folds' mean curve
     assert result.test_metric > 0.8 and all(b.val_metric is None for b in result.baselines)
+    # the validation rows were trained on: no evidence for pruning or int8, so the fp32 graph is served
+    compressed = run_compress(CompressParams(train_manifest=result.manifest_uri, pruning="none"))
+    assert compressed.served == "fp32-onnx" and "refit on train+validation" in compressed.served_reason
+
+
+def _overlapping(rows: int, classes: int | None) -> pd.DataFrame:
+    """Noisy classes (or a noisy linear target, with `classes` None): a penalty-shaped optimum, not a separable one."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(rows, 5))
+    score = x @ np.array([1.5, -1.0, 0.5, 0.0, 0.2]) + rng.normal(0, 1.0, rows)
+    target = score if classes is None else np.digitize(score, np.quantile(score, np.linspace(0, 1, classes + 1)[1:-1]))
+    return pd.DataFrame({"id": range(rows), **{f"x{i}": x[:, i] for i in range(5)}, "y": target})
+
+
+@pytest.mark.parametrize("classes", [3, 2, None], ids=["three classes", "two classes", "regression"])
+def test_a_linear_network_fitted_by_lbfgs_reaches_the_logistic_or_ridge_optimum(tmp_path, classes: int | None) -> None:
+    raw = (tmp_path / "raw.csv").as_uri()
+    formats.write_frame(_overlapping(300, classes), raw)
+    task = "regression" if classes is None else "classification"
+    prep = run_preprocess(PreprocessParams(data_uri=raw, target="y", exclude=["id"], task=task,
+                                           output_uri=(tmp_path / "preprocess").as_uri()))  # fmt: skip
+    _, spec = load_inputs(prep.manifest_uri)
+    data = TabularDataModule(spec, prep.splits, 64, 0)
+    data.setup()
+    linear = TrainParams(preprocess_manifest=prep.manifest_uri, model=MLPConfig(hidden_sizes=[]), max_epochs=2,
+                         optim=OptimConfig(optimizer="lbfgs"))  # fmt: skip
+    module, _ = _fit(spec, data, linear, [], tmp_path / "fit", logger=False)  # mini-batches of 64 asked: full batch
+    (x, y), test = data.datasets["train"].tensors, data.datasets["test"].tensors[0]
+    with torch.no_grad():
+        features, test_features, out = FeatureTransform(spec)(x), FeatureTransform(spec)(test), module.net.eval()(test)
+    if classes is None:  # the L2 of the baselines' defaults (alpha=1, C=1), fitted on the same rows
+        reference = Ridge(alpha=1.0).fit(features, y).predict(test_features)
+        assert np.abs(out[:, 0].numpy() - reference).max() < 1e-3
+    else:
+        reference = LogisticRegression(max_iter=5000, tol=1e-10).fit(features, y).predict_proba(test_features)
+        assert np.abs(torch.softmax(out, 1).numpy() - reference).max() < 1e-3
+
+
+def test_folds_are_judged_at_the_one_epoch_count_a_refit_trains_for() -> None:
+    """Not at each fold's own best epoch: that minimum over noisy epochs flatters a slow, noisy configuration."""
+    curve = lambda losses: pd.DataFrame(  # noqa: E731
+        {"epoch": range(len(losses)), "val_loss": losses, "val_rmse": [10 * v for v in losses]}
+    )
+    noisy = Evaluation("rmse", [curve([0.9, 0.5, 0.8, 0.7, 0.9]), curve([0.9, 0.8, 0.7, 0.5, 0.6, 0.9])])
+    assert noisy.epochs == 4 and noisy.loss == pytest.approx(0.6) and noisy.scores == pytest.approx([7.0, 5.0])
+    assert noisy.loss > np.mean([0.5, 0.5])  # what each fold's own best would have claimed
+    # epochs only one fold reached (the other stopped early) are not candidates, however low
+    stopped = Evaluation("rmse", [curve([0.9, 0.6, 0.7]), curve([0.9, 0.8, 0.7, 0.1, 0.1])])
+    assert stopped.epochs == 2 and stopped.loss == pytest.approx(0.7)
+    single = Evaluation("rmse", [curve([0.9, 0.5, 0.8])])  # one validation split: its best epoch
+    assert single.epochs == 2 and single.loss == 0.5
