@@ -137,12 +137,12 @@ print(json.dumps({"seconds": round(seconds, 2), "plan_seconds": round(planned, 2
 """
 
 
-def _run(endpoint: str, code_root: str, prefix: str) -> dict:
-    """One scoring run over the prefix in a fresh process running the code under `code_root`."""
-    env = {**os.environ, "PYTHONPATH": code_root}
+def _run(endpoint: str, code: str, prefix: str) -> dict:
+    """One scoring run over the prefix in a fresh process, `code` its PYTHONPATH (`_importable`)."""
+    env = {**os.environ, "PYTHONPATH": code}
     out = subprocess.run(
         [sys.executable, "-c", CLIENT, endpoint, f"s3://{STATE}", f"s3://{STATE}/state", prefix],
-        capture_output=True, text=True, env=env, cwd=code_root, check=False,
+        capture_output=True, text=True, env=env, cwd=code.split(os.pathsep)[-1], check=False,
     )  # fmt: skip
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -154,6 +154,16 @@ def _run(endpoint: str, code_root: str, prefix: str) -> dict:
 def _drop_new(prefix: str, tag: str) -> None:
     for i in range(NEW_FILES):
         formats.write_frame(synthetic(100, seed=i), f"s3://{INPUTS}/{prefix}/new-{tag}-{i}.csv")
+
+
+def _importable(tree: str, shim: Path) -> str:
+    """A PYTHONPATH under which `maas.modules` and `maas.flows` are `tree`'s modules/ and flows/, not those of
+    the maas installed in the environment (an editable install of another checkout)."""
+    (shim / "maas").mkdir(parents=True)
+    for part in ("flows", "modules"):
+        if (Path(tree) / part).is_dir():
+            (shim / "maas" / part).symlink_to(Path(tree) / part)
+    return f"{shim}{os.pathsep}{tree}"
 
 
 def _baseline_code(rev: str, into: Path, folders: tuple[str, ...] = ("modules",)) -> str:
@@ -195,9 +205,10 @@ def index_bench(args: argparse.Namespace) -> dict:
     model_ref = "bench/1"
     results: dict = {"new_files": NEW_FILES, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = _baseline_code(args.baseline_rev, Path(tmp))
-        plans = [("before", baseline, args.baseline_old), ("after", str(ROOT), args.baseline_old)]
-        plans.append(("after", str(ROOT), args.old))
+        baseline = _importable(_baseline_code(args.baseline_rev, Path(tmp, "before")), Path(tmp, "shim-before"))
+        after = _importable(str(ROOT), Path(tmp, "shim-after"))
+        plans = [("before", baseline, args.baseline_old), ("after", after, args.baseline_old)]
+        plans = [plan for plan in plans if plan[2]] + [("after", after, args.old)]
         for name, code, old in plans:
             prefix = f"{name}-{old}"
             started = time.perf_counter()
@@ -251,16 +262,19 @@ def memory_bench(args: argparse.Namespace) -> dict:
         sizes = [p.stat().st_size for p in inputs.iterdir()]
         results["file_mib"] = round(sum(sizes) / len(sizes) / 2**20, 1)
         baseline = _baseline_code(args.baseline_rev, Path(tmp, "before"), ("modules", "flows"))
+        baseline = _importable(baseline, Path(tmp, "shim-before"))
+        after = _importable(str(ROOT), Path(tmp, "shim-after"))
         variants = [
             ("before", baseline, {"parallel_files": args.files}),
-            ("after", str(ROOT), {"parallel_files": args.files}),
-            ("after", str(ROOT), {"parallel_files": args.files, "memory_budget": 4 << 30}),
+            ("after", after, {"parallel_files": args.files}),
+            ("after", after, {"parallel_files": args.files, "memory_budget": 4 << 30}),
         ]
         for n, (name, code, extra) in enumerate(variants):
             out = subprocess.run(
                 [sys.executable, "-c", FLOW_CLIENT, bucket, inputs.as_uri(), Path(tmp, f"out{n}").as_uri(),
                  json.dumps(extra)],
-                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code}, cwd=code, check=False,
+                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code},
+                cwd=code.split(os.pathsep)[-1], check=False,
             )  # fmt: skip
             if out.returncode:
                 raise RuntimeError(out.stderr[-3000:])
