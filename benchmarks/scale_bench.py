@@ -1,6 +1,7 @@
 """Scale benchmark: a run's cost with a long history behind it, and memory on single-row-group Parquet files.
 
 Run: .venv/bin/python benchmarks/scale_bench.py index [--old 100000 --baseline-old 10000 --baseline-rev main]
+     (`--baseline-old 0 --old 10000 100000`: the new code alone, keeping the baseline's earlier rows)
      .venv/bin/python benchmarks/scale_bench.py memory [--files 4 --rows 250000]
      .venv/bin/python benchmarks/scale_bench.py resume [--big-rows 2000000 --kill-at 0.6 --store local|s3]
 Each writes its part of benchmarks/results/scale.json and rewrites benchmarks/results/scale.md.
@@ -208,7 +209,7 @@ def index_bench(args: argparse.Namespace) -> dict:
         baseline = _importable(_baseline_code(args.baseline_rev, Path(tmp, "before")), Path(tmp, "shim-before"))
         after = _importable(str(ROOT), Path(tmp, "shim-after"))
         plans = [("before", baseline, args.baseline_old), ("after", after, args.baseline_old)]
-        plans = [plan for plan in plans if plan[2]] + [("after", after, args.old)]
+        plans = [plan for plan in plans if plan[2]] + [("after", after, old) for old in args.old]
         for name, code, old in plans:
             prefix = f"{name}-{old}"
             started = time.perf_counter()
@@ -459,8 +460,13 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["index", "memory", "resume"])
-    parser.add_argument("--old", type=int, default=100_000, help="Objects already scored (the new code's run).")
-    parser.add_argument("--baseline-old", type=int, default=10_000, help="Objects already scored for the baseline.")
+    parser.add_argument("--old", type=int, nargs="+", default=[100_000], help="Objects already scored (new code).")
+    parser.add_argument(
+        "--baseline-old",
+        type=int,
+        default=10_000,
+        help="Objects already scored for the baseline and the new code's first comparison; 0: neither.",
+    )
     parser.add_argument("--baseline-rev", default="main", help="The code to compare with (a git revision).")
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--rows", type=int, default=250_000)
@@ -474,7 +480,13 @@ def main() -> None:
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     benches = {"index": index_bench, "memory": memory_bench, "resume": resume_bench}
     key = f"resume-{args.store}" if args.part == "resume" else args.part
-    results[key] = benches[args.part](args)
+    measured = benches[args.part](args)
+    if key == "index" and key in results:  # rows of earlier runs that this one did not measure again stay
+        again = {(r["code"], r["already_scored"], r["run"]) for r in measured["runs"]}
+        kept = [r for r in results[key]["runs"] if (r["code"], r["already_scored"], r["run"]) not in again]
+        measured["runs"] = sorted(kept + measured["runs"], key=lambda r: (r["code"] != "before", r["already_scored"]))
+        measured["notes"] = results[key].get("notes", [])
+    results[key] = measured
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "scale.md").write_text(markdown(results))

@@ -5,7 +5,9 @@ The unit of work is (object URI, its etag, model version), named by `unit_key`.
 - **Claims** live under `state/claims/<unit key>/<attempt>.json`. Taking attempt n+1 is a
   conditional create, so of two runs racing for a unit exactly one wins, and the attempt number is
   a fencing token that only ever grows. A new attempt may be taken only once the latest one's lease
-  has expired, which is how a crashed run's file is picked up again.
+  has expired (or that attempt completed the unit), which is how a crashed run's file is picked up
+  again. A new file's claim is attempt 1, created without looking first: the create alone says
+  whether any run ever claimed the unit (`first`).
 - **Fencing**: the holder renews its lease while it works and checks, before it publishes anything,
   that its attempt is still the newest and its lease has not run out (`check`). A holder that
   stalled past its lease (a GC pause, a SIGSTOP, a Dask worker declared dead but alive) finds a newer
@@ -14,6 +16,10 @@ The unit of work is (object URI, its etag, model version), named by `unit_key`.
 - **Completion records** (`state/done/<unit key>.json`, conditional create) say that a unit is
   finished (scored or quarantined) and where its outputs are, whatever prefix or single file the
   run was pointed at: scoring `incoming/` and later `incoming/day1/` never scores an object twice.
+
+Every request here counts, since a run makes them for every new file: its claim, the two fencing checks
+before it publishes and its completion record take four, and a completed claim needs no release
+(`tests/reliability/test_exactly_once_s3.py` counts what a new file costs).
 """
 
 from __future__ import annotations
