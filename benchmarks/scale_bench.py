@@ -393,7 +393,8 @@ def markdown(results: dict) -> str:
             f"`benchmarks/scale_bench.py index` on {results['machine']}: a prefix with N objects already scored "
             f"(completion records and index in place) and {index['new_files']} new ones; one scoring run "
             "(plan, score the new files, summary; the Prefect flow adds its own fixed start-up cost). Requests are "
-            "those the moto server answered (its own process). `before` is the code before the index.",
+            "those the moto server answered (its own process). `before` is the code before the index, `index v1` "
+            "the first index (22 requests per new file), `after` the current code.",
             "",
             "| code | already scored | run | requests | GET (LIST included) | PUT | HEAD/other | wall s | plan s | "
             "bare LIST pass s | summary bytes | counts |",

@@ -277,9 +277,9 @@ def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
 
 def _cat(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     """The object in one GET. s3fs would first ask its size (a HEAD), to fetch a large one in concurrent
-    ranges, and for a missing object also list it as a folder: three requests for a completion record that
-    is not there, read for every file a run scores. What is read whole here is small (records, cards, index
-    segments, model files); large outputs and inputs are streamed (`open_read`)."""
+    ranges, and answer a missing one only after also listing it as a folder: two requests where one does,
+    for records read for every file a run scores. What is read whole here is small (records, cards, index
+    segments, model files); large inputs and outputs are streamed (`open_read`)."""
     return fs.cat_file(path, max_concurrency=1) if _is_s3(fs) else fs.cat_file(path)
 
 
