@@ -1,6 +1,7 @@
 """Scale benchmark: a run's cost with a long history behind it, and memory on single-row-group Parquet files.
 
 Run: .venv/bin/python benchmarks/scale_bench.py index [--old 100000 --baseline-old 10000 --baseline-rev main]
+     (`--baseline-old 0 --old 10000 100000`: the new code alone, keeping the baseline's earlier rows)
      .venv/bin/python benchmarks/scale_bench.py memory [--files 4 --rows 250000]
      .venv/bin/python benchmarks/scale_bench.py resume [--big-rows 2000000 --kill-at 0.6 --store local|s3]
 Each writes its part of benchmarks/results/scale.json and rewrites benchmarks/results/scale.md.
@@ -137,12 +138,12 @@ print(json.dumps({"seconds": round(seconds, 2), "plan_seconds": round(planned, 2
 """
 
 
-def _run(endpoint: str, code_root: str, prefix: str) -> dict:
-    """One scoring run over the prefix in a fresh process running the code under `code_root`."""
-    env = {**os.environ, "PYTHONPATH": code_root}
+def _run(endpoint: str, code: str, prefix: str) -> dict:
+    """One scoring run over the prefix in a fresh process, `code` its PYTHONPATH (`_importable`)."""
+    env = {**os.environ, "PYTHONPATH": code}
     out = subprocess.run(
         [sys.executable, "-c", CLIENT, endpoint, f"s3://{STATE}", f"s3://{STATE}/state", prefix],
-        capture_output=True, text=True, env=env, cwd=code_root, check=False,
+        capture_output=True, text=True, env=env, cwd=code.split(os.pathsep)[-1], check=False,
     )  # fmt: skip
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -154,6 +155,16 @@ def _run(endpoint: str, code_root: str, prefix: str) -> dict:
 def _drop_new(prefix: str, tag: str) -> None:
     for i in range(NEW_FILES):
         formats.write_frame(synthetic(100, seed=i), f"s3://{INPUTS}/{prefix}/new-{tag}-{i}.csv")
+
+
+def _importable(tree: str, shim: Path) -> str:
+    """A PYTHONPATH under which `maas.modules` and `maas.flows` are `tree`'s modules/ and flows/, not those of
+    the maas installed in the environment (an editable install of another checkout)."""
+    (shim / "maas").mkdir(parents=True)
+    for part in ("flows", "modules"):
+        if (Path(tree) / part).is_dir():
+            (shim / "maas" / part).symlink_to(Path(tree) / part)
+    return f"{shim}{os.pathsep}{tree}"
 
 
 def _baseline_code(rev: str, into: Path, folders: tuple[str, ...] = ("modules",)) -> str:
@@ -195,9 +206,10 @@ def index_bench(args: argparse.Namespace) -> dict:
     model_ref = "bench/1"
     results: dict = {"new_files": NEW_FILES, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        baseline = _baseline_code(args.baseline_rev, Path(tmp))
-        plans = [("before", baseline, args.baseline_old), ("after", str(ROOT), args.baseline_old)]
-        plans.append(("after", str(ROOT), args.old))
+        baseline = _importable(_baseline_code(args.baseline_rev, Path(tmp, "before")), Path(tmp, "shim-before"))
+        after = _importable(str(ROOT), Path(tmp, "shim-after"))
+        plans = [("before", baseline, args.baseline_old), ("after", after, args.baseline_old)]
+        plans = [plan for plan in plans if plan[2]] + [("after", after, old) for old in args.old]
         for name, code, old in plans:
             prefix = f"{name}-{old}"
             started = time.perf_counter()
@@ -251,16 +263,19 @@ def memory_bench(args: argparse.Namespace) -> dict:
         sizes = [p.stat().st_size for p in inputs.iterdir()]
         results["file_mib"] = round(sum(sizes) / len(sizes) / 2**20, 1)
         baseline = _baseline_code(args.baseline_rev, Path(tmp, "before"), ("modules", "flows"))
+        baseline = _importable(baseline, Path(tmp, "shim-before"))
+        after = _importable(str(ROOT), Path(tmp, "shim-after"))
         variants = [
             ("before", baseline, {"parallel_files": args.files}),
-            ("after", str(ROOT), {"parallel_files": args.files}),
-            ("after", str(ROOT), {"parallel_files": args.files, "memory_budget": 4 << 30}),
+            ("after", after, {"parallel_files": args.files}),
+            ("after", after, {"parallel_files": args.files, "memory_budget": 4 << 30}),
         ]
         for n, (name, code, extra) in enumerate(variants):
             out = subprocess.run(
                 [sys.executable, "-c", FLOW_CLIENT, bucket, inputs.as_uri(), Path(tmp, f"out{n}").as_uri(),
                  json.dumps(extra)],
-                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code}, cwd=code, check=False,
+                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code},
+                cwd=code.split(os.pathsep)[-1], check=False,
             )  # fmt: skip
             if out.returncode:
                 raise RuntimeError(out.stderr[-3000:])
@@ -378,7 +393,8 @@ def markdown(results: dict) -> str:
             f"`benchmarks/scale_bench.py index` on {results['machine']}: a prefix with N objects already scored "
             f"(completion records and index in place) and {index['new_files']} new ones; one scoring run "
             "(plan, score the new files, summary; the Prefect flow adds its own fixed start-up cost). Requests are "
-            "those the moto server answered (its own process). `before` is the code before the index.",
+            "those the moto server answered (its own process). `before` is the code before the index, `index v1` "
+            "the first index (22 requests per new file), `after` the current code.",
             "",
             "| code | already scored | run | requests | GET (LIST included) | PUT | HEAD/other | wall s | plan s | "
             "bare LIST pass s | summary bytes | counts |",
@@ -445,8 +461,13 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["index", "memory", "resume"])
-    parser.add_argument("--old", type=int, default=100_000, help="Objects already scored (the new code's run).")
-    parser.add_argument("--baseline-old", type=int, default=10_000, help="Objects already scored for the baseline.")
+    parser.add_argument("--old", type=int, nargs="+", default=[100_000], help="Objects already scored (new code).")
+    parser.add_argument(
+        "--baseline-old",
+        type=int,
+        default=10_000,
+        help="Objects already scored for the baseline and the new code's first comparison; 0: neither.",
+    )
     parser.add_argument("--baseline-rev", default="main", help="The code to compare with (a git revision).")
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--rows", type=int, default=250_000)
@@ -460,7 +481,13 @@ def main() -> None:
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     benches = {"index": index_bench, "memory": memory_bench, "resume": resume_bench}
     key = f"resume-{args.store}" if args.part == "resume" else args.part
-    results[key] = benches[args.part](args)
+    measured = benches[args.part](args)
+    if key == "index" and key in results:  # rows of earlier runs that this one did not measure again stay
+        again = {(r["code"], r["already_scored"], r["run"]) for r in measured["runs"]}
+        kept = [r for r in results[key]["runs"] if (r["code"], r["already_scored"], r["run"]) not in again]
+        measured["runs"] = sorted(kept + measured["runs"], key=lambda r: (r["code"] != "before", r["already_scored"]))
+        measured["notes"] = results[key].get("notes", [])
+    results[key] = measured
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "scale.md").write_text(markdown(results))

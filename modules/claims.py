@@ -5,7 +5,9 @@ The unit of work is (object URI, its etag, model version), named by `unit_key`.
 - **Claims** live under `state/claims/<unit key>/<attempt>.json`. Taking attempt n+1 is a
   conditional create, so of two runs racing for a unit exactly one wins, and the attempt number is
   a fencing token that only ever grows. A new attempt may be taken only once the latest one's lease
-  has expired, which is how a crashed run's file is picked up again.
+  has expired (or that attempt completed the unit), which is how a crashed run's file is picked up
+  again. A new file's claim is attempt 1, created without looking first: the create alone says
+  whether any run ever claimed the unit (`first`).
 - **Fencing**: the holder renews its lease while it works and checks, before it publishes anything,
   that its attempt is still the newest and its lease has not run out (`check`). A holder that
   stalled past its lease (a GC pause, a SIGSTOP, a Dask worker declared dead but alive) finds a newer
@@ -14,6 +16,10 @@ The unit of work is (object URI, its etag, model version), named by `unit_key`.
 - **Completion records** (`state/done/<unit key>.json`, conditional create) say that a unit is
   finished (scored or quarantined) and where its outputs are, whatever prefix or single file the
   run was pointed at: scoring `incoming/` and later `incoming/day1/` never scores an object twice.
+
+Every request here counts, since a run makes them for every new file: its claim, the two fencing checks
+before it publishes and its completion record take four, and a completed claim needs no release
+(`tests/reliability/test_exactly_once_s3.py` counts what a new file costs).
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class Claims:
         self.done = storage.join(state_uri, "done")
         self.lease = timedelta(seconds=lease_seconds)
         self.safety = timedelta(seconds=min(SAFETY_SECONDS, lease_seconds / 4))
+        self._completed: set[str] = set()  # the attempts that recorded their unit finished
 
     def finished(self, input_uri: str, etag: str, model_ref: str) -> Done | None:
         """The completion record of this unit, if it was finished by any run."""
@@ -93,19 +100,32 @@ class Claims:
         except ObjectNotFound:
             return None
 
+    def first(self, input_uri: str, etag: str, model_ref: str) -> Lease | None:
+        """Attempt 1, if no run ever claimed this unit; None if one did. One conditional create, so a new file's
+        claim costs one request: attempt n+1 is only taken once n exists, and a unit with a completion record
+        was claimed, so the holder of attempt 1 knows that the unit has none."""
+        return self._take(unit_key(input_uri, etag, model_ref), 1, input_uri, etag, model_ref)
+
     def acquire(self, input_uri: str, etag: str, model_ref: str) -> Lease | None:
-        """A new attempt on this unit, or None while another attempt's lease is unexpired."""
-        folder = storage.join(self.claims, unit_key(input_uri, etag, model_ref))
-        attempts = storage.list_objects(folder)
+        """A new attempt on this unit, or None while another attempt's lease is unexpired and that attempt
+        has not finished the unit (one that did is not released: see `release`)."""
+        key = unit_key(input_uri, etag, model_ref)
+        attempts = storage.list_folder(storage.join(self.claims, key))
         attempt = 1
         if attempts:
             latest = storage.read_model(attempts[-1].uri, Lease)
             if latest.expires_at > _now() and latest.uri not in _unreleased:
-                return None
+                done = self.finished(input_uri, etag, model_ref)
+                if done is None or done.attempt != latest.attempt:
+                    return None
             attempt = latest.attempt + 1
+        return self._take(key, attempt, input_uri, etag, model_ref)
+
+    def _take(self, key: str, attempt: int, input_uri: str, etag: str, model_ref: str) -> Lease | None:
+        """Create attempt number `attempt` of unit `key` (a conditional create); None if it exists already."""
         now = _now()
         lease = Lease(
-            uri=storage.join(folder, f"{attempt:08d}.json"),
+            uri=storage.join(self.claims, key, f"{attempt:08d}.json"),
             owner=new_owner(),
             attempt=attempt,
             input_uri=input_uri,
@@ -173,18 +193,25 @@ class Claims:
         uri = self._done_uri(lease.input_uri, lease.input_etag, lease.model_ref)
         if replace:
             storage.write_json(uri, done)
-            return True
-        return storage.create_json(uri, done)
+        elif not storage.create_json(uri, done):
+            return False
+        self._completed.add(lease.uri)
+        return True
 
     def release(self, lease: Lease) -> None:
         """Let another run take the unit at once (after a failure, rather than after the lease).
 
-        Only a lease still ours is expired; one that cannot be released now is remembered, so that this
-        process's retry takes it over without waiting the lease out.
+        One that cannot be released now is remembered, so that this process's retry takes it over without
+        waiting the lease out. An attempt that completed its unit is not released (a request saved on every
+        file): runs read the completion record before the claims, and a rescore that finds the lease of the
+        attempt that completed the unit takes over at once (`acquire`).
         """
+        if lease.uri in self._completed:
+            return
         try:
-            if _newest_attempt(lease) == lease.attempt:
-                storage.write_json(lease.uri, lease.model_copy(update={"expires_at": _now()}))
+            # Written whether or not a newer attempt exists: takers read only the newest attempt, so expiring a
+            # stale one changes nothing, and looking first would cost a request on every file.
+            storage.write_json(lease.uri, lease.model_copy(update={"expires_at": _now()}))
             _unreleased.discard(lease.uri)
         except StorageError:
             _unreleased.add(lease.uri)
@@ -196,5 +223,5 @@ class Claims:
 
 def _newest_attempt(lease: Lease) -> int:
     """The highest attempt number taken on the lease's unit (file names are the attempt numbers)."""
-    attempts = storage.list_objects(lease.uri.rsplit("/", 1)[0])
+    attempts = storage.list_folder(lease.uri.rsplit("/", 1)[0])
     return int(attempts[-1].uri.rsplit("/", 1)[-1].removesuffix(".json"))

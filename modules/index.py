@@ -64,7 +64,7 @@ class DoneIndex:
         it): then the listing is taken again."""
         while True:
             try:
-                return self._read(storage.list_objects(self.folder))
+                return self._read(storage.list_folder(self.folder))
             except ObjectNotFound:
                 continue
 
@@ -81,23 +81,26 @@ class DoneIndex:
                 snapshot.segments.append(number)
         return snapshot
 
-    def append(self, versions: Iterable[Version]) -> None:
-        """Add finished versions as a new segment (nothing when there are none)."""
+    def append(self, versions: Iterable[Version], newest: int | None = None) -> None:
+        """Add finished versions as a new segment (nothing when there are none). `newest`: the highest
+        number the caller's `load` found, so that the segment is created without listing first (a number
+        taken since then only costs a listing)."""
         versions = set(versions)
         if not versions:
             return
         data = _segment(versions)
-        number = _newest(storage.list_objects(self.folder)) + 1
+        number = (_newest(storage.list_folder(self.folder)) if newest is None else newest) + 1
         while True:
             if storage.create_bytes(storage.join(self.folder, f"{number:012d}{_PLAIN}"), data):
                 # A compaction that listed before this segment existed may have taken its number and
                 # deleted it: then it is written again above the compacted one.
-                listing = storage.list_objects(self.folder)
+                listing = storage.list_folder(self.folder)
                 covered = max((_number(o.uri) for o in listing if o.uri.endswith(_COMPACT)), default=0)
                 if covered < number:
                     return
-                number = _newest(listing)
-            number += 1
+            else:
+                listing = storage.list_folder(self.folder)
+            number = max(_newest(listing), number) + 1
 
     def compact(self, snapshot: Snapshot, keep: set[Version] | None = None) -> bool:
         """Fold every segment of `snapshot` into one (keeping only `keep` of them, when given: the
@@ -108,7 +111,7 @@ class DoneIndex:
         upto = snapshot.segments[-1]
         if not storage.create_bytes(storage.join(self.folder, f"{upto:012d}{_COMPACT}"), _segment(done)):
             return False
-        for obj in storage.list_objects(self.folder):
+        for obj in storage.list_folder(self.folder):
             number = _number(obj.uri)
             if number < upto or (number == upto and not obj.uri.endswith(_COMPACT)):
                 storage.delete(obj.uri)

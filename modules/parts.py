@@ -89,7 +89,7 @@ class Work:
 
     def latest(self) -> Checkpoint | None:
         """The newest complete part's checkpoint (names sort by part, then attempt), if any."""
-        checkpoints = [o.uri for o in storage.list_objects(self.uri) if o.uri.endswith(".json")]
+        checkpoints = [o.uri for o in storage.list_folder(self.uri) if o.uri.endswith(".json")]
         return storage.read_model(max(checkpoints), Checkpoint) if checkpoints else None
 
     def clear(self) -> None:

@@ -218,6 +218,9 @@ class ScoreJob(BaseModel):
     threads: int
     files: list[storage.ObjectInfo] = Field(description="The listed files to look at: those not indexed as finished.")
     skipped: int = Field(0, description="Listed files the index knows finished by this model version: not scored.")
+    index_newest: int | None = Field(
+        None, description="The highest index segment number the plan found (None: the index was not read)."
+    )
 
     def without_files(self) -> ScoreJob:
         """What a task needs: everything but the run's file list (each task is given its own files)."""
@@ -305,9 +308,9 @@ def plan(params: ScoreParams) -> ScoreJob:
     shadow_ref = _challenger(settings.bucket, params.shadow, model_ref) if card else None
     if card and params.explains:
         _check_explainable(registry.load_card(card), params)
-    skipped = 0
+    skipped, newest = 0, None
     if files and not params.rescore:
-        files, skipped = _unindexed(DoneIndex(state_uri, input_uri, model_ref), files, listed, params)
+        files, skipped, newest = _unindexed(DoneIndex(state_uri, input_uri, model_ref), files, listed, params)
     at_once = max(1, min(len(files), params.parallel_files))
     job = ScoreJob(
         params=params,
@@ -324,6 +327,7 @@ def plan(params: ScoreParams) -> ScoreJob:
         threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
         files=files,
         skipped=skipped,
+        index_newest=newest,
     )
     _refuse_shared_outputs(job)
     return job
@@ -339,14 +343,15 @@ def _check_explainable(card: ModelCard, params: ScoreParams) -> None:
 
 def _unindexed(
     index: DoneIndex, files: list[storage.ObjectInfo], listed: list[storage.ObjectInfo], params: ScoreParams
-) -> tuple[list[storage.ObjectInfo], int]:
-    """The files the index does not know finished, and how many it does; compacts the index when due
-    (forgetting the versions no longer listed, unless the listing was narrowed by `modified_after`)."""
+) -> tuple[list[storage.ObjectInfo], int, int]:
+    """The files the index does not know finished, how many it does, and its highest segment number; compacts
+    the index when due (forgetting the versions no longer listed, unless the listing was narrowed by
+    `modified_after`)."""
     snapshot = index.load()
     new = [o for o in files if (o.uri, o.etag) not in snapshot.done]
     if len(snapshot.segments) >= COMPACT_AFTER:
         index.compact(snapshot, None if params.modified_after else {(o.uri, o.etag) for o in listed})
-    return new, len(files) - len(new)
+    return new, len(files) - len(new), snapshot.newest
 
 
 def _challenger(bucket: str, shadow: str | None, model_ref: str) -> str | None:
@@ -384,7 +389,12 @@ def _refuse_shared_outputs(job: ScoreJob) -> None:
 def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine, Baseline | None]:
     """One loaded, checksum-verified model (and its training baseline) per process, shared by its files."""
     card, loaded = registry.load_engine(card_uri, engine, threads)
-    return card, loaded, registry.load_baseline(card_uri, card)
+    baseline = _baselines[card_uri] = registry.load_baseline(card_uri, card)
+    return card, loaded, baseline
+
+
+# The training baselines `_model` loaded in this process: the run's drift plot reuses them (two requests fewer).
+_baselines: dict[str, Baseline | None] = {}
 
 
 @lru_cache(maxsize=4)
@@ -442,14 +452,19 @@ def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None
 
 def _score_once(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None) -> FileOutcome:
     claims = Claims(job.state_uri, job.params.lease_seconds)
-    if not job.params.rescore and (done := claims.finished(obj.uri, obj.etag, job.model_ref)):
-        return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=done.output_uri)
-    lease = claims.acquire(obj.uri, obj.etag, job.model_ref)
+    unit, rescore = (obj.uri, obj.etag, job.model_ref), job.params.rescore
+    # A new file costs one request here: attempt 1, created at once, proves nobody ever claimed the unit, so it has
+    # no completion record. Otherwise it may be finished, or in another run's hands.
+    lease = None if rescore else claims.first(*unit)
+    if lease is None:
+        if not rescore and (done := claims.finished(*unit)):
+            return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=done.output_uri)
+        lease = claims.acquire(*unit)
     if lease is None:
         return FileOutcome(input_uri=obj.uri, status="claimed", error="another run holds this file's claim")
     try:
         # Another run may have finished between our look and our claim; a first attempt proves nobody started.
-        if lease.attempt > 1 and not job.params.rescore and (done := claims.finished(obj.uri, obj.etag, job.model_ref)):
+        if lease.attempt > 1 and not rescore and (done := claims.finished(*unit)):
             return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=done.output_uri)
         with tempfile.TemporaryDirectory(prefix="maas-score-") as scratch:
             return _score(job, obj, claims, lease, Path(scratch), progress)
@@ -888,7 +903,9 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
     if reports:
         result.drift = summarize_run(reports)
         try:  # the picture is a convenience: the numbers are in the summary either way
-            baseline = registry.load_baseline(job.card_uri, registry.load_card(job.card_uri))
+            baseline = _baselines.get(job.card_uri) or registry.load_baseline(
+                job.card_uri, registry.load_card(job.card_uri)
+            )
             png = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
             storage.write_bytes(png, plots.drift_png(result.drift, baseline))
             result.drift_report_uri = png
@@ -910,6 +927,6 @@ def _index_finished(job: ScoreJob, outcomes: list[FileOutcome]) -> None:
     if not finished or not job.card_uri:
         return
     try:
-        DoneIndex(job.state_uri, job.input_uri, job.model_ref).append(finished)
+        DoneIndex(job.state_uri, job.input_uri, job.model_ref).append(finished, job.index_newest)
     except StorageError as exc:
         log.warning("the index of finished files was not updated (%s); the next run asks their records", exc)

@@ -265,8 +265,22 @@ def exists(uri: str) -> bool:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The whole object; a missing one is `ObjectNotFound`, after one request on S3 (so reading a record that
+    may not exist needs no `exists` first)."""
     fs, path = filesystem(uri)
-    return _with_retries(uri, lambda _: fs.cat_file(_fresh(fs, path)))
+    return _with_retries(uri, lambda _: _cat(fs, _fresh(fs, path)))
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return "s3" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol)
+
+
+def _cat(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """The object in one GET. s3fs would first ask its size (a HEAD), to fetch a large one in concurrent
+    ranges, and answer a missing one only after also listing it as a folder: two requests where one does,
+    for records read for every file a run scores. What is read whole here is small (records, cards, index
+    segments, model files); large inputs and outputs are streamed (`open_read`)."""
+    return fs.cat_file(path, max_concurrency=1) if _is_s3(fs) else fs.cat_file(path)
 
 
 @contextlib.contextmanager
@@ -311,7 +325,7 @@ def _write(uri: str, data: bytes, *, exclusive: bool) -> bool:
             if not (exclusive and _already_exists(exc)):
                 raise
             # s3fs and this loop both retry: an earlier attempt of ours may be what exists now.
-            return fs.cat_file(path) == data
+            return _cat(fs, path) == data
         finally:
             fs.invalidate_cache(path)
         return True
@@ -514,24 +528,51 @@ def info(uri: str) -> ObjectInfo:
 def list_objects(prefix: str) -> list[ObjectInfo]:
     """Every object under `prefix` (recursively), sorted by URI; `prefix` may also be one object.
 
-    A missing prefix lists as empty: an empty `incoming/` is normal, not an error.
+    A missing prefix lists as empty: an empty `incoming/` is normal, not an error. A prefix that lists
+    empty costs a second look (is it one object?); `list_folder` spares that where `prefix` is a folder.
+    """
+    objects = list_folder(prefix)
+    if objects:
+        return objects
+    fs, path = filesystem(prefix)
+
+    def look(_: int) -> list[ObjectInfo]:
+        fs.invalidate_cache(path)
+        try:
+            details = fs.info(path)
+        except FileNotFoundError:
+            return []
+        if details.get("type") == "directory" or os.path.basename(path).startswith(_TMP_PREFIX):
+            return []
+        return [_object_info(fs, path, details)]
+
+    return _with_retries(prefix, look)
+
+
+def list_folder(prefix: str) -> list[ObjectInfo]:
+    """Every object under the folder `prefix` (recursively), sorted by URI; a missing folder lists as empty.
+
+    One request per 1,000 objects on S3, also when the folder is empty or missing: s3fs's `find` would then
+    ask whether the folder is an object itself (a HEAD and another LIST), and this lists a unit's claims and
+    parts for every file scored.
     """
     fs, path = filesystem(prefix)
+    path = path.rstrip("/")
 
     def find(_: int) -> dict[str, dict[str, Any]]:
         fs.invalidate_cache(path)
-        # One listing in the common case (a prefix): this runs for every file scored, to read its claims.
-        found = fs.find(path, detail=True)
-        if not found and fs.isfile(path):
-            found = {path: fs.info(path)}
-        # fsspec's generic find returns a file path given alone with empty details.
-        return {name: details or fs.info(name) for name, details in found.items()}
+        if _is_s3(fs) and "/" in path:  # one listing of the keys under `path/`, and no more
+            parent, name = path.rsplit("/", 1)
+            return fs.find(parent, detail=True, prefix=f"{name}/")
+        return fs.find(path, detail=True)
 
     found = _with_retries(prefix, find)
     objects = [
         _object_info(fs, name, details)
         for name, details in found.items()
-        if details.get("type") != "directory" and not os.path.basename(name).startswith(_TMP_PREFIX)
+        if name.startswith(f"{path}/")  # not `path` itself: fsspec's `find` also answers a file given alone
+        and details.get("type") != "directory"
+        and not os.path.basename(name).startswith(_TMP_PREFIX)
     ]
     return sorted(objects, key=lambda o: o.uri)
 

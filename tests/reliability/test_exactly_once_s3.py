@@ -18,7 +18,7 @@ import pytest
 
 from maas.modules import formats, registry, storage
 from maas.modules.registry import AliasMove, RegisterParams, register
-from maas.modules.score import ScoreParams, plan, score_file
+from maas.modules.score import FileOutcome, ScoreParams, plan, score_file, summarize
 from tests.conftest import synthetic_classification
 from tests.reliability.faulty_s3 import FaultyS3
 from tests.reliability.tally import account, record
@@ -206,3 +206,46 @@ def test_a_store_that_ignores_conditional_writes_is_refused(s3_bucket: str, s3_e
     assert "does not refuse a second conditional create (If-None-Match: *)" in run.stderr.strip().splitlines()[-1]
     assert not storage.exists(storage.join(s3_bucket, "state", "claims", "x.json"))
     record(security=1)
+
+
+# What a new file costs, beyond the run's listing: its claim (one conditional create), a look at its output name,
+# reading it (a HEAD and a GET), two fencing checks (a LIST each), the output, its manifest and its completion
+# record: 9 requests. The bound leaves room for one more, never for a request per object scored before.
+REQUESTS_PER_NEW_FILE = 10
+
+
+def test_a_new_file_costs_a_few_requests_and_files_scored_before_none(
+    model_bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    root = storage.join(model_bucket, "requests")
+    params = _params(model_bucket, root, shadow=None)
+    _drop(root, 2, 50)
+    job = plan(params)  # a history; and this process loads the model and checks the store before the count
+    summarize(job, [score_file(job, obj) for obj in job.files], 1.0)
+    for i in range(2, 5):
+        data = formats.frame_to_bytes(synthetic_classification(50, seed=i).drop(columns=["label"]), "csv")
+        storage.write_bytes(storage.join(root, "incoming", f"new{i}.csv"), data)
+    with FaultyS3(_port(s3_endpoint)) as s3:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            job = plan(params)
+            planned = len(s3.log)
+            logs = []
+            for obj in job.files:
+                s3.reset_counts()
+                assert score_file(job, obj).status == "scored"
+                logs.append(list(s3.log))
+            summarize(job, [FileOutcome(input_uri=o.uri, status="scored") for o in job.files], 1.0)
+            s3.reset_counts()
+            rerun = plan(params)
+            replanned = len(s3.log)
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert len(job.files) == 3 and job.skipped == 2
+    costly = max(logs, key=len)
+    assert len(costly) <= REQUESTS_PER_NEW_FILE, "\n".join(f"{e.method} {e.path}?{e.query} {e.status}" for e in costly)
+    assert planned <= 5  # the listing, the alias, the index (a LIST and a GET): nothing per file scored before
+    assert rerun.files == [] and rerun.skipped == 5 and replanned <= 6  # one index segment more

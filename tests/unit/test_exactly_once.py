@@ -97,6 +97,23 @@ def test_a_stale_lease_holder_is_fenced_off(tmp_path: Path) -> None:
     assert patient.finished("s3://b/in/x.csv", "e1", "m/1").attempt == taker.attempt
 
 
+def test_a_new_unit_is_claimed_at_once_and_a_completed_claim_blocks_only_unfinished_work(tmp_path: Path) -> None:
+    state = (tmp_path / "state").as_uri()
+    unit = ("s3://b/in/x.csv", "e1", "m/1")
+    one, other = Claims(state, lease_seconds=60), Claims(state, lease_seconds=60)
+    first = one.first(*unit)
+    assert first is not None and first.attempt == 1
+    assert other.first(*unit) is None and other.acquire(*unit) is None  # claimed, unfinished: hands off
+    assert one.complete(first, "scored", "rec", "out")
+    one.release(first)  # a completed attempt keeps its lease (runs read the completion record first) ...
+    assert storage.read_model(first.uri, type(first)).expires_at == first.expires_at
+    rescore = other.acquire(*unit)  # ... and a rescore takes over at once
+    assert rescore is not None and rescore.attempt == 2
+    assert one.acquire(*unit) is None  # attempt 2 has not finished: its lease holds
+    other.release(rescore)
+    assert one.acquire(*unit).attempt == 3
+
+
 def test_a_holder_whose_claim_was_taken_over_publishes_no_part(tmp_path: Path) -> None:
     state = (tmp_path / "state").as_uri()
     claims = Claims(state, lease_seconds=60)
@@ -180,8 +197,9 @@ def test_outputs_of_a_release_before_completion_records_are_adopted_not_rescored
     _drop(incoming, ["a.csv"])
     job = plan(_params(bucket, tmp_path, incoming))
     assert score_file(job, job.files[0]).status == "scored"
-    for record in storage.list_objects((tmp_path / "state" / "done").as_uri()):
-        storage.delete(record.uri)  # what a bucket scored by the previous release looks like
+    # What a bucket scored by the previous release looks like: outputs and manifests, no completion records (and
+    # its claims long over: a unit's holder that completed it keeps its lease, so they are removed here).
+    storage.delete_prefix((tmp_path / "state").as_uri())
     again = plan(_params(bucket, tmp_path, incoming))
     assert score_file(again, again.files[0]).status == "skipped"
     assert storage.list_objects((tmp_path / "state" / "done").as_uri())  # adopted: recorded now

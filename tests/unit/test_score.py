@@ -226,8 +226,9 @@ def _score_counting(params: ScoreParams, crash_after: int | None = None) -> tupl
 _RUN_FIELDS = {"input_uri", "input_etag", "output_uri", "rejected_uri", "scored_by", "attempt", "started_at", "seconds"}
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-@pytest.mark.parametrize("where", ["file", "s3"])
+@pytest.mark.parametrize(
+    ("where", "fmt"), [("file", "csv"), ("file", "parquet"), ("file", "jsonl"), ("s3", "csv"), ("s3", "parquet")]
+)
 def test_a_crashed_run_is_resumed_from_its_last_part_and_writes_what_an_uninterrupted_run_writes(
     registered, tmp_path, request, where: str, fmt: str
 ) -> None:
@@ -260,3 +261,29 @@ def test_a_crashed_run_is_resumed_from_its_last_part_and_writes_what_an_uninterr
     assert {k: v for k, v in manifests[0].items() if k not in _RUN_FIELDS} == {
         k: v for k, v in manifests[1].items() if k not in _RUN_FIELDS
     }
+
+
+def test_a_crashed_run_with_a_shadow_model_resumes_its_agreement_counts(registered, tmp_path) -> None:
+    bucket, _ = registered
+    compressed = storage.join(bucket, "runs", "run-1", "compress", "manifest.json")
+    shadow = register(RegisterParams(compress_manifest=compressed, bucket=bucket, name="toy-shadow")).name
+    whole, parted = (tmp_path / "whole").as_uri(), (tmp_path / "parted").as_uri()
+    for root in (whole, parted):
+        _large_input(root, 1_200)
+    _score_counting(_rooted(bucket, whole, shadow=f"{shadow}/1", shadow_uri=storage.join(whole, "shadow")))
+    params = _rooted(bucket, parted, shadow=f"{shadow}/1", shadow_uri=storage.join(parted, "shadow"), part_rows=400)
+    with pytest.raises(_Crash):
+        _score_counting(params, crash_after=850)  # parts 1-2 complete, with the agreement counted so far
+    scored, _ = _score_counting(params)
+    assert sum(scored) == 1_200 - 800
+    manifests = [
+        storage.read_json(storage.join(root, "predictions", "big.csv.manifest.json")) for root in (parted, whole)
+    ]
+    assert manifests[0]["attempt"] == 2 and manifests[0]["shadow"]["rows"] == 1_200 - manifests[0]["rows_rejected"]
+    assert {k: v for k, v in manifests[0]["shadow"].items() if k != "output_uri"} == {
+        k: v for k, v in manifests[1]["shadow"].items() if k != "output_uri"
+    }
+    ours, theirs = (
+        storage.read_bytes(storage.join(root, "shadow", "big.csv.predictions.parquet")) for root in (parted, whole)
+    )
+    assert ours == theirs
