@@ -344,7 +344,11 @@ def resume_bench(args: argparse.Namespace) -> dict:
         for fmt in args.formats:
             run: dict = {"format": fmt}
             shas = {}
-            for name, extra in (("whole", {"part_rows": rows + 1}), ("parts", {}), ("killed", {"lease_seconds": 30})):
+            for name, extra in (
+                ("whole", {"part_rows": rows + 1}),
+                ("parts", {}),
+                ("killed", {"lease_seconds": args.lease}),
+            ):
                 root = storage.join(bucket, f"{fmt}-{name}")
                 where = {f"{p}_uri": storage.join(root, f) for p, f in
                          (("output", "predictions"), ("quarantine", "quarantine"), ("state", "state"))}  # fmt: skip
@@ -475,6 +479,13 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.6, help="resume: share of the rows scored at the kill.")
     parser.add_argument("--store", choices=["local", "s3"], default="local", help="resume: where the bucket is.")
     parser.add_argument("--formats", nargs="+", default=["csv", "parquet"], help="resume: output formats.")
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=30,
+        help="resume: the killed run's lease_seconds (the rerun "
+        "waits it out); longer than the slowest part upload, or the holder is fenced off first.",
+    )
     args = parser.parse_args()
     path = RESULTS / "scale.json"
     results = json.loads(path.read_text()) if path.exists() else {}
