@@ -19,6 +19,9 @@ import pandas as pd
 
 from maas.modules.preprocess import FeatureSpec
 
+# Rows per engine call. A record batch goes to the engine whole, not cut into cache-sized slices: dynamic int8
+# quantizes each call's activations with that call's own range, so a row's outputs depend on the rows it is
+# scored with, and slicing would change the predictions that earlier versions wrote.
 DEFAULT_BATCH_ROWS = 65_536
 
 
@@ -95,11 +98,15 @@ class TorchEngine(Engine):
 
 
 def onnx_session(onnx_model: bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session; `threads` caps its intra-op threads (files scored at once share the cores)."""
+    """An ONNX Runtime CPU session; `threads` caps its intra-op threads (files scored at once share the cores).
+
+    Its threads sleep between calls instead of spinning: scoring reads and writes on other threads meanwhile
+    (`maas.modules.overlap`), and a spinning pool would take their cores."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -93,8 +93,7 @@ class FeatureSpec(BaseModel):
 
         A missing feature column is a problem of the whole file and raises InputError. A value
         that is not a finite number rejects its row; so does a missing value if `reject_missing`
-        (otherwise the model imputes it). Typed numeric columns are converted in one block: this
-        runs on every batch that is scored.
+        (otherwise the model imputes it). This runs on every batch that is scored.
         """
         absent = [name for name in self.feature_names if name not in frame.columns]
         if absent:
@@ -102,24 +101,20 @@ class FeatureSpec(BaseModel):
             raise InputError(
                 f"{source}: missing feature column(s) {shown} ({len(absent)} of {self.width}){_delimiter_hint(frame)}"
             )
-        names = [f.name for f in self.numeric]
-        typed = [i for i, name in enumerate(names) if _is_number_dtype(frame[name])]
-        if len(typed) == self.width:  # all features are typed numbers: one conversion, no extra copy
-            with np.errstate(over="ignore"):  # beyond float32's range becomes inf, and is rejected below
-                out = frame[names].to_numpy(dtype=np.float32, na_value=np.nan)
-            unusable = np.isinf(out)
-        else:
-            out = np.empty((len(frame), self.width), dtype=np.float32)
-            unusable = np.zeros(out.shape, dtype=bool)
-            if typed:
-                with np.errstate(over="ignore"):
-                    block = frame[[names[i] for i in typed]].to_numpy(dtype=np.float32, na_value=np.nan)
-                out[:, typed], unusable[:, typed] = block, np.isinf(block)
-            for i in sorted(set(range(len(names))) - set(typed)):
-                out[:, i], unusable[:, i] = _numeric_column(frame[names[i]])
-            for j, feature in enumerate(self.categorical, start=len(names)):
-                codes = {value: code for code, value in enumerate(feature.categories, start=1)}
-                out[:, j] = frame[feature.name].astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
+        # Filled column by column in C order, the engine's: no transposed copy on the way to the model.
+        out = np.empty((len(frame), self.width), dtype=np.float32)
+        unusable = np.zeros(out.shape, dtype=bool)
+        for i, feature in enumerate(self.numeric):
+            column = frame[feature.name]
+            if _is_number_dtype(column):
+                with np.errstate(over="ignore"):  # beyond float32's range becomes inf, and is rejected below
+                    out[:, i] = column.to_numpy(dtype=np.float32, na_value=np.nan)
+            else:
+                out[:, i], unusable[:, i] = _numeric_column(column)
+        for j, feature in enumerate(self.categorical, start=len(self.numeric)):
+            codes = {value: code for code, value in enumerate(feature.categories, start=1)}
+            out[:, j] = frame[feature.name].astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
+        unusable |= np.isinf(out)
         if reject_missing:
             unusable |= frame[self.feature_names].isna().to_numpy()
         rejected = unusable.any(axis=1)

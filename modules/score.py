@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from maas.modules import explain, formats, parts, plots, registry, storage
+from maas.modules import explain, formats, overlap, parts, plots, registry, storage
 from maas.modules.claims import Claims, Lease
 from maas.modules.config import Location, Settings, new_run_id
 from maas.modules.engines import Engine
@@ -62,6 +62,7 @@ from maas.modules.errors import (
 from maas.modules.explain import Explainer
 from maas.modules.index import COMPACT_AFTER, DoneIndex
 from maas.modules.monitor import Baseline, DriftAccumulator, DriftReport, DriftSettings, RunDrift, summarize_run
+from maas.modules.preprocess import Encoded
 from maas.modules.registry import ModelCard
 from maas.modules.shadow import Agreement, ShadowReport, combined
 
@@ -75,6 +76,9 @@ FILE_ATTEMPTS = 3
 Status = Literal["scored", "skipped", "claimed", "quarantined", "failed", "vanished", "deferred"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 Progress = Callable[[int], None]
+# Record batches read ahead, and batches' outputs waiting to be written, while one is scored (0: one thing at a
+# time, on one thread: the same outputs, which tests/unit/test_score.py compares).
+OVERLAP = 1
 
 
 class ScoreParams(BaseModel):
@@ -311,7 +315,6 @@ def plan(params: ScoreParams) -> ScoreJob:
     skipped, newest = 0, None
     if files and not params.rescore:
         files, skipped, newest = _unindexed(DoneIndex(state_uri, input_uri, model_ref), files, listed, params)
-    at_once = max(1, min(len(files), params.parallel_files))
     job = ScoreJob(
         params=params,
         model_ref=model_ref,
@@ -324,7 +327,7 @@ def plan(params: ScoreParams) -> ScoreJob:
         shadow_ref=shadow_ref,
         shadow_card_uri=registry.card_uri(settings.bucket, *shadow_ref.split("/")) if shadow_ref else None,
         shadow_uri=params.shadow_uri or settings.uri("shadow"),
-        threads=params.threads or max(1, (os.cpu_count() or 1) // at_once),
+        threads=params.threads or max(1, (os.cpu_count() or 1) // files_at_once(params, files)),
         files=files,
         skipped=skipped,
         index_newest=newest,
@@ -686,6 +689,18 @@ def _load_challenger(job: ScoreJob, card: ModelCard, state: _Pass) -> None:
     state.agreement = Agreement(classification=card.classes is not None)
 
 
+@dataclass
+class _Batch:
+    """One record batch on its way from the scoring thread to the writing thread."""
+
+    raw: pd.DataFrame  # as read
+    frame: pd.DataFrame  # with absent feature columns added as missing, when they are imputed
+    first_row: int
+    encoded: Encoded
+    kept: pd.DataFrame  # the output's input columns, of the rows scored
+    scores: np.ndarray
+
+
 def _stream(
     job: ScoreJob,
     obj: storage.ObjectInfo,
@@ -698,53 +713,77 @@ def _stream(
 ) -> None:
     """Read, validate, score and write the file batch by batch, counting drift in the same pass.
 
-    A resumed pass (`state.rows_in` > 0) reads past the rows its parts hold without scoring them.
+    Three things happen at once (`maas.modules.overlap`): the next record batch is read on one thread, this
+    one is encoded and scored here, the previous one's outputs are written (and its drift counted) on
+    another; `state`'s counts are the writing thread's, so a part is completed only once its rows are
+    written. A resumed pass (`state.rows_in` > 0) reads past the rows its parts hold without scoring them.
     """
     spec, params = engine.spec, job.params
-    skip = state.rows_in
-    for frame in formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric]):
-        if skip:
-            if len(frame) > skip:
-                raise StorageError(f"{obj.uri}: the parts under {outputs.work.uri} do not end on a record batch of the "
-                                   "file; delete them to score it from the start")  # fmt: skip
-            skip -= len(frame)
-            state.lease = claims.renew_if_due(state.lease)
-            continue
-        if outputs.due(state.rows_in):
-            state.lease = outputs.roll(state.lease, _tally(state, drift))
-        raw = frame
-        if state.rows_in == 0:
-            state.passthrough = _passthrough(params, frame, spec.feature_names, obj.uri)
-            if params.missing_columns == "impute":
-                state.missing_columns = [c for c in spec.feature_names if c not in frame.columns]
-        if state.missing_columns:  # scored as if every value of those columns were missing
-            frame = frame.assign(**dict.fromkeys(state.missing_columns, np.nan))
-        encoded = spec.encode_rows(frame, obj.uri, params.missing_values == "reject")
-        copied = [c for c in spec.feature_names if c not in state.passthrough and c in raw.columns]
-        kept = frame[state.passthrough + (copied if params.include_features else [])]
-        features = encoded.features
-        if len(encoded.reasons):
-            usable = ~encoded.rejected
-            kept, features = kept[usable], features[usable]
-            rows = state.rows_in + np.flatnonzero(encoded.rejected)
-            outputs.writer("rejected").write(raw[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
-            state.rows_rejected += len(encoded.reasons)
-        scores = engine.run(features)
-        predictions = engine.frame(scores, kept.index)
-        outputs.writer("output").write(
-            _joined(kept, _explained(state.explainer, params, features, scores, predictions))
-        )
-        if state.challenger is not None and state.shadow_error is None:
-            _shadow_batch(state, outputs.writer("shadow"), frame, kept, encoded.rejected, predictions, obj.uri)
-        if drift is not None:
-            drift.update(raw, predictions, encoded.features)
-        state.rows_in += len(frame)
-        state.lease = claims.renew_if_due(state.lease)
-        if progress:
-            progress(len(frame))
+    skip = read = state.rows_in  # rows read so far; `state.rows_in` counts the rows written
+    frames = formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric])
+    with contextlib.closing(overlap.prefetched(frames, OVERLAP)) as batches, overlap.InOrder(OVERLAP) as writes:
+        try:
+            for raw in batches:
+                if skip:
+                    if len(raw) > skip:
+                        raise StorageError(f"{obj.uri}: the parts under {outputs.work.uri} do not end on a record "
+                                           "batch of the file; delete them to score it from the start")  # fmt: skip
+                    skip -= len(raw)
+                    state.lease = claims.renew_if_due(state.lease)
+                    continue
+                if outputs.due(read):
+                    writes.drain()
+                    state.lease = outputs.roll(state.lease, _tally(state, drift))
+                if read == 0:
+                    state.passthrough = _passthrough(params, raw, spec.feature_names, obj.uri)
+                    if params.missing_columns == "impute":
+                        state.missing_columns = [c for c in spec.feature_names if c not in raw.columns]
+                # scored as if every value of the absent columns were missing
+                frame = raw.assign(**dict.fromkeys(state.missing_columns, np.nan)) if state.missing_columns else raw
+                encoded = spec.encode_rows(frame, obj.uri, params.missing_values == "reject")
+                copied = [c for c in spec.feature_names if c not in state.passthrough and c in raw.columns]
+                kept = frame[state.passthrough + (copied if params.include_features else [])]
+                features = encoded.features[~encoded.rejected] if len(encoded.reasons) else encoded.features
+                batch = _Batch(raw, frame, read, encoded, kept, engine.run(features))
+                writes.submit(_write_batch, job, engine, drift, state, outputs, batch, obj.uri)
+                read += len(raw)
+                state.lease = claims.renew_if_due(state.lease)
+                if progress:
+                    progress(len(raw))
+        finally:  # the writes of earlier batches first: their errors are the ones a serial pass meets first
+            writes.drain()
     if skip:
         raise StorageError(f"{obj.uri}: the parts under {outputs.work.uri} hold more rows than the file")
     state.lease = outputs.finish(state.lease, _tally(state, drift))
+
+
+def _write_batch(
+    job: ScoreJob,
+    engine: Engine,
+    drift: DriftAccumulator | None,
+    state: _Pass,
+    outputs: parts.Outputs,
+    batch: _Batch,
+    source: str,
+) -> None:
+    """Write one scored batch's outputs (rejected rows, predictions, the challenger's) and count it."""
+    encoded, kept = batch.encoded, batch.kept
+    features = encoded.features
+    if len(encoded.reasons):
+        usable = ~encoded.rejected
+        kept, features = kept[usable], features[usable]
+        rows = batch.first_row + np.flatnonzero(encoded.rejected)
+        outputs.writer("rejected").write(batch.raw[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
+        state.rows_rejected += len(encoded.reasons)
+    predictions = engine.frame(batch.scores, kept.index)
+    outputs.writer("output").write(
+        _joined(kept, _explained(state.explainer, job.params, features, batch.scores, predictions))
+    )
+    if state.challenger is not None and state.shadow_error is None:
+        _shadow_batch(state, outputs.writer("shadow"), batch.frame, kept, encoded.rejected, predictions, source)
+    if drift is not None:
+        drift.update(batch.raw, predictions, encoded.features)
+    state.rows_in += len(batch.raw)
 
 
 def _explained(
@@ -847,6 +886,16 @@ SMALL_FILE_FACTOR = 8
 def memory_estimate(files: list[storage.ObjectInfo]) -> int:
     """What scoring a group (its files one after the other) may hold at once: what its largest file does."""
     return max((min(o.size * SMALL_FILE_FACTOR, STREAMED_FILE_BYTES) for o in files), default=0)
+
+
+def files_at_once(params: ScoreParams, files: list[storage.ObjectInfo]) -> int:
+    """How many files the flow scores at once: `parallel_files`, fewer when there are fewer groups of files, or
+    when their estimated memory does not fit `memory_budget` together (large files are scored one at a time, and
+    then each gets all the engine threads)."""
+    groups = group_files(files, params.group_bytes)
+    largest = max((memory_estimate(group) for group in groups), default=0)
+    fit = params.memory_budget // largest if largest else len(groups)
+    return max(1, min(len(groups), params.parallel_files, fit))
 
 
 def group_files(files: list[storage.ObjectInfo], group_bytes: int) -> list[list[storage.ObjectInfo]]:

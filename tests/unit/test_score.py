@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 
-from maas.modules import formats, registry, storage
+from maas.modules import formats, registry, score, storage
 from maas.modules.errors import RegistryError
 from maas.modules.registry import RegisterParams, register
 from maas.modules.score import (
@@ -287,3 +290,76 @@ def test_a_crashed_run_with_a_shadow_model_resumes_its_agreement_counts(register
         storage.read_bytes(storage.join(root, "shadow", "big.csv.predictions.parquet")) for root in (parted, whole)
     )
     assert ours == theirs
+
+
+_VOLATILE = {"input_etag", "scored_by", "started_at", "seconds", "quarantined_at"}
+
+
+def _written(root: str) -> dict[str, object]:
+    """Every object a run wrote under `root`'s predictions/ and quarantine/: bytes, or JSON less its run fields."""
+    found: dict[str, object] = {}
+    for folder in ("predictions", "quarantine"):
+        for obj in storage.list_objects(storage.join(root, folder)):
+            name = storage.relative_key(root, obj.uri)
+            data = storage.read_bytes(obj.uri)
+            if name.endswith(".json"):
+                record = json.loads(data.decode().replace(root, "<root>"))
+                data = {k: v for k, v in record.items() if k not in _VOLATILE}
+            found[name] = data
+    return found
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"output_format": "parquet", "part_rows": 250},
+        {"output_format": "csv", "passthrough": ["id"], "include_features": True, "missing_values": "reject"},
+        {"output_format": "jsonl"},
+    ],
+    ids=["parquet-parts", "csv-passthrough", "jsonl"],
+)
+def test_overlapped_reading_scoring_and_writing_writes_the_bytes_of_one_thing_at_a_time(
+    registered, tmp_path, monkeypatch, settings: dict
+) -> None:
+    """The threaded pass (next batch read, this one scored, the last one written) against the serial one, on
+    CSV, Parquet, JSONL and gzip inputs, rejected rows, a file quarantined for them, one that breaks mid-file."""
+    bucket, _ = registered
+    frame = synthetic_classification(600, seed=11).drop(columns=["label"])
+    bad = frame.assign(x1=frame["x1"].astype(object))
+    bad.loc[bad.index % 37 == 5, "x1"] = "oops"
+    outputs = {}
+    for overlap in (0, 1):
+        monkeypatch.setattr(score, "OVERLAP", overlap)
+        root = (tmp_path / f"overlap-{overlap}").as_uri()
+        inputs = {"a.csv": frame, "b.parquet": frame, "c.jsonl": frame, "d.csv.gz": frame, "e.csv": bad}
+        for name, data in inputs.items():
+            formats.write_frame(data, storage.join(root, "incoming", name))
+        formats.write_frame(bad.assign(x1="oops"), storage.join(root, "incoming", "f.csv"))  # over max_error_rate
+        lines = formats.frame_to_bytes(frame, "jsonl").splitlines(keepends=True)
+        storage.write_bytes(storage.join(root, "incoming", "g.jsonl"), b"".join(lines[:450]) + b"{oops\n")
+        job = plan(_rooted(bucket, root, **settings))
+        statuses = {o.input_uri.rsplit("/", 1)[-1]: o.status for o in (score_file(job, obj) for obj in job.files)}
+        assert statuses == {f"{name}": "scored" for name in inputs} | {"f.csv": "quarantined", "g.jsonl": "quarantined"}
+        outputs[overlap] = _written(root)
+    assert set(outputs[0]) == set(outputs[1]) and len(outputs[0]) >= 13
+    assert outputs[0] == outputs[1]
+
+
+def test_engine_outputs_are_the_same_bits_whatever_the_layout_of_the_features(registered) -> None:
+    """Features now reach the engine in C order (they came column-major from pandas): the same outputs."""
+    bucket, result = registered
+    _, engine = registry.load_engine(result.card_uri, "onnxruntime")
+    features = np.random.default_rng(3).normal(size=(5_000, engine.spec.width)).astype(np.float32)
+    assert np.array_equal(engine.run(features), engine.run(np.asfortranarray(features)))
+
+
+def test_features_are_encoded_in_c_order_with_the_values_of_a_block_conversion(registered) -> None:
+    bucket, result = registered
+    spec = registry.load_card(result.card_uri).features
+    frame = synthetic_classification(300, seed=4)
+    frame["x1"] = frame["x1"].astype(np.float32)  # mixed number dtypes, missing values
+    encoded = spec.encode_rows(frame, "mem")
+    numeric = [f.name for f in spec.numeric]
+    assert encoded.features.flags.c_contiguous and encoded.features.dtype == np.float32
+    reference = frame[numeric].to_numpy(dtype=np.float32, na_value=np.nan)  # how the block used to be built
+    np.testing.assert_array_equal(encoded.features[:, : len(numeric)], reference)
