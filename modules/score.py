@@ -697,7 +697,8 @@ class _Batch:
     frame: pd.DataFrame  # with absent feature columns added as missing, when they are imputed
     first_row: int
     encoded: Encoded
-    kept: pd.DataFrame  # the output's input columns, of the rows scored
+    kept: pd.DataFrame  # the output's input columns, of every row read
+    features: np.ndarray  # the rows scored: those not rejected
     scores: np.ndarray
 
 
@@ -744,7 +745,7 @@ def _stream(
                 copied = [c for c in spec.feature_names if c not in state.passthrough and c in raw.columns]
                 kept = frame[state.passthrough + (copied if params.include_features else [])]
                 features = encoded.features[~encoded.rejected] if len(encoded.reasons) else encoded.features
-                batch = _Batch(raw, frame, read, encoded, kept, engine.run(features))
+                batch = _Batch(raw, frame, read, encoded, kept, features, engine.run(features))
                 writes.submit(_write_batch, job, engine, drift, state, outputs, batch, obj.uri)
                 read += len(raw)
                 state.lease = claims.renew_if_due(state.lease)
@@ -767,11 +768,9 @@ def _write_batch(
     source: str,
 ) -> None:
     """Write one scored batch's outputs (rejected rows, predictions, the challenger's) and count it."""
-    encoded, kept = batch.encoded, batch.kept
-    features = encoded.features
+    encoded, kept, features = batch.encoded, batch.kept, batch.features
     if len(encoded.reasons):
-        usable = ~encoded.rejected
-        kept, features = kept[usable], features[usable]
+        kept = kept[~encoded.rejected]
         rows = batch.first_row + np.flatnonzero(encoded.rejected)
         outputs.writer("rejected").write(batch.raw[encoded.rejected].assign(_row=rows, _reason=encoded.reasons))
         state.rows_rejected += len(encoded.reasons)

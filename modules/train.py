@@ -187,7 +187,8 @@ class Evaluation:
         return int(mean.loc[mean["val_loss"].idxmin(), "epoch"])
 
     def _at_epoch(self) -> list[pd.Series]:
-        return [curve.loc[curve["epoch"] == self._epoch].iloc[0] for curve in self.curves]
+        epoch = self._epoch
+        return [curve.loc[curve["epoch"] == epoch].iloc[0] for curve in self.curves]
 
     @property
     def loss(self) -> float:
