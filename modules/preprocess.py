@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from maas.modules import formats, storage
+from maas.modules import formats, images, storage
 from maas.modules.config import Location, step_output
 from maas.modules.errors import InputError
+from maas.modules.images import ImageSpec
 from maas.modules.manifests import PreprocessResult
 
 Task = Literal["classification", "regression"]
@@ -64,13 +65,20 @@ class FeatureSpec(BaseModel):
     )
     numeric: list[NumericFeature] = []
     categorical: list[CategoricalFeature] = []
+    image: ImageSpec | None = Field(
+        None, description="An image model: its input is one column of image URIs, decoded as this says."
+    )
 
     @property
     def feature_names(self) -> list[str]:
+        if self.image is not None:
+            return [self.image.column]
         return [f.name for f in self.numeric] + [f.name for f in self.categorical]
 
     @property
     def width(self) -> int:
+        if self.image is not None:
+            return self.image.width
         return len(self.numeric) + len(self.categorical)
 
     @property
@@ -98,9 +106,11 @@ class FeatureSpec(BaseModel):
         absent = [name for name in self.feature_names if name not in frame.columns]
         if absent:
             shown = ", ".join(repr(m) for m in absent[:10]) + (" …" if len(absent) > 10 else "")
-            raise InputError(
-                f"{source}: missing feature column(s) {shown} ({len(absent)} of {self.width}){_delimiter_hint(frame)}"
-            )
+            of = f"({len(absent)} of {len(self.feature_names)})"
+            raise InputError(f"{source}: missing feature column(s) {shown} {of}{_delimiter_hint(frame)}")
+        if self.image is not None:
+            features, rejected, reasons = images.read_pixels(frame[self.image.column].astype(str).tolist(), self.image)
+            return Encoded(features=features, rejected=rejected, reasons=np.array(reasons, dtype=object))
         # Filled column by column in C order, the engine's: no transposed copy on the way to the model.
         out = np.empty((len(frame), self.width), dtype=np.float32)
         unusable = np.zeros(out.shape, dtype=bool)
