@@ -94,6 +94,7 @@ def one_run(name: str, seed: int, trials: int, minutes: float | None, bucket: st
             "trials": len(study.trials),
             "pruned": sum(t.state == "pruned" for t in study.trials),
             "best_params": study.best_params,
+            "choice": study.choice.model_dump(exclude={"reason"}) | {"value": study.best_value},
         },  # fmt: skip
         "linear": baselines.get("logistic", baselines.get("ridge")),
         "gradient_boosting": baselines["gradient-boosting"],
@@ -122,6 +123,7 @@ def _summary(trained: TrainResult, compressed: CompressResult, seconds: float) -
         "epochs": trained.epochs_run,
         "seconds": round(seconds, 1),
         "baseline_warning": compressed.baseline_warning is not None,
+        "served_reason": compressed.served_reason,
     }
 
 

@@ -23,6 +23,7 @@ from maas.modules.tune import (
     TrialSpec,
     TuneParams,
     TuneResult,
+    choose,
     run_trial,
     search,
 )
@@ -53,6 +54,8 @@ def test_a_few_trials_beat_poor_defaults_and_the_same_seed_gives_the_same_study(
     assert [(t.params, t.state, t.value) for t in first.trials] == [(t.params, t.state, t.value) for t in second.trials]
     assert first.best_params == second.best_params and first.importances == second.importances
     assert set(first.importances) <= set(SPACE) and first.selection == "validation split"
+    assert first.choice.rule == "lowest validation loss" and first.choice.chosen == first.best_number
+    assert first.train.chosen_by.startswith(f"search (validation split, 3 trials): trial {first.best_number}")
     assert first.train.optim.lr == first.best_params["lr"] and first.train.max_epochs == poor.max_epochs
     assert storage.read_model(first.manifest_uri, TuneResult) == first
     assert storage.read_bytes(first.plot_uri).startswith(b"\x89PNG")
@@ -67,8 +70,34 @@ def test_a_trial_worse_than_the_median_of_earlier_ones_is_pruned(poor: TrainPara
     assert record.state == "pruned" and list(record.intermediate) == [0] and record.value is None
 
 
-def _params(lr: float = 1e-2) -> dict:
-    return {"depth": 1, "width": 32, "dropout": 0.0, "batch_norm": False, "lr": lr, "weight_decay": 1e-4,
+def _trial(number: int, depth: int, folds: list[float]) -> TrialRecord:
+    return TrialRecord(number=number, params=_params(depth=depth), state="complete", value=float(np.mean(folds)),
+                       metric="rmse", fold_losses=folds, intermediate={}, seconds=0)  # fmt: skip
+
+
+def test_cross_validation_keeps_the_simplest_trial_within_one_standard_error_of_the_lowest() -> None:
+    sizes = {0: 11, 1: 700, 2: 9000, 3: 900}  # trainable parameters: the linear trial has the fewest
+    noisy = [0.20, 0.34, 0.26, 0.22, 0.28]  # mean 0.26, standard error 0.025
+    pruned = TrialRecord(number=4, params=_params(), state="pruned", metric="rmse", intermediate={}, seconds=0)
+    trials = [_trial(0, 0, [0.30, 0.27, 0.28, 0.25, 0.30]), _trial(1, 1, noisy), _trial(2, 2, [0.40] * 5),
+              _trial(3, 1, [0.50, 0.60, 0.55, 0.45, 0.50]), pruned]  # fmt: skip
+    choice = choose(trials, sizes)  # the linear trial's 0.28 is within 0.26 + 0.025
+    assert (choice.rule, choice.chosen, choice.lowest) == ("one standard error", 0, 1)
+    assert choice.standard_error == pytest.approx(np.std(noisy, ddof=1) / np.sqrt(5))
+    assert choice.threshold == pytest.approx(0.26 + choice.standard_error) and choice.parameters[0] == 11
+    assert choice.reason.startswith("trial 0: the fewest parameters (11)") and "trial 1's 0.26" in choice.reason
+    # the same means with tight folds: the linear trial is outside one standard error, the lowest is kept
+    tight = [_trial(0, 0, [0.28] * 5), _trial(1, 1, [0.255, 0.265, 0.26, 0.26, 0.26]), *trials[2:]]
+    assert choose(tight, sizes).chosen == 1  # within 0.26 + 0.0016: trial 1 alone
+    # within it, the fewer parameters win over the lower loss
+    assert choose([*tight, _trial(5, 1, [0.261] * 5)], {**sizes, 5: 500}).chosen == 5
+    # one validation split: no spread to read, the lowest validation loss
+    single = choose([_trial(0, 0, [0.28]), _trial(1, 1, [0.26])], sizes)
+    assert (single.rule, single.chosen, single.standard_error) == ("lowest validation loss", 1, None)
+
+
+def _params(lr: float = 1e-2, depth: int = 1) -> dict:
+    return {"depth": depth, "width": 32, "dropout": 0.0, "batch_norm": False, "lr": lr, "weight_decay": 1e-4,
             "schedule": "none", "batch_size": 64}  # fmt: skip
 
 
