@@ -11,7 +11,7 @@ import pytest
 from maas.modules import formats, registry, storage
 from maas.modules.compress import CompressParams, run_compress
 from maas.modules.manifests import TrainResult
-from maas.modules.model import OptimConfig, TabularDataModule
+from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularNet
 from maas.modules.preprocess import PreprocessParams, run_preprocess
 from maas.modules.registry import RegisterParams, register
 from maas.modules.score import ScoreParams, plan, score_file
@@ -26,6 +26,7 @@ from maas.modules.tune import (
     choose,
     run_trial,
     search,
+    trainable_parameters,
 )
 from tests.conftest import synthetic_classification
 
@@ -39,6 +40,9 @@ def poor(tmp_path_factory: pytest.TempPathFactory) -> TrainParams:
     prep = run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"],
                                            output_uri=storage.join(bucket, "run", "preprocess")))  # fmt: skip
     return TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4, cv_below_rows=0, optim=OptimConfig(lr=1e-6))
+
+
+_NORMED = {"depth": 1, "batch_norm": True}
 
 
 def _search(poor: TrainParams, name: str) -> TuneResult:
@@ -56,6 +60,9 @@ def test_a_few_trials_beat_poor_defaults_and_the_same_seed_gives_the_same_study(
     assert set(first.importances) <= set(SPACE) and first.selection == "validation split"
     assert first.choice.rule == "lowest validation loss" and first.choice.chosen == first.best_number
     assert first.train.chosen_by.startswith(f"search (validation split, 3 trials): trial {first.best_number}")
+    sizes = [trainable_parameters(spec, poor, LINEAR_TRIAL | change) for change in ({}, {"depth": 1}, _NORMED)]
+    inputs = TabularNet(spec, MLPConfig(hidden_sizes=[])).transform.out_features
+    assert sizes[0] == (inputs + 1) * spec.output_size and sizes[0] < sizes[1] < sizes[2]  # batch norm's count too
     assert first.train.optim.lr == first.best_params["lr"] and first.train.max_epochs == poor.max_epochs
     assert storage.read_model(first.manifest_uri, TuneResult) == first
     assert storage.read_bytes(first.plot_uri).startswith(b"\x89PNG")
@@ -125,6 +132,7 @@ def linear(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, TrainResult]:
 def test_a_search_on_a_linear_task_matches_the_ridge_baseline(linear: tuple[str, TrainResult]) -> None:
     _, trained = linear
     ridge = next(b.metric for b in trained.baselines if b.name == "ridge")
+    assert trained.chosen_by.startswith("search (validation split, 2 trials): trial ")  # what the card shows
     if trained.model["hidden_sizes"]:
         assert trained.test_metric <= ridge * 1.03  # RMSE: within 3% of ridge's, or better
     else:  # fitted as ridge is (L-BFGS, ridge's L2) on the same rows: ridge's model
@@ -151,6 +159,7 @@ def test_a_linear_network_compresses_and_scores_served_as_fp32_onnx(
     register(RegisterParams(compress_manifest=compressed.manifest_uri, bucket=bucket, name="lin"))
     card = registry.load_card(registry.card_uri(bucket, "lin", 1))
     assert card.served == compressed.served and card.served_reason == compressed.served_reason
+    assert card.training["chosen_by"] == trained.chosen_by
     frame = linear_regression(50, seed=1)
     incoming = storage.join(bucket, "incoming", "new.csv")
     formats.write_frame(frame.drop(columns=["y"]), incoming)
