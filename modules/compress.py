@@ -300,16 +300,16 @@ def choose_served(
     static int8 of one network) the better validation metric, so a near-tie goes to the more accurate,
     then the smaller artifact, then the name. Measured rows/s never decide: they change with the
     machine's load, and would let a busy machine pick a different model (the variants carry them). The
-    reason lists each candidate's validation metric, within the tolerance or not. With none within it,
-    the unpruned fp32 ONNX (the closest to fp32 there is; the gate then judges it on the test split).
+    reason lists each candidate's validation metric and that standard error, within the tolerance or not. With
+    none within it, the unpruned fp32 ONNX (the closest to fp32 there is; the gate then judges it on the test split).
     """
     keeping = [v for v in candidates if _keeps(metric, fp32, v, params)]
     outside = [v for v in candidates if v not in keeping]
     listed = lambda variants: ", ".join(f"{v.name} {_val(v):.4g}{_noise(metric, v)}" for v in variants) or "none"  # noqa: E731
     within = (
         f"within {_tolerance(metric, params.max_metric_drop)} of fp32's {_val(fp32):.4g} on validation, by one "
-        f"standard error of the drop (±): "
-        f"{listed(keeping)}; outside: {listed(outside)}. Measured rows/s (in the variants) are reported, never decide."
+        f"standard error of the drop (±): {listed(keeping)}; outside: {listed(outside)}. Measured rows/s (in the "
+        "variants) are reported, never decide."
     )
     if params.quantization != "auto":
         return params.quantization, f"{params.quantization}: asked for (quantization). Candidates " + within

@@ -172,7 +172,7 @@ class CompressResult(BaseModel):
     variants: list[VariantReport]
     served: str = Field(
         description="The variant published as the served ONNX artifact: the one with the fewest multiply-adds whose "
-        "validation metric is within the tolerance."
+        "validation drop, plus one standard error of it, is within the tolerance."
     )
     served_reason: str = Field("", description="Why `served` was chosen, with every candidate's figures.")
     model: dict = Field(description="Layer sizes of the compressed network (MLPConfig), for the torch engine.")

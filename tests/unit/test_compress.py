@@ -294,3 +294,18 @@ def test_the_drop_standard_error_comes_from_the_rows_where_the_two_models_differ
     candidate[:4] = wrong  # 4 of 100 rows lost: a drop of 4 points
     differences = np.r_[np.ones(4), np.zeros(96)]
     assert drop_standard_error(spec, reference, candidate, targets) == pytest.approx(np.std(differences, ddof=1) / 10)
+
+
+def test_the_rmse_drop_standard_error_matches_the_bootstrap_spread_of_the_relative_rise() -> None:
+    spec = fit_spec(synthetic_classification(50), "x1", "regression", ["x2", "color"], 10)
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=400)
+    truth = targets * spec.target_scale + spec.target_mean
+    reference = (truth + rng.normal(0, 1.0, 400))[:, None]
+    candidate = reference + rng.normal(0.1, 0.3, (400, 1))  # a variant that moves every prediction a little
+    rises = []
+    for _ in range(2000):  # the relative RMSE rise on resampled rows: its spread is what the standard error estimates
+        rows = rng.integers(0, 400, 400)
+        rmse = [np.sqrt(np.mean((outputs[rows, 0] - truth[rows]) ** 2)) for outputs in (reference, candidate)]
+        rises.append(rmse[1] / rmse[0] - 1)
+    assert drop_standard_error(spec, reference, candidate, targets) == pytest.approx(np.std(rises), rel=0.1)
