@@ -30,6 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from maas.flows import progress
 from maas.flows.events import emit_drift
 from maas.flows.retries import IO_RETRIES
+from maas.modules import image_batches
 from maas.modules import score as scoring
 from maas.modules.errors import MaasError, PartialFailure, one_line
 from maas.modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
@@ -76,6 +77,22 @@ def score_files(job: ScoreJob, objs: list[ObjectInfo]) -> list[FileOutcome]:
     return outcomes
 
 
+def _batch_name() -> str:
+    files = task_run.parameters["objs"]
+    return f"score {len(files)} images from {files[0].uri}"
+
+
+@task(cache_policy=NO_CACHE, task_run_name=_batch_name)
+def score_images(job: ScoreJob, objs: list[ObjectInfo]) -> list[FileOutcome]:
+    """One batch of image files (an image model), each with its own outcome."""
+    outcomes = image_batches.score_batch(job, objs)
+    counts = {status: sum(o.status == status for o in outcomes) for status in {o.status for o in outcomes}}
+    get_run_logger().info("%d images from %s: %s", len(objs), objs[0].uri, counts)
+    for outcome in outcomes:
+        progress.file_done(outcome.status)
+    return outcomes
+
+
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def score(params: ScoreParams) -> ScoreResult:
     started = time.perf_counter()
@@ -98,7 +115,9 @@ def score(params: ScoreParams) -> ScoreResult:
                 progress.file_done("failed")
 
     task_job = job.without_files()
-    for group in scoring.group_files(job.files, params.group_bytes):
+    tables, batches = image_batches.split(job)
+    work = [(score_files, group) for group in scoring.group_files(tables, params.group_bytes)]
+    for task_fn, group in work + [(score_images, batch) for batch in batches]:
         need = scoring.memory_estimate(group)
         while in_flight and (
             len(in_flight) >= params.parallel_files or sum(memory.values()) + need > params.memory_budget
@@ -106,7 +125,7 @@ def score(params: ScoreParams) -> ScoreResult:
             collect(next(as_completed(list(in_flight))))
         if scoring.over_budget(params, list(outcomes.values())):
             break
-        future = score_files.submit(task_job, group)
+        future = task_fn.submit(task_job, group)
         in_flight[future], memory[future] = group, need
     for future in as_completed(list(in_flight)):
         collect(future)

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from maas.modules import explain, formats, overlap, parts, plots, registry, storage
+from maas.modules import explain, formats, images, overlap, parts, plots, registry, storage
 from maas.modules.claims import Claims, Lease
 from maas.modules.config import Location, Settings, new_run_id
 from maas.modules.engines import Engine
@@ -170,6 +170,15 @@ class ScoreParams(BaseModel):
     lease_seconds: float = Field(
         900, gt=0, description="How long a claim protects a file in work; a crashed run's files are retried after it."
     )
+    image_batch: int = Field(
+        1024,
+        ge=1,
+        description="An image model: the image files under the input are scored this many to a batch, with one claim, "
+        "one Parquet output (a row per image) and one completion record per batch.",
+    )
+    image_threads: int = Field(
+        16, ge=1, description="An image model: image files fetched and decoded at once (I/O and Pillow free the GIL)."
+    )
     group_bytes: int = Field(
         8 << 20,
         ge=0,
@@ -221,6 +230,9 @@ class ScoreJob(BaseModel):
     shadow_uri: str
     threads: int
     files: list[storage.ObjectInfo] = Field(description="The listed files to look at: those not indexed as finished.")
+    images: bool = Field(
+        False, description="The model takes images: its image files are scored in batches (maas.modules.image_batches)."
+    )
     skipped: int = Field(0, description="Listed files the index knows finished by this model version: not scored.")
     index_newest: int | None = Field(
         None, description="The highest index segment number the plan found (None: the index was not read)."
@@ -310,8 +322,9 @@ def plan(params: ScoreParams) -> ScoreJob:
             raise
         model_ref, card = f"{requested} (not registered yet)", ""
     shadow_ref = _challenger(settings.bucket, params.shadow, model_ref) if card else None
-    if card and params.explains:
-        _check_explainable(registry.load_card(card), params)
+    loaded = registry.load_card(card) if card else None
+    if loaded is not None and params.explains:
+        _check_explainable(loaded, params)
     skipped, newest = 0, None
     if files and not params.rescore:
         files, skipped, newest = _unindexed(DoneIndex(state_uri, input_uri, model_ref), files, listed, params)
@@ -329,6 +342,7 @@ def plan(params: ScoreParams) -> ScoreJob:
         shadow_uri=params.shadow_uri or settings.uri("shadow"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // files_at_once(params, files)),
         files=files,
+        images=loaded is not None and loaded.features.image is not None,
         skipped=skipped,
         index_newest=newest,
     )
@@ -376,6 +390,8 @@ def _refuse_shared_outputs(job: ScoreJob) -> None:
     """Two inputs must never write one output (`{stem}` maps `a.csv` and `a.parquet` to one name)."""
     writers: dict[str, str] = {}
     for obj in job.files:
+        if job.images and images.is_image(obj.uri):  # scored in batches, into outputs named for the batch
+            continue
         try:
             output = _locations(job, obj).output
         except InputError:  # an unsafe key: quarantined when its turn comes
@@ -389,14 +405,14 @@ def _refuse_shared_outputs(job: ScoreJob) -> None:
 
 
 @lru_cache(maxsize=4)
-def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine, Baseline | None]:
+def loaded_model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine, Baseline | None]:
     """One loaded, checksum-verified model (and its training baseline) per process, shared by its files."""
     card, loaded = registry.load_engine(card_uri, engine, threads)
     baseline = _baselines[card_uri] = registry.load_baseline(card_uri, card)
     return card, loaded, baseline
 
 
-# The training baselines `_model` loaded in this process: the run's drift plot reuses them (two requests fewer).
+# The training baselines `loaded_model` loaded in this process: the run's drift plot reuses them (two requests fewer).
 _baselines: dict[str, Baseline | None] = {}
 
 
@@ -430,6 +446,15 @@ def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
         report=storage.join(job.quarantine_uri, f"{key}.error.json"),
         quarantined_rows=storage.join(job.quarantine_uri, f"{key}.rejected.{ext}"),
     )
+
+
+def report_uri(job: ScoreJob, obj: storage.ObjectInfo) -> str:
+    """Where an input's error report goes: named for its key, or by a digest when its key is unsafe."""
+    try:
+        return _locations(job, obj).report
+    except InputError:
+        safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
+        return storage.join(job.quarantine_uri, UNSAFE_KEYS, safe)
 
 
 def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None = None) -> FileOutcome:
@@ -499,8 +524,7 @@ def _score(
     try:
         where = _locations(job, obj)
     except InputError as exc:  # a key that would lead outside the output prefixes: reported under a safe name
-        safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
-        return _quarantine(job, obj, claims, lease, storage.join(job.quarantine_uri, UNSAFE_KEYS, safe), str(exc))
+        return _quarantine(job, obj, claims, lease, report_uri(job, obj), str(exc))
     earlier = _earlier_output(job, obj, where, claims, lease)
     if earlier is not None:
         return earlier
@@ -527,7 +551,7 @@ def _stream_and_publish(
     progress: Progress | None,
 ) -> FileOutcome:
     """Stream the file (from the last complete part, if an earlier attempt left some) and publish the outcome."""
-    card, engine, baseline = _model(job.card_uri, job.params.engine, job.threads)
+    card, engine, baseline = loaded_model(job.card_uri, job.params.engine, job.threads)
     drift = DriftAccumulator(baseline, job.params.drift_settings) if job.params.drift and baseline else None
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     state = _Pass(lease, explainer=_explainer(job.card_uri, job.threads) if job.params.explains else None)
@@ -677,7 +701,7 @@ def _earlier_output(
 def _load_challenger(job: ScoreJob, card: ModelCard, state: _Pass) -> None:
     """The shadow model, if it can be loaded and predicts what the served model does; never a reason to fail."""
     try:
-        challenger = _model(job.shadow_card_uri, job.params.engine, job.threads)[1]
+        challenger = loaded_model(job.shadow_card_uri, job.params.engine, job.threads)[1]
     except Exception as exc:  # noqa: BLE001 (the challenger's trouble is reported, the champion scores on)
         state.shadow_error = one_line(f"cannot load {job.shadow_ref}: {exc}")
     else:
