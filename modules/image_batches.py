@@ -172,7 +172,7 @@ class _Run:
 
     def batch(self, objs: list[storage.ObjectInfo]) -> list[FileOutcome]:
         plan = self._plan(objs)
-        settled = self._work_on(plan, objs=objs)
+        settled = self._work_on(plan)
         foreign: dict[str, list[str]] = {}
         for uri, marker in settled.foreign.items():
             foreign.setdefault(marker.batch_uri, []).append(uri)
@@ -206,13 +206,14 @@ class _Run:
     def _unit(self, batch_id: str) -> tuple[str, str, str]:
         return self._batch_uri(batch_id), batch_id, self.namespace
 
-    def _work_on(self, plan: BatchPlan, objs: list[storage.ObjectInfo] | None = None) -> _Settled:
-        """Claim the batch and score its members; a batch that another run completed or holds is reported so."""
+    def _work_on(self, plan: BatchPlan, resolve: bool = True) -> _Settled:
+        """Claim the batch and score its members; a batch that another run completed or holds is reported so.
+        `resolve`: look up the batches that the candidates this batch did not take belong to."""
         unit = self._unit(plan.batch_id)
         lease = self.claims.first(*unit)
         if lease is None:
             if (done := self.claims.finished(*unit)) is not None:
-                return self._finished(plan, done.members, done.output_uri)
+                return self._finished(plan, done.members, done.output_uri, resolve)
             lease = self.claims.acquire(*unit)
             if lease is None:
                 claimed = {
@@ -223,7 +224,7 @@ class _Run:
         try:
             if lease.attempt > 1:
                 if (done := self.claims.finished(*unit)) is not None:
-                    return self._finished(plan, done.members, done.output_uri)
+                    return self._finished(plan, done.members, done.output_uri, resolve)
                 try:  # a takeover scores the candidates the batch was planned with
                     plan = storage.read_model(unit[0], BatchPlan)
                 except ObjectNotFound:  # the first holder died before it wrote them: the same ones, by its name
@@ -240,14 +241,15 @@ class _Run:
             except StorageError:  # remembered by `claims`; the lease expires anyway
                 pass
 
-    def _finished(self, plan: BatchPlan, members: list[Member], output_uri: str | None) -> _Settled:
-        """A completed batch: its members are done; a candidate it did not take belongs to another batch."""
+    def _finished(self, plan: BatchPlan, members: list[Member], output_uri: str | None, resolve: bool) -> _Settled:
+        """A completed batch: its members are done. A candidate it did not take belongs to another batch, which
+        its marker names (read when `resolve`: not for a batch taken over, whose other candidates are not ours)."""
         done = {uri for uri, _ in members}
         settled = _Settled()
         for uri, etag in plan.candidates:
             if uri in done:
                 settled.outcomes[uri] = FileOutcome(input_uri=uri, status="skipped", output_uri=output_uri)
-            else:
+            elif resolve:
                 settled.foreign[uri] = storage.read_model(self._marker_uri(uri, etag), Marker)
         return settled
 
@@ -257,7 +259,7 @@ class _Run:
             plan = storage.read_model(batch_uri, BatchPlan)
         except ObjectNotFound:  # markers are made after the batch object: not reached, but say so plainly
             raise StorageError(f"{batch_uri}: a marker names this batch but it has no candidates") from None
-        settled = self._work_on(plan)
+        settled = self._work_on(plan, resolve=False)
         settled.foreign.clear()  # a member of a third batch is that batch's business, and its run's
         return settled
 
@@ -286,22 +288,46 @@ class _Run:
             drift = accumulator.report()
 
         self.claims.check(lease)  # fenced: a stalled or overtaken holder publishes nothing
+        settled = [*members, *((u, e) for u, e in plan.candidates if u in read.errors or u in read.vanished)]
+        output = None
+        if settled:  # a batch whose candidates all belong to other batches publishes nothing, and is done
+            output = plan.output_uri
+            self._publish(plan, lease, read, frame, card.artifacts[engine.variant].sha256, engine.name, settled,
+                          drift, started_at, started)  # fmt: skip
+        complete = lambda: self.claims.complete(lease, "scored", plan.manifest_uri, output, members=settled)  # noqa: E731
+        if not self.claims.persist(lease, complete):
+            raise LeaseLost(f"batch {plan.batch_id}: another attempt completed it first")
+        return self._outcomes(plan, read, members, drift)
+
+    def _publish(
+        self,
+        plan: BatchPlan,
+        lease: Lease,
+        read: _Read,
+        frame: pd.DataFrame,
+        model_sha256: str,
+        engine: str,
+        settled: list[Member],
+        drift: DriftReport | None,
+        started_at: datetime,
+        started: float,
+    ) -> None:
+        """The quarantined members' error reports, the output (atomically), then the manifest."""
         etags = dict(plan.candidates)
         for uri, reason in read.errors.items():
-            report = {"input_uri": uri, "input_etag": etags[uri], "model_ref": job.model_ref, "error": reason,
+            report = {"input_uri": uri, "input_etag": etags[uri], "model_ref": self.job.model_ref, "error": reason,
                       "batch_id": plan.batch_id, "quarantined_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
             self.claims.persist(lease, lambda uri=uri, report=report: storage.write_json(plan.reports[uri], report))
         data = _parquet(frame)
         self.claims.persist(lease, lambda: storage.write_bytes(plan.output_uri, data))
-        settled = [*members, *((u, e) for u, e in plan.candidates if u in read.errors or u in read.vanished)]
         manifest = BatchManifest(
             batch_id=plan.batch_id,
-            model_ref=job.model_ref,
-            model_sha256=card.artifacts[engine.variant].sha256,
-            engine=engine.name,
+            model_ref=self.job.model_ref,
+            model_sha256=model_sha256,
+            engine=engine,
             output_uri=plan.output_uri,
             output_sha256=storage.sha256_hex(data),
-            scored=len(members),
+            scored=len(frame),
             quarantined={uri: plan.reports[uri] for uri in read.errors},
             vanished=read.vanished,
             members=settled,
@@ -313,10 +339,6 @@ class _Run:
         )
         self.claims.check(lease)
         self.claims.persist(lease, lambda: storage.write_json(plan.manifest_uri, manifest))
-        complete = lambda: self.claims.complete(lease, "scored", plan.manifest_uri, plan.output_uri, members=settled)  # noqa: E731
-        if not self.claims.persist(lease, complete):
-            raise LeaseLost(f"batch {plan.batch_id}: another attempt completed it first")
-        return self._outcomes(plan, read, members, drift)
 
     def _read(self, plan: BatchPlan, spec: images.ImageSpec) -> _Read:
         """Each candidate's marker (a conditional create), then its bytes and pixels, on `image_threads` threads
