@@ -87,7 +87,12 @@ class BatchPlan(BaseModel):
     output_uri: str
     manifest_uri: str
     candidates: list[Member]
-    reports: dict[str, str] = Field(description="Each candidate's error report URI, should it be quarantined.")
+    input_uri: str = Field(description="The prefix the batch was listed under: names the error reports.")
+    quarantine_uri: str
+
+    def report(self, uri: str) -> str:
+        """The candidate's error report, should it be quarantined: named as a table file's would be."""
+        return report_uri(self.input_uri, self.quarantine_uri, uri)
 
 
 class Marker(BaseModel):
@@ -197,7 +202,8 @@ class _Run:
             output_uri=storage.join(folder, f"{batch_id}.predictions.parquet"),
             manifest_uri=storage.join(folder, f"{batch_id}.manifest.json"),
             candidates=candidates,
-            reports={o.uri: report_uri(self.job, o) for o in objs},
+            input_uri=self.job.input_uri,
+            quarantine_uri=self.job.quarantine_uri,
         )
 
     def _batch_uri(self, batch_id: str) -> str:
@@ -317,7 +323,7 @@ class _Run:
         for uri, reason in read.errors.items():
             report = {"input_uri": uri, "input_etag": etags[uri], "model_ref": self.job.model_ref, "error": reason,
                       "batch_id": plan.batch_id, "quarantined_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
-            self.claims.persist(lease, lambda uri=uri, report=report: storage.write_json(plan.reports[uri], report))
+            self.claims.persist(lease, lambda uri=uri, report=report: storage.write_json(plan.report(uri), report))
         data = _parquet(frame)
         self.claims.persist(lease, lambda: storage.write_bytes(plan.output_uri, data))
         manifest = BatchManifest(
@@ -328,7 +334,7 @@ class _Run:
             output_uri=plan.output_uri,
             output_sha256=storage.sha256_hex(data),
             scored=len(frame),
-            quarantined={uri: plan.reports[uri] for uri in read.errors},
+            quarantined={uri: plan.report(uri) for uri in read.errors},
             vanished=read.vanished,
             members=settled,
             drift=drift,
@@ -341,37 +347,40 @@ class _Run:
         self.claims.persist(lease, lambda: storage.write_json(plan.manifest_uri, manifest))
 
     def _read(self, plan: BatchPlan, spec: images.ImageSpec) -> _Read:
-        """Each candidate's marker (a conditional create), then its bytes and pixels, on `image_threads` threads
-        (requests and most of Pillow's decoding release the GIL). A passing storage failure raises."""
+        """Each candidate's marker (conditional creates, all at once), then the members' bytes and pixels, on
+        `image_threads` threads (requests and most of Pillow's decoding release the GIL). A passing storage
+        failure raises."""
         marker = Marker(batch_id=plan.batch_id, batch_uri=self._batch_uri(plan.batch_id))
-
-        def one(member: Member) -> Marker | np.ndarray | InputError | None:
-            uri, etag = member
-            where = self._marker_uri(uri, etag)
-            if not storage.create_json(where, marker):
-                theirs = storage.read_model(where, Marker)
-                if theirs.batch_id != plan.batch_id:
-                    return theirs
-            try:
-                return images.decode(storage.read_bytes(uri), spec, uri)
-            except InputError as exc:
-                return exc
-            except ObjectNotFound:
-                return None
-
-        read = _Read()
         threads = max(1, min(self.job.params.image_threads, len(plan.candidates)))
+        markers = [self._marker_uri(uri, etag) for uri, etag in plan.candidates]
+        created = storage.create_many(markers, marker.model_dump_json().encode(), threads)
+        read = _Read()
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for member, got in zip(plan.candidates, pool.map(one, plan.candidates), strict=True):
-                if isinstance(got, Marker):
-                    read.foreign[member[0]] = got
-                elif isinstance(got, InputError):
+            taken = [i for i, ours in enumerate(created) if not ours]  # by another batch, or by an earlier attempt
+            for i, theirs in zip(taken, pool.map(lambda i: storage.read_model(markers[i], Marker), taken), strict=True):
+                if theirs.batch_id != plan.batch_id:
+                    read.foreign[plan.candidates[i][0]] = theirs
+            members = [member for member in plan.candidates if member[0] not in read.foreign]
+            for member, got in zip(
+                members, pool.map(lambda member: self._pixels(member[0], spec), members), strict=True
+            ):
+                if isinstance(got, InputError):
                     read.errors[member[0]] = one_line(str(got))
                 elif got is None:
                     read.vanished.append(member[0])
                 else:
                     read.pixels.append((member, got))
         return read
+
+    @staticmethod
+    def _pixels(uri: str, spec: images.ImageSpec) -> np.ndarray | InputError | None:
+        """The image's pixels; why it cannot be scored; or None when it was deleted after it was listed."""
+        try:
+            return images.decode(storage.read_bytes(uri), spec, uri)
+        except InputError as exc:
+            return exc
+        except ObjectNotFound:
+            return None
 
     def _outcomes(self, plan: BatchPlan, read: _Read, members: list[Member], drift: DriftReport | None) -> _Settled:
         settled = _Settled(foreign=read.foreign)
@@ -381,7 +390,7 @@ class _Run:
             )
         for uri, reason in read.errors.items():
             settled.outcomes[uri] = FileOutcome(
-                input_uri=uri, status="quarantined", report_uri=plan.reports[uri], error=reason
+                input_uri=uri, status="quarantined", report_uri=plan.report(uri), error=reason
             )
         for uri in read.vanished:
             settled.outcomes[uri] = FileOutcome(

@@ -431,10 +431,16 @@ class _Locations(BaseModel):
     quarantined_rows: str
 
 
-def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
-    key = storage.relative_key(job.input_uri, obj.uri)
+def _safe_key(input_uri: str, uri: str) -> str:
+    """The object's key below the input prefix, which names its outputs; InputError if it could lead elsewhere."""
+    key = storage.relative_key(input_uri, uri)
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise InputError(f"{obj.uri}: object key {key!r} has empty, '.' or '..' segments; refusing to derive outputs")
+        raise InputError(f"{uri}: object key {key!r} has empty, '.' or '..' segments; refusing to derive outputs")
+    return key
+
+
+def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
+    key = _safe_key(job.input_uri, obj.uri)
     ext = job.params.output_format
     stem = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
     stem += key.rsplit("/", 1)[-1].split(".", 1)[0]
@@ -448,13 +454,13 @@ def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
     )
 
 
-def report_uri(job: ScoreJob, obj: storage.ObjectInfo) -> str:
-    """Where an input's error report goes: named for its key, or by a digest when its key is unsafe."""
+def report_uri(input_uri: str, quarantine_uri: str, uri: str) -> str:
+    """Where an input's error report goes: named for its key below the input prefix, or by a digest when its key
+    is unsafe."""
     try:
-        return _locations(job, obj).report
+        return storage.join(quarantine_uri, f"{_safe_key(input_uri, uri)}.error.json")
     except InputError:
-        safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
-        return storage.join(job.quarantine_uri, UNSAFE_KEYS, safe)
+        return storage.join(quarantine_uri, UNSAFE_KEYS, f"{hashlib.sha256(uri.encode()).hexdigest()[:24]}.error.json")
 
 
 def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None = None) -> FileOutcome:
@@ -524,7 +530,7 @@ def _score(
     try:
         where = _locations(job, obj)
     except InputError as exc:  # a key that would lead outside the output prefixes: reported under a safe name
-        return _quarantine(job, obj, claims, lease, report_uri(job, obj), str(exc))
+        return _quarantine(job, obj, claims, lease, report_uri(job.input_uri, job.quarantine_uri, obj.uri), str(exc))
     earlier = _earlier_output(job, obj, where, claims, lease)
     if earlier is not None:
         return earlier
@@ -978,9 +984,10 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
             baseline = _baselines.get(job.card_uri) or registry.load_baseline(
                 job.card_uri, registry.load_card(job.card_uri)
             )
-            png = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
-            storage.write_bytes(png, plots.drift_png(result.drift, baseline))
-            result.drift_report_uri = png
+            if baseline.features:  # an image model's drift is its predictions': the summary says it all
+                png = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
+                storage.write_bytes(png, plots.drift_png(result.drift, baseline))
+                result.drift_report_uri = png
         except Exception:  # noqa: BLE001
             log.warning("no drift plot for %s", job.summary_uri, exc_info=True)
     storage.write_json(job.summary_uri, result)

@@ -40,6 +40,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
@@ -310,6 +311,60 @@ def create_bytes(uri: str, data: bytes) -> bool:
     if not isinstance(fs, LocalFileSystem):
         _check_conditional_create(fs, uri)
     return _write(uri, data, exclusive=True)
+
+
+def create_many(uris: list[str], data: bytes, threads: int = 16) -> list[bool]:
+    """`create_bytes` for many small objects with the same bytes: which ones this call created (or, as there,
+    found holding exactly `data`). On a local disk one file is written and synced, and each object is a hard
+    link to it (a new file costs milliseconds there, a link microseconds); on an object store, conditional
+    creates on `threads` threads."""
+    if not uris:
+        return []
+    fs, _ = filesystem(uris[0])
+    if isinstance(fs, LocalFileSystem):
+        with _translated(uris[0]):
+            return _link_many([filesystem(uri)[1] for uri in uris], data)
+    _check_conditional_create(fs, uris[0])
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(uris)))) as pool:
+        return list(pool.map(lambda uri: _write(uri, data, exclusive=True), uris))
+
+
+# Hard links per source file in `_link_many`, well under ext4's 65,000 links per inode.
+_LINKS_PER_FILE = 10_000
+
+
+def _link_many(paths: list[str], data: bytes) -> list[bool]:
+    """Each path a hard link to a synced file holding `data`, unless it exists (then False, unless it holds
+    exactly `data`); the folders are synced after, so the links outlive a power cut as a synced file would."""
+    folders = sorted({os.path.dirname(path) for path in paths})
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+    created = []
+    for start in range(0, len(paths), _LINKS_PER_FILE):
+        fd, source = tempfile.mkstemp(dir=folders[0], prefix=_TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(source, 0o444 & ~_umask())  # the same bytes under every name: none may be written in place
+            for path in paths[start : start + _LINKS_PER_FILE]:
+                try:
+                    os.link(source, path)
+                    created.append(True)
+                except FileExistsError:
+                    with open(path, "rb") as found:
+                        created.append(found.read() == data)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source)
+    for folder in folders:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    return created
 
 
 def _write(uri: str, data: bytes, *, exclusive: bool) -> bool:

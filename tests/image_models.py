@@ -51,12 +51,14 @@ def _brightness_onnx(width: int) -> bytes:
 
 def register_brightness_model(bucket: str, name: str = "pix", channels: int = 1, size: int = 8) -> str:
     """Register the model as `name`/1 with `production` on it; returns its card URI."""
-    spec = FeatureSpec(
-        target="label",
-        task="classification",
-        classes=CLASSES,
-        image=ImageSpec(size=size, channels=channels, mean=[127.5] * channels, std=[50.0] * channels),
-    )
+    image = ImageSpec(size=size, channels=channels, mean=[127.5] * channels, std=[50.0] * channels)
+    return register_image_model(bucket, name, _brightness_onnx(image.width), image, CLASSES)
+
+
+def register_image_model(bucket: str, name: str, onnx_model: bytes, image: ImageSpec, classes: list) -> str:
+    """Register an ONNX image classifier (the input convention: raw pixels, channels first, flattened; class
+    probabilities out) as `name`/1, with a training baseline of uniform predictions and `production` on it."""
+    spec = FeatureSpec(target="label", task="classification", classes=classes, image=image)
     baseline = (
         Baseline(
             task="classification",
@@ -64,13 +66,17 @@ def register_brightness_model(bucket: str, name: str = "pix", channels: int = 1,
             numeric=[],
             categorical=[],
             prediction=CategoricalBaseline(
-                name="prediction", kind="text", categories=CLASSES, shares=[0.5, 0.5, 0.0], missing_rate=0.0
+                name="prediction",
+                kind="text",
+                categories=[str(c) for c in classes],
+                shares=[1 / len(classes)] * len(classes) + [0.0],
+                missing_rate=0.0,
             ),
         )
         .model_dump_json()
         .encode()
     )
-    files = {"int8": ("model.onnx", _brightness_onnx(spec.width)), "baseline": ("baseline.json", baseline)}
+    files = {"int8": ("model.onnx", onnx_model), "baseline": ("baseline.json", baseline)}
     artifacts = {}
     for variant, (file, data) in files.items():
         storage.write_bytes(registry.model_uri(bucket, name, "1", file), data)
@@ -81,7 +87,7 @@ def register_brightness_model(bucket: str, name: str = "pix", channels: int = 1,
         created_at=datetime.now(timezone.utc),
         task="classification",
         target="label",
-        classes=CLASSES,
+        classes=classes,
         features=spec,
         artifacts=artifacts,
         metrics=[],
@@ -93,7 +99,7 @@ def register_brightness_model(bucket: str, name: str = "pix", channels: int = 1,
             reference=1.0,
             candidate=1.0,
             max_metric_drop=0.01,
-            reason="a hand-built test model",
+            reason="a hand-built model",
         ),  # fmt: skip
         training={},
         lineage=Lineage(data_uri="", data_etag="", preprocess_manifest="", train_manifest="", compress_manifest=""),
