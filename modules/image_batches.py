@@ -47,7 +47,7 @@ never a reason: the batch is tried again (its markers name it, so it finds its m
 backfill scores every listed image again, once.
 
 **Drift**: each batch's predictions are counted against the training baseline's prediction distribution
-(images have no per-feature drift); the report travels with the batch's first outcome to the run summary.
+(images have no per-feature drift); the report travels with the batch's outcome to the run summary.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ from maas.modules import images, storage
 from maas.modules.claims import Claims, Lease, unit_key
 from maas.modules.errors import InputError, LeaseLost, ObjectNotFound, StorageError, StorageUnavailable, one_line
 from maas.modules.monitor import DriftAccumulator, DriftReport
-from maas.modules.score import FILE_ATTEMPTS, FileOutcome, ScoreJob, loaded_model, report_uri
+from maas.modules.score import FILE_ATTEMPTS, FileOutcome, ImageBatchOutcome, ScoreJob, loaded_model, report_uri
 
 BATCHES = "_image-batches"
 Member = tuple[str, str]  # (image URI, etag)
@@ -124,19 +124,21 @@ def split(job: ScoreJob) -> tuple[list[storage.ObjectInfo], list[list[storage.Ob
     """The job's table files, and its image files cut into batches (in listing order)."""
     if not job.images:
         return list(job.files), []
-    pictures = [o for o in job.files if images.is_image(o.uri)]
-    tables = [o for o in job.files if not images.is_image(o.uri)]
+    tables, pictures = [], []
+    for obj in job.files:
+        (pictures if images.is_image(obj.uri) else tables).append(obj)
     size = job.params.image_batch
     return tables, [pictures[i : i + size] for i in range(0, len(pictures), size)]
 
 
-def score_batch(job: ScoreJob, objs: list[storage.ObjectInfo]) -> list[FileOutcome]:
-    """Score one batch of image files: one outcome per image. Passing storage failures retry the batch; once
-    they outlast `FILE_ATTEMPTS` its images are `failed` (left for the next run)."""
+def score_batch(job: ScoreJob, objs: list[storage.ObjectInfo]) -> ImageBatchOutcome:
+    """Score one batch of image files. Passing storage failures retry the batch; once they outlast `FILE_ATTEMPTS`
+    its images are `failed` (left for the next run)."""
+    run = _Run(job)
     with storage.counting_retries() as retries:
         for attempt in range(FILE_ATTEMPTS):
             try:
-                outcomes = _Run(job).batch(objs)
+                outcomes = run.batch(objs)
                 break
             except StorageUnavailable as exc:
                 if attempt + 1 == FILE_ATTEMPTS:
@@ -144,9 +146,19 @@ def score_batch(job: ScoreJob, objs: list[storage.ObjectInfo]) -> list[FileOutco
                     break
                 storage.note_retry()
                 time.sleep(storage.backoff_seconds(attempt + 2))
-    if outcomes:
-        outcomes[0] = outcomes[0].model_copy(update={"retries": retries[0]})
-    return outcomes
+    plan = run.plan(objs)
+    easy = [o for o in outcomes if o.status in ("scored", "skipped")]
+    return ImageBatchOutcome(
+        batch_id=plan.batch_id,
+        output_uri=plan.output_uri if any(o.status == "scored" and o.output_uri == plan.output_uri for o in easy)
+        else None,
+        scored=sum(o.status == "scored" for o in easy),
+        skipped=sum(o.status == "skipped" for o in easy),
+        problems=[o for o in outcomes if o.status not in ("scored", "skipped")],
+        retries=retries[0],
+        finished=[o.input_uri for o in easy],
+        drift=next((o.drift for o in outcomes if o.drift is not None), None),
+    )  # fmt: skip
 
 
 @dataclass
@@ -176,7 +188,7 @@ class _Run:
         self.namespace = job.model_ref + (f"#rescore:{job.summary_uri}" if job.params.rescore else "")
 
     def batch(self, objs: list[storage.ObjectInfo]) -> list[FileOutcome]:
-        plan = self._plan(objs)
+        plan = self.plan(objs)
         settled = self._work_on(plan)
         foreign: dict[str, list[str]] = {}
         for uri, marker in settled.foreign.items():
@@ -190,7 +202,7 @@ class _Run:
                 )
         return [settled.outcomes[o.uri] for o in objs]
 
-    def _plan(self, objs: list[storage.ObjectInfo]) -> BatchPlan:
+    def plan(self, objs: list[storage.ObjectInfo]) -> BatchPlan:
         candidates = [(o.uri, o.etag) for o in objs]
         digest = json.dumps([self.namespace, self.job.output_uri, candidates]).encode()
         batch_id = hashlib.sha256(digest).hexdigest()[:32]
@@ -361,9 +373,12 @@ class _Run:
                 if theirs.batch_id != plan.batch_id:
                     read.foreign[plan.candidates[i][0]] = theirs
             members = [member for member in plan.candidates if member[0] not in read.foreign]
-            for member, got in zip(
-                members, pool.map(lambda member: self._pixels(member[0], spec), members), strict=True
-            ):
+            # a few images per task: a future per image costs about as much as decoding a 28 x 28 PNG
+            size = max(1, -(-len(members) // (threads * 4)))
+            chunks = [members[i : i + size] for i in range(0, len(members), size)]
+            results = (got for chunk in pool.map(lambda chunk: [self._pixels(m[0], spec) for m in chunk], chunks)
+                       for got in chunk)  # fmt: skip
+            for member, got in zip(members, results, strict=True):
                 if isinstance(got, InputError):
                     read.errors[member[0]] = one_line(str(got))
                 elif got is None:

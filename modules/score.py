@@ -284,6 +284,22 @@ class FileOutcome(BaseModel):
     drift: DriftReport | None = Field(None, exclude=True, description="Travels to the run's summary; not written.")
 
 
+class ImageBatchOutcome(BaseModel):
+    """What scoring one batch of image files did (`maas.modules.image_batches`). Its scored and skipped images
+    are counted, not listed one by one: a run may hold hundreds of thousands."""
+
+    batch_id: str
+    output_uri: str | None = Field(description="The batch's Parquet output; None when it had no images of its own.")
+    scored: int
+    skipped: int
+    problems: list[FileOutcome] = Field(
+        description="Each image neither scored nor skipped: quarantined, claimed, failed or vanished."
+    )
+    retries: int = 0
+    finished: list[str] = Field([], exclude=True, description="The images scored or skipped: the run indexes them.")
+    drift: DriftReport | None = Field(None, exclude=True, description="Travels to the run's summary; not written.")
+
+
 class ScoreResult(BaseModel):
     model_ref: str
     summary_uri: str
@@ -299,8 +315,10 @@ class ScoreResult(BaseModel):
     drift_report_uri: str | None = Field(None, description="PNG beside the summary: drift per feature, worst first.")
     shadow: ShadowReport | None = Field(None, description="The challenger's agreement over the run's files.")
     files: list[FileOutcome] = Field(
-        description="What happened to each file this run worked on; files already finished are only counted (skipped)."
+        description="What happened to each file this run worked on; files already finished are only counted (skipped), "
+        "and so are the image files scored in batches."
     )
+    image_batches: list[ImageBatchOutcome] = Field([], description="The batches of image files (an image model).")
 
 
 def plan(params: ScoreParams) -> ScoreJob:
@@ -953,16 +971,20 @@ def over_budget(params: ScoreParams, outcomes: list[FileOutcome], finished: bool
     return None
 
 
-def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> ScoreResult:
+def summarize(
+    job: ScoreJob, outcomes: list[FileOutcome], seconds: float, batches: list[ImageBatchOutcome] = ()
+) -> ScoreResult:
     """The run's result, also written to `job.summary_uri` so the bucket keeps a record of every run.
 
-    Its size follows the run's work: files already finished are counted, not listed. The units seen
-    finished are added to the index, so the next run skips them without asking their records.
+    Its size follows the run's work: files already finished are counted, not listed, and so are the image
+    files that batches scored. The units seen finished are added to the index, so the next run skips them
+    without asking their records. `outcomes` holds the image files that batches did not score or skip.
     """
     counts = {status: sum(o.status == status for o in outcomes) for status in Status.__args__}
-    counts["skipped"] += job.skipped
-    _index_finished(job, outcomes)
-    rows = sum(o.rows_out for o in outcomes)
+    counts["skipped"] += job.skipped + sum(b.skipped for b in batches)
+    counts["scored"] += sum(b.scored for b in batches)
+    _index_finished(job, outcomes, [uri for b in batches for uri in b.finished])
+    rows = sum(o.rows_out for o in outcomes) + sum(b.scored for b in batches)
     result = ScoreResult(
         model_ref=job.model_ref,
         summary_uri=job.summary_uri,
@@ -973,11 +995,12 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
         rows_rejected=sum(o.rows_rejected for o in outcomes),
         seconds=seconds,
         rows_per_s=rows / seconds if seconds > 0 else 0.0,
-        retries=sum(o.retries for o in outcomes),
+        retries=sum(o.retries for o in outcomes) + sum(b.retries for b in batches),
         files=[o for o in outcomes if o.status != "skipped"],
+        image_batches=[b.model_copy(update={"finished": [], "problems": []}) for b in batches],
     )
     result.shadow = combined([o.shadow for o in outcomes if o.shadow is not None])
-    reports = [o.drift for o in outcomes if o.drift is not None]
+    reports = [o.drift for o in [*outcomes, *batches] if o.drift is not None]
     if reports:
         result.drift = summarize_run(reports)
         try:  # the picture is a convenience: the numbers are in the summary either way
@@ -994,15 +1017,12 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
     return result
 
 
-def _index_finished(job: ScoreJob, outcomes: list[FileOutcome]) -> None:
+def _index_finished(job: ScoreJob, outcomes: list[FileOutcome], images: list[str]) -> None:
     """Index the versions whose completion record exists now (a cache: failing to write it costs the next run
-    one request per file, so it never fails the run)."""
+    one request per file, so it never fails the run); `images`: the image files batches scored or skipped."""
     etags = {o.uri: o.etag for o in job.files}
-    finished = [
-        (o.input_uri, etags[o.input_uri])
-        for o in outcomes
-        if o.status in ("scored", "quarantined", "skipped") and o.input_uri in etags
-    ]
+    done = [o.input_uri for o in outcomes if o.status in ("scored", "quarantined", "skipped")]
+    finished = [(uri, etags[uri]) for uri in [*done, *images] if uri in etags]
     if not finished or not job.card_uri:
         return
     try:

@@ -59,6 +59,6 @@ def test_images_dropped_in_s3_are_scored_in_batches_once_each_beside_a_table(s3_
     storage.write_bytes(storage.join(incoming, "day2/dark.png"), image_bytes(245))  # now a light one
     changed = score(params)
     assert changed.counts["scored"] == 1 and changed.counts["skipped"] == 7
-    assert changed.files[0].input_uri.endswith("/day2/dark.png")
-    latest = pd.read_parquet(io.BytesIO(storage.read_bytes(changed.files[0].output_uri)))
-    assert latest["prediction"].tolist() == ["light"]
+    assert changed.files == [] and [b.scored for b in changed.image_batches] == [1]
+    latest = pd.read_parquet(io.BytesIO(storage.read_bytes(changed.image_batches[0].output_uri)))
+    assert latest["uri"].str.endswith("/day2/dark.png").tolist() == [True] and latest["prediction"][0] == "light"
