@@ -164,8 +164,10 @@ def main() -> None:
                     pair = {}
                     for size, prefix in prefixes.items():
                         tag = f"{backend}-{repeat}-{size}"
-                        pair[size] = (flow_run(bucket, prefix, tag) if kind == "flow"
-                                      else naive_run(net, prefix, storage.join(bucket, f"naive-{tag}.parquet")))  # fmt: skip
+                        naive_output = storage.join(bucket, f"naive-{tag}.parquet")
+                        pair[size] = (
+                            flow_run(bucket, prefix, tag) if kind == "flow" else naive_run(net, prefix, naive_output)
+                        )
                     large, small = pair[count], pair[count // 4]
                     run = large | {
                         "marginal": (large["images"] - small["images"]) / (large["seconds"] - small["seconds"])

@@ -11,6 +11,8 @@ storage failures are retried inside `maas.modules.score` (a file still failing i
 the next run), and any other error is reported for that file alone. The run ends Failed when its
 error budget is spent (`max_failed_files`, `max_quarantined_files`), after which it starts no more
 files, so that someone looks; without a budget every file is tried and any failure fails the run.
+When the model takes images, its image files are scored in batches of `image_batch`, a task each
+(`maas.modules.image_batches`), beside the table files' tasks.
 
 Run: `maas score --model default@production --input s3://bucket/incoming/ --output s3://bucket/predictions/`
 """

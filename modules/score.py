@@ -22,7 +22,10 @@ Then each file is scored on its own (`score_file`), which is what the flow maps 
 - outputs are named after the input (`incoming/a/b.csv` -> `predictions/a/b.csv.predictions.parquet`
   plus `predictions/a/b.csv.manifest.json`), so a retry overwrites its own output; two inputs that
   would share an output name are refused when the run is planned;
-- the input object is never modified or deleted.
+- the input object is never modified or deleted;
+- when the model takes images, the image files under the input are scored in batches instead, with
+  a claim, an output and a completion record per batch (`maas.modules.image_batches`); table files
+  (a table of image URIs included) are scored here as always.
 """
 
 from __future__ import annotations
