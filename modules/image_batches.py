@@ -2,9 +2,10 @@
 
 When the served model takes images (`FeatureSpec.image`), the image files a run finds under its input
 prefix are not scored one unit of work each (a claim, a completion record and an output per image: about
-nine requests for 28 x 28 pixels) but in batches of up to `image_batch` images: one claim, one Parquet
-output with one row per image (`uri`, `etag`, `prediction`, `prob_<class>`) and one completion record per
-batch. Table files under the same prefix (a table of image URIs included) still go the table way.
+nine requests for 28 x 28 pixels) but in batches of up to `image_batch` images (fewer for large images,
+so that a batch's pixels fit in `score.IMAGE_BATCH_BYTES`): one claim, one Parquet output with one row
+per image (`uri`, `etag`, `prediction`, `prob_<class>`) and one completion record per batch. Table files
+under the same prefix (a table of image URIs included) still go the table way.
 
 **Names.** A batch is named by a digest of the model version, its output prefix and its candidates (the
 listed (URI, etag) pairs, in listing order): `state/batches/<batch id>.json` lists the candidates, the
@@ -122,12 +123,12 @@ class BatchManifest(BaseModel):
 
 def split(job: ScoreJob) -> tuple[list[storage.ObjectInfo], list[list[storage.ObjectInfo]]]:
     """The job's table files, and its image files cut into batches (in listing order)."""
-    if not job.images:
+    if not job.image_batch:
         return list(job.files), []
     tables, pictures = [], []
     for obj in job.files:
         (pictures if images.is_image(obj.uri) else tables).append(obj)
-    size = job.params.image_batch
+    size = job.image_batch
     return tables, [pictures[i : i + size] for i in range(0, len(pictures), size)]
 
 

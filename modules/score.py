@@ -176,8 +176,9 @@ class ScoreParams(BaseModel):
     image_batch: int = Field(
         1024,
         ge=1,
-        description="An image model: the image files under the input are scored this many to a batch, with one claim, "
-        "one Parquet output (a row per image) and one completion record per batch.",
+        description="An image model: the image files under the input are scored this many to a batch (fewer for "
+        "large images: a batch's pixels stay under 768 MiB), with one claim, one Parquet output (a row per image) and "
+        "one completion record per batch.",
     )
     image_threads: int = Field(
         16, ge=1, description="An image model: image files fetched and decoded at once (I/O and Pillow free the GIL)."
@@ -233,8 +234,10 @@ class ScoreJob(BaseModel):
     shadow_uri: str
     threads: int
     files: list[storage.ObjectInfo] = Field(description="The listed files to look at: those not indexed as finished.")
-    images: bool = Field(
-        False, description="The model takes images: its image files are scored in batches (maas.modules.image_batches)."
+    image_batch: int = Field(
+        0,
+        description="Image files per batch (maas.modules.image_batches); 0: the model does not take images. The "
+        "`image_batch` parameter, or fewer for large images, so that a batch's pixels fit in IMAGE_BATCH_BYTES.",
     )
     skipped: int = Field(0, description="Listed files the index knows finished by this model version: not scored.")
     index_newest: int | None = Field(
@@ -363,12 +366,22 @@ def plan(params: ScoreParams) -> ScoreJob:
         shadow_uri=params.shadow_uri or settings.uri("shadow"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // files_at_once(params, files)),
         files=files,
-        images=loaded is not None and loaded.features.image is not None,
+        image_batch=_image_batch(params, loaded),
         skipped=skipped,
         index_newest=newest,
     )
     _refuse_shared_outputs(job)
     return job
+
+
+# What a batch of image files may hold as pixels (float32): 1,024 RGB images of 256 x 256 pixels fill it.
+IMAGE_BATCH_BYTES = 768 << 20
+
+
+def _image_batch(params: ScoreParams, card: ModelCard | None) -> int:
+    if card is None or card.features.image is None:
+        return 0
+    return max(1, min(params.image_batch, IMAGE_BATCH_BYTES // (card.features.image.width * 4)))
 
 
 def _check_explainable(card: ModelCard, params: ScoreParams) -> None:
@@ -411,7 +424,7 @@ def _refuse_shared_outputs(job: ScoreJob) -> None:
     """Two inputs must never write one output (`{stem}` maps `a.csv` and `a.parquet` to one name)."""
     writers: dict[str, str] = {}
     for obj in job.files:
-        if job.images and images.is_image(obj.uri):  # scored in batches, into outputs named for the batch
+        if job.image_batch and images.is_image(obj.uri):  # scored in batches, into outputs named for the batch
             continue
         try:
             output = _locations(job, obj).output
