@@ -63,6 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -377,7 +378,8 @@ class _Run:
             # a few images per task: a future per image costs about as much as decoding a 28 x 28 PNG
             size = max(1, -(-len(members) // (threads * 4)))
             chunks = [members[i : i + size] for i in range(0, len(members), size)]
-            results = (got for chunk in pool.map(lambda chunk: [self._pixels(m[0], spec) for m in chunk], chunks)
+            fs = storage.filesystem(members[0][0])[0] if members else None  # the listing's store: resolved once
+            results = (got for chunk in pool.map(lambda chunk: [self._pixels(m[0], spec, fs) for m in chunk], chunks)
                        for got in chunk)  # fmt: skip
             for member, got in zip(members, results, strict=True):
                 if isinstance(got, InputError):
@@ -389,10 +391,10 @@ class _Run:
         return read
 
     @staticmethod
-    def _pixels(uri: str, spec: images.ImageSpec) -> np.ndarray | InputError | None:
+    def _pixels(uri: str, spec: images.ImageSpec, fs: fsspec.AbstractFileSystem) -> np.ndarray | InputError | None:
         """The image's pixels; why it cannot be scored; or None when it was deleted after it was listed."""
         try:
-            return images.decode(storage.read_bytes(uri), spec, uri)
+            return images.decode(storage.read_bytes(uri, fs), spec, uri)
         except InputError as exc:
             return exc
         except ObjectNotFound:

@@ -346,7 +346,9 @@ def plan(params: ScoreParams) -> ScoreJob:
             raise
         model_ref, card = f"{requested} (not registered yet)", ""
     shadow_ref = _challenger(settings.bucket, params.shadow, model_ref) if card else None
-    loaded = registry.load_card(card) if card else None
+    # The card, when it matters to the plan: explanations, or image files that an image model scores in batches.
+    wanted = card and (params.explains or any(images.is_image(o.uri) for o in files))
+    loaded = registry.load_card(card) if wanted else None
     if loaded is not None and params.explains:
         _check_explainable(loaded, params)
     skipped, newest = 0, None

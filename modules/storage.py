@@ -265,10 +265,11 @@ def exists(uri: str) -> bool:
     return _with_retries(uri, lambda _: fs.exists(_fresh(fs, path)))
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, fs: fsspec.AbstractFileSystem | None = None) -> bytes:
     """The whole object; a missing one is `ObjectNotFound`, after one request on S3 (so reading a record that
-    may not exist needs no `exists` first)."""
-    fs, path = filesystem(uri)
+    may not exist needs no `exists` first). `fs`: the filesystem serving `uri`, when the caller resolved it
+    already (reading many small objects: resolving a URI costs as much as reading a small local file)."""
+    fs, path = filesystem(uri) if fs is None else (fs, fs._strip_protocol(uri))
     return _with_retries(uri, lambda _: _cat(fs, _fresh(fs, path)))
 
 
@@ -323,7 +324,7 @@ def create_many(uris: list[str], data: bytes, threads: int = 16) -> list[bool]:
     fs, _ = filesystem(uris[0])
     if isinstance(fs, LocalFileSystem):
         with _translated(uris[0]):
-            return _link_many([filesystem(uri)[1] for uri in uris], data)
+            return _link_many([fs._strip_protocol(uri) for uri in uris], data)
     _check_conditional_create(fs, uris[0])
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(uris)))) as pool:
         return list(pool.map(lambda uri: _write(uri, data, exclusive=True), uris))

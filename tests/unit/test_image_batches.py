@@ -211,11 +211,11 @@ def test_a_passing_storage_failure_is_retried_and_never_quarantines(
     drop(tmp_path, {"a.png": image_bytes(250), "b.png": image_bytes(5)})
     read, failures = storage.read_bytes, {"left": 1}
 
-    def flaky(uri: str) -> bytes:
+    def flaky(uri: str, fs: object = None) -> bytes:
         if uri.endswith("/b.png") and failures["left"]:
             failures["left"] -= 1
             raise StorageUnavailable(f"cannot reach {uri} for now: SlowDown")
-        return read(uri)
+        return read(uri, fs)
 
     monkeypatch.setattr(storage, "read_bytes", flaky)
     monkeypatch.setattr(storage, "backoff_seconds", lambda attempt: 0.0)
@@ -223,7 +223,7 @@ def test_a_passing_storage_failure_is_retried_and_never_quarantines(
     assert result.counts["scored"] == 2 and result.counts["quarantined"] == 0 and result.retries == 1
     drop(tmp_path, {"c.png": image_bytes(250)})
     failures["left"] = 99  # an outage that outlasts the retries: failed, left for the next run, not quarantined
-    monkeypatch.setattr(storage, "read_bytes", lambda uri: flaky(uri.replace("/c.png", "/b.png")))
+    monkeypatch.setattr(storage, "read_bytes", lambda uri, fs=None: flaky(uri.replace("/c.png", "/b.png"), fs))
     outage = run(params(model_bucket, tmp_path))
     assert outage.counts["failed"] == 1 and outage.counts["quarantined"] == 0
     monkeypatch.setattr(storage, "read_bytes", read)
