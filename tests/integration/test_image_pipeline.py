@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 
@@ -108,3 +109,35 @@ def test_the_drift_baseline_of_an_image_model_watches_predictions(trained: Pipel
     report = counts.report()
     assert report.features == [] and report.prediction_drift.name == "prediction" and report.rows == len(test)
     assert not report.schema_check.missing_columns
+
+
+def test_image_files_dropped_in_the_bucket_are_scored_by_the_registered_model(trained: PipelineResult) -> None:
+    """The score flow with the model the pipeline registered: dropped PNG and JPEG files of other sizes and modes
+    scored in a batch, an undecodable one quarantined, a second run scoring nothing (the batches themselves:
+    tests/unit/test_image_batches.py)."""
+    from PIL import Image
+
+    from maas.flows.score import score
+    from maas.modules.score import ScoreParams
+
+    card = registry.load_card(trained.card_uri)
+    bucket = trained.card_uri.split("/models/")[0]
+    incoming = storage.join(bucket, "incoming", "drop")
+    rng = np.random.default_rng(11)
+    for i in range(9):
+        image, out = Image.fromarray(shape_image(SHAPES[i % 3], SIZE, rng), mode="L"), io.BytesIO()
+        if i % 2:  # larger and in colour: decoding converts and resizes it as training did
+            image.convert("RGB").resize((SIZE * 2, SIZE * 2), Image.Resampling.NEAREST).save(out, format="PNG")
+        else:
+            image.save(out, format="JPEG", quality=95)
+        storage.write_bytes(storage.join(incoming, f"{SHAPES[i % 3]}-{i}.{'png' if i % 2 else 'jpg'}"), out.getvalue())
+    storage.write_bytes(storage.join(incoming, "broken.png"), b"\x89PNG\r\n\x1a\n")
+    params = ScoreParams(model=card.ref, bucket=bucket, input_uri=incoming)
+    result = score(params)
+    assert result.counts["scored"] == 9 and result.counts["quarantined"] == 1
+    (batch,) = result.image_batches
+    rows = pd.read_parquet(io.BytesIO(storage.read_bytes(batch.output_uri)))
+    assert list(rows.columns) == ["uri", "etag", "prediction", *(f"prob_{shape}" for shape in SHAPES)]
+    truth = rows["uri"].str.rsplit("/", n=1).str[-1].str.split("-").str[0]
+    assert (rows["prediction"] == truth).mean() >= 2 / 3
+    assert score(params).counts["scored"] == 0
