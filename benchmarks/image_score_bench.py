@@ -39,7 +39,7 @@ from benchmarks.score_bench import start_moto  # noqa: E402
 from maas.modules import storage  # noqa: E402
 from maas.modules.images import ImageSpec  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.image_models import noise_png, register_image_model  # noqa: E402
+from tests.image_models import register_image_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPEC = ImageSpec(size=28, channels=1, mean=[33.0], std=[78.0])
@@ -76,9 +76,42 @@ def onnx_bytes(net) -> bytes:  # noqa: ANN001
 
 
 def drop_images(prefix: str, count: int) -> None:
-    """`count` 28 x 28 grayscale PNG files of random pixels, written on 16 threads."""
+    """`count` PNG files of scikit-learn's digits upscaled to 28 x 28 (as `maas demo --images` writes them),
+    cycling through the 1,797 digits; written on 16 threads."""
+    from maas.modules import demo
+
+    frame = demo.digits_frame()
+    pixels = frame.drop(columns=[demo.TARGET]).to_numpy()
+    pngs = [demo.digit_png(row) for row in pixels]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda i: storage.write_bytes(storage.join(prefix, f"{i:06d}.png"), noise_png(i)), range(count)))
+        list(pool.map(lambda i: storage.write_bytes(storage.join(prefix, f"{i:06d}.png"), pngs[i % len(pngs)]),
+                      range(count)))  # fmt: skip
+
+
+def registered(card_uri: str):  # noqa: ANN201 (a torch module)
+    """A registered image model (`--model-from`): its files, and its served network in fp32 torch (the naive
+    loop's), rebuilt from the card as the image tests do."""
+    import torch
+
+    from maas.modules import registry
+    from maas.modules.model import ScoringHead
+    from maas.modules.vision import VisionConfig, build_net
+
+    card = registry.load_card(card_uri)
+    net = build_net(card.features, VisionConfig.model_validate(card.model))
+    net.load_state_dict(torch.load(io.BytesIO(registry.read_artifact(card_uri, card, "torch")), weights_only=True))
+    folder = card_uri.rsplit("/", 1)[0]
+    files = {o.uri[len(folder) + 1 :]: storage.read_bytes(o.uri) for o in storage.list_objects(folder)}
+    return ScoringHead(net, card.features).eval(), files, card
+
+
+def copy_model(files: dict[str, bytes], bucket: str) -> None:
+    """A registered version's files as `bench`/1 in `bucket`, with `production` on it."""
+    from maas.modules import registry
+
+    for name, data in files.items():
+        storage.write_bytes(registry.model_uri(bucket, "bench", "1", name), data)
+    registry.set_alias(bucket, "bench", "production", 1)
 
 
 def flow_run(bucket: str, input_uri: str, tag: str) -> dict:
@@ -125,6 +158,7 @@ def main() -> None:
     parser.add_argument("--s3-images", type=int, default=2048, help="PNG files on the S3 endpoint")
     parser.add_argument("--repeats", type=int, default=2, help="measured runs of each (best and all are reported)")
     parser.add_argument("--backends", default="local,s3")
+    parser.add_argument("--model-from", help="card URI of a registered image model (28 x 28 grayscale) to score with")
     args = parser.parse_args()
 
     port = free_port()
@@ -135,8 +169,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    net = mlp()
-    model = onnx_bytes(net)
+    if args.model_from:
+        net, files, card = registered(args.model_from)
+        described = (
+            f"{card.ref} from `maas demo --images` data ({card.model.get('architecture', 'cnn')}, served {card.served})"
+        )
+    else:
+        net, files = mlp(), None
+        model = onnx_bytes(net)
+        described = "the 784-128-64-10 MLP over flattened pixels, seeded random weights, ONNX fp32, registered by hand"
     scratch = Path(tempfile.mkdtemp(prefix="maas-img-bench-"))
     buckets = {"local": (scratch / "bucket").as_uri(), "s3": "s3://maas-img-bench"}
     counts = {"local": args.images, "s3": args.s3_images}
@@ -147,12 +188,16 @@ def main() -> None:
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "load_average_start": os.getloadavg()[0],
+        "model": described,
         "runs": {},
     }
     try:
         for backend in backends:
             bucket, count = buckets[backend], counts[backend]
-            register_image_model(bucket, "bench", model, SPEC, CLASSES)
+            if files is None:
+                register_image_model(bucket, "bench", model, SPEC, CLASSES)
+            else:
+                copy_model(files, bucket)
             prefixes = {count: storage.join(bucket, "incoming"), count // 4: storage.join(bucket, "quarter")}
             for size, prefix in prefixes.items():
                 drop_images(prefix, size)
@@ -190,8 +235,8 @@ def report(results: dict) -> str:
     lines = [
         "# Image scoring throughput",
         "",
-        "PNG files of 28 x 28 grayscale pixels (random, about 850 bytes each); the 784-128-64-10 MLP over flattened "
-        "pixels, ONNX fp32, registered by hand (`benchmarks/image_score_bench.py`). Score flow: its defaults "
+        "PNG files of scikit-learn's digits upscaled to 28 x 28 grayscale (as `maas demo --images` writes them); "
+        f"model: {results['model']} (`benchmarks/image_score_bench.py`). Score flow: its defaults "
         "(batches of 1,024 images, 16 fetch-and-decode threads, two batches at once), fresh state per run, after an "
         "unmeasured warm-up run, called in-process as `maas score` calls it. Naive loop: open each file, Pillow, "
         "torch fp32 eager on one row, one Parquet file at the end. S3 is a moto server in its own process on the "
