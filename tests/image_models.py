@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from datetime import datetime, timezone
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from PIL import Image
@@ -115,12 +114,4 @@ def image_bytes(value: int, fmt: str = "PNG", mode: str = "L", size: tuple[int, 
     """A flat image of brightness `value` (a light image for value > 127, else dark)."""
     out = io.BytesIO()
     Image.new("L", size, value).convert(mode).save(out, format=fmt)
-    return out.getvalue()
-
-
-def noise_png(seed: int, size: int = 28) -> bytes:
-    """A 28 x 28 grayscale PNG of random pixels (what the benchmark drops: digits-sized files)."""
-    out = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
-    Image.fromarray(pixels, "L").save(out, format="PNG")
     return out.getvalue()
