@@ -168,7 +168,7 @@ def main() -> None:
     server = start_moto(port) if "s3" in backends else None
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(1)  # the naive loop scores one row at a time: more threads only spin
     if args.model_from:
         net, files, card = registered(args.model_from)
         described = (
@@ -239,10 +239,10 @@ def report(results: dict) -> str:
         f"model: {results['model']} (`benchmarks/image_score_bench.py`). Score flow: its defaults "
         "(batches of 1,024 images, 16 fetch-and-decode threads, two batches at once), fresh state per run, after an "
         "unmeasured warm-up run, called in-process as `maas score` calls it. Naive loop: open each file, Pillow, "
-        "torch fp32 eager on one row, one Parquet file at the end. S3 is a moto server in its own process on the "
-        "same two cores. *Over the run*: images / seconds of the whole run (the flow's fixed cost of about a second "
-        "included); *marginal*: the same files and a quarter of them scored in separate runs, the difference in "
-        "images over the difference in seconds (fixed costs drop out).",
+        "torch fp32 eager (one thread) on one row, one Parquet file at the end. S3 is a moto server in its own "
+        "process on the same two cores. *Over the run*: images / seconds of the whole run (the flow's fixed cost "
+        "of about a second included); *marginal*: the same files and a quarter of them scored in separate runs, "
+        "the difference in images over the difference in seconds (fixed costs drop out).",
         "",
         f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}; load average "
         f"{results['load_average_start']:.1f} at the start, {results['load_average_end']:.1f} at the end "
