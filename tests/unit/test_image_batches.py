@@ -228,3 +228,20 @@ def test_a_passing_storage_failure_is_retried_and_never_quarantines(
     assert outage.counts["failed"] == 1 and outage.counts["quarantined"] == 0
     monkeypatch.setattr(storage, "read_bytes", read)
     assert run(params(model_bucket, tmp_path)).counts["scored"] == 1
+
+
+def test_a_rescore_scores_every_image_again_once_and_a_deleted_image_is_reported_vanished(
+    model_bucket: str, tmp_path: Path
+) -> None:
+    drop(tmp_path, {f"{i}.png": image_bytes(60 * i) for i in range(4)})
+    assert run(params(model_bucket, tmp_path)).counts["scored"] == 4
+    again = run(params(model_bucket, tmp_path, rescore=True))
+    assert again.counts["scored"] == 4 and Counter(names(rows(tmp_path))) == Counter({f"{i}.png": 2 for i in range(4)})
+    drop(tmp_path, {"new.png": image_bytes(200), "gone.png": image_bytes(10)})
+    job = plan(params(model_bucket, tmp_path))
+    storage.delete(storage.join((tmp_path / "incoming").as_uri(), "gone.png"))
+    (batch,) = image_batches.split(job)[1]
+    outcome = image_batches.score_batch(job.without_files(), batch)
+    assert outcome.scored == 1 and [(o.input_uri.rsplit("/", 1)[-1], o.status) for o in outcome.problems] == [
+        ("gone.png", "vanished")
+    ]
