@@ -10,7 +10,10 @@ import torch
 from maas.modules import formats, image_data, pruning, storage, vision
 from maas.modules.errors import InputError
 from maas.modules.images import ImageSpec
+from maas.modules.pipeline import PipelineParams
 from maas.modules.preprocess import FeatureSpec, PreprocessParams, run_preprocess
+from maas.modules.train import TrainParams
+from maas.modules.tune import TuneParams, search
 from maas.modules.vision import AugmentConfig, ConvNet, ImageDataModule, ImageLoader, ImageModule, VisionConfig
 from tests.conftest import write_shape_images
 
@@ -47,6 +50,17 @@ def test_class_folders_are_detected_listed_and_split_as_uris(local_bucket: str) 
                                             output_uri=storage.join(local_bucket, "prep2")))  # fmt: skip
     assert formats.read_frame(again.splits["test"]).equals(formats.read_frame(prep.splits["test"]))  # deterministic
     assert storage.read_model(again.spec_uri, FeatureSpec).image.channels == 3  # asked for
+    with pytest.raises(InputError, match="image model"):  # the search covers the tabular MLP only
+        search(TuneParams(train=TrainParams(preprocess_manifest=prep.manifest_uri)))
+
+
+def test_pipeline_options_for_images() -> None:
+    params = PipelineParams(data_uri="s3://b/raw/digits/", target="label", architecture="mlp", hidden_sizes=["128,64"],
+                            image_size=16, image_channels="rgb", augment=False)  # fmt: skip
+    assert params.preprocess().image_size == 16 and params.preprocess().image_channels == "rgb"
+    vision_config = params.train("s3://b/runs/r/preprocess/manifest.json").vision
+    assert vision_config.architecture == "mlp" and vision_config.hidden_sizes == [128, 64]
+    assert not vision_config.augment.enabled
 
 
 def test_a_table_of_image_uris_with_an_image_column(local_bucket: str) -> None:
