@@ -42,6 +42,7 @@ from maas.modules.compress import (
     state_dict_bytes,
     torch_runner,
 )
+from maas.modules.errors import InputError
 from maas.modules.manifests import ArtifactRef, CompressResult, PreprocessResult, TrainResult, VariantReport
 from maas.modules.metrics import metric_of
 from maas.modules.model import OptimConfig, ScoringHead
@@ -127,7 +128,7 @@ def compress_images(
             trained.metric, fp32, candidates, params, held_out=not trained.refit_on_validation
         )
         if served not in {v.name for v in candidates}:
-            raise ValueError(f"quantization {served!r} is not a variant of this image model: "
+            raise InputError(f"quantization {served!r} is not a variant of this image model: "
                              f"{', '.join(v.name for v in candidates)}")  # fmt: skip
         unpruned = served in ("fp32-onnx", "int8")
         served_net, served_config = (dense, config) if unpruned else (net, net_config)
