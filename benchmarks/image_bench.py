@@ -66,7 +66,12 @@ def measure(name: str, config: VisionConfig, prep_manifest: str, spec: FeatureSp
     trained = run_training(TrainParams(preprocess_manifest=prep_manifest, vision=config, max_epochs=args.epochs,
                                        cv_below_rows=0, output_uri=output))  # fmt: skip
     compressed: CompressResult = run_compress(
-        CompressParams(train_manifest=trained.manifest_uri, sparsity=args.sparsity, finetune_epochs=args.finetune)
+        CompressParams(
+            train_manifest=trained.manifest_uri,
+            sparsity=args.sparsity,
+            finetune_epochs=args.finetune,
+            finetune_lr=args.finetune_lr,
+        )
     )
     seconds = time.perf_counter() - started
     fp32 = fp32_network(trained, spec)
@@ -108,7 +113,9 @@ def report(rows: list[dict], args, held_out_images: int) -> str:
     lines = [
         "# Image benchmark",
         "",
-        f"`benchmarks/image_bench.py --epochs {args.epochs} --sparsity {args.sparsity} --finetune {args.finetune}` "
+        f"`benchmarks/image_bench.py --epochs {args.epochs} --sparsity {args.sparsity}"
+        f"{f' --finetune {args.finetune}' if args.finetune else ''}"
+        f"{f' --finetune-lr {args.finetune_lr}' if args.finetune_lr else ''}` "
         f"on {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. The digits as 28x28 PNGs in "
         f"class folders (`maas demo --images`); each network trained, compressed and measured in one run; accuracy, "
         f"size and images/s on the {held_out_images} held-out PNGs (never seen by preprocess, training or "
@@ -154,7 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--finetune", type=int, default=10, help="fine-tune epochs after pruning (CNN)")
+    parser.add_argument("--finetune", type=int, default=None, help="fine-tune epochs (default: compress's)")
+    parser.add_argument("--finetune-lr", type=float, default=None, help="fine-tune learning rate (default: compress's)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="maas-image-bench-") as scratch:

@@ -86,8 +86,6 @@ def _image_demo(params: DemoParams, settings: Settings) -> DemoResult:
             bucket=settings.bucket,
             model_name=params.model_name,
             sparsity=0.5 if params.sparsity is None else params.sparsity,
-            finetune_epochs=10,  # a CNN's pruned filters take longer to make up for than an MLP's units
-            finetune_lr=3e-3,
         )
     )
     # Scoring the dropped image files: the score flow's own work (one Parquet file of predictions per batch of

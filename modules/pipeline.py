@@ -91,8 +91,12 @@ class PipelineParams(BaseModel):
     sparsity: float = Field(
         0.6, ge=0, lt=1, description="Fraction of each hidden layer's units (or of weights) pruned before int8."
     )
-    finetune_epochs: int = Field(6, ge=0, description="Epochs of fine-tuning after pruning, shared out over the steps.")
-    finetune_lr: float = Field(1e-3, gt=0, description="Learning rate of the fine-tune after pruning.")
+    finetune_epochs: int | None = Field(
+        None, ge=0, description="Epochs of fine-tuning after pruning; default 6 (a table's MLP), 20 (an image CNN)."
+    )
+    finetune_lr: float | None = Field(
+        None, gt=0, description="Learning rate of the fine-tune after pruning; default 1e-3 (tables), 1e-2 (images)."
+    )
     max_metric_drop: float = Field(
         0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise)."
     )

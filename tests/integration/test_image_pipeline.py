@@ -38,7 +38,7 @@ def trained(s3_endpoint: str, prefect_api: None) -> PipelineResult:
     return pipeline(
         PipelineParams(data_uri=storage.join(bucket, "raw", "shapes") + "/", target="label", model_name="shapes",
                        bucket=bucket, image_size=SIZE, conv_channels=[8, 16], max_epochs=10, batch_size=8,
-                       lr=1e-2, finetune_lr=1e-2, cv_below_rows=0, sparsity=0.5)
+                       lr=1e-2, finetune_epochs=6, cv_below_rows=0, sparsity=0.5)
     )  # fmt: skip
 
 

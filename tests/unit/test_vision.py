@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
-from maas.modules import formats, image_data, pruning, storage, vision
+from maas.modules import demo, formats, image_data, pruning, storage, vision
+from maas.modules.config import Settings
 from maas.modules.errors import InputError
 from maas.modules.images import ImageSpec
+from maas.modules.pipeline import PipelineParams
 from maas.modules.preprocess import FeatureSpec, PreprocessParams, run_preprocess
+from maas.modules.train import TrainParams
+from maas.modules.tune import TuneParams, search
 from maas.modules.vision import AugmentConfig, ConvNet, ImageDataModule, ImageLoader, ImageModule, VisionConfig
 from tests.conftest import write_shape_images
 
@@ -47,6 +54,17 @@ def test_class_folders_are_detected_listed_and_split_as_uris(local_bucket: str) 
                                             output_uri=storage.join(local_bucket, "prep2")))  # fmt: skip
     assert formats.read_frame(again.splits["test"]).equals(formats.read_frame(prep.splits["test"]))  # deterministic
     assert storage.read_model(again.spec_uri, FeatureSpec).image.channels == 3  # asked for
+    with pytest.raises(InputError, match="image model"):  # the search covers the tabular MLP only
+        search(TuneParams(train=TrainParams(preprocess_manifest=prep.manifest_uri)))
+
+
+def test_pipeline_options_for_images() -> None:
+    params = PipelineParams(data_uri="s3://b/raw/digits/", target="label", architecture="mlp", hidden_sizes=["128,64"],
+                            image_size=16, image_channels="rgb", augment=False)  # fmt: skip
+    assert params.preprocess().image_size == 16 and params.preprocess().image_channels == "rgb"
+    vision_config = params.train("s3://b/runs/r/preprocess/manifest.json").vision
+    assert vision_config.architecture == "mlp" and vision_config.hidden_sizes == [128, 64]
+    assert not vision_config.augment.enabled
 
 
 def test_a_table_of_image_uris_with_an_image_column(local_bucket: str) -> None:
@@ -162,3 +180,16 @@ def test_images_decoded_in_loader_workers_match_those_held_in_memory(local_bucke
     for (x1, y1), (x2, y2) in zip(eager, per_item):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert np.isclose(float(eager[0][0].max()), 230, atol=1)  # raw 0-255 pixels
+
+
+def test_the_image_demo_writes_digits_as_png_class_folders(local_bucket: str) -> None:
+    data = demo.write_demo_images(Settings.of(local_bucket))
+    listed = storage.list_objects(data.raw_uri)
+    assert image_data.is_class_folders(data.raw_uri) and len(listed) + len(data.incoming_files) == 1797
+    assert {storage.relative_key(data.raw_uri, o.uri).split("/")[0] for o in listed} == {str(d) for d in range(10)}
+    with Image.open(io.BytesIO(storage.read_bytes(listed[0].uri))) as image:
+        assert image.format == "PNG" and image.mode == "L" and image.size == (28, 28)
+        assert np.asarray(image).max() > 200  # 0-16 scaled to 0-255
+    labels = formats.read_frame(data.labels_uri)
+    assert labels["uri"].tolist() == data.incoming_files and len(labels) == 179
+    assert all(uri.startswith(data.incoming_uri) for uri in data.incoming_files)
