@@ -11,6 +11,8 @@ storage failures are retried inside `maas.modules.score` (a file still failing i
 the next run), and any other error is reported for that file alone. The run ends Failed when its
 error budget is spent (`max_failed_files`, `max_quarantined_files`), after which it starts no more
 files, so that someone looks; without a budget every file is tried and any failure fails the run.
+When the model takes images, its image files are scored in batches of `image_batch`, a task each
+(`maas.modules.image_batches`), beside the table files' tasks.
 
 Run: `maas score --model default@production --input s3://bucket/incoming/ --output s3://bucket/predictions/`
 """
@@ -30,9 +32,10 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from maas.flows import progress
 from maas.flows.events import emit_drift
 from maas.flows.retries import IO_RETRIES
+from maas.modules import image_batches
 from maas.modules import score as scoring
 from maas.modules.errors import MaasError, PartialFailure, one_line
-from maas.modules.score import FileOutcome, ScoreJob, ScoreParams, ScoreResult
+from maas.modules.score import FileOutcome, ImageBatchOutcome, ScoreJob, ScoreParams, ScoreResult
 from maas.modules.storage import ObjectInfo
 
 LOG_EVERY_SECONDS = 10.0
@@ -76,12 +79,31 @@ def score_files(job: ScoreJob, objs: list[ObjectInfo]) -> list[FileOutcome]:
     return outcomes
 
 
+def _batch_name() -> str:
+    files = task_run.parameters["objs"]
+    return f"score {len(files)} images from {files[0].uri}"
+
+
+@task(cache_policy=NO_CACHE, task_run_name=_batch_name)
+def score_images(job: ScoreJob, objs: list[ObjectInfo]) -> ImageBatchOutcome:
+    """One batch of image files (an image model): scored and skipped images are counted, the others listed."""
+    outcome = image_batches.score_batch(job, objs)
+    problems = ", ".join(f"{o.input_uri.rsplit('/', 1)[-1]} {o.status}" for o in outcome.problems[:10])
+    get_run_logger().info("%d images from %s: %d scored, %d skipped%s", len(objs), objs[0].uri, outcome.scored,
+                          outcome.skipped, f"; {problems}" if problems else "")  # fmt: skip
+    for status in ["scored"] * outcome.scored + ["skipped"] * outcome.skipped + [o.status for o in outcome.problems]:
+        progress.file_done(status)
+    return outcome
+
+
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def score(params: ScoreParams) -> ScoreResult:
     started = time.perf_counter()
     job = plan(params)
     progress.planned(len(job.files))
     outcomes: dict[str, FileOutcome] = {}
+    batches: list[ImageBatchOutcome] = []
+    counted: set[str] = set()  # image files a batch scored or skipped: counted, not listed
     in_flight: dict[PrefectFuture, list[ObjectInfo]] = {}
     memory: dict[PrefectFuture, int] = {}  # what each task in flight is estimated to hold
 
@@ -90,7 +112,12 @@ def score(params: ScoreParams) -> ScoreResult:
         memory.pop(future)
         future.wait()  # as_completed can yield before the future's final state is recorded
         if future.state.is_completed():
-            outcomes.update((o.input_uri, o) for o in future.result())
+            result = future.result()
+            if isinstance(result, ImageBatchOutcome):
+                batches.append(result)
+                counted.update(o.uri for o in objs)
+                result = result.problems
+            outcomes.update((o.input_uri, o) for o in result)
             return
         for obj in objs:
             if obj.uri not in outcomes:
@@ -98,7 +125,9 @@ def score(params: ScoreParams) -> ScoreResult:
                 progress.file_done("failed")
 
     task_job = job.without_files()
-    for group in scoring.group_files(job.files, params.group_bytes):
+    tables, pictures = image_batches.split(job)
+    work = [(score_files, group) for group in scoring.group_files(tables, params.group_bytes)]
+    for task_fn, group in work + [(score_images, batch) for batch in pictures]:
         need = scoring.memory_estimate(group)
         while in_flight and (
             len(in_flight) >= params.parallel_files or sum(memory.values()) + need > params.memory_budget
@@ -106,14 +135,18 @@ def score(params: ScoreParams) -> ScoreResult:
             collect(next(as_completed(list(in_flight))))
         if scoring.over_budget(params, list(outcomes.values())):
             break
-        future = score_files.submit(task_job, group)
+        future = task_fn.submit(task_job, group)
         in_flight[future], memory[future] = group, need
     for future in as_completed(list(in_flight)):
         collect(future)
 
     deferred = FileOutcome(input_uri="", status="deferred", error="not started: the run's error budget was spent")
-    files = [outcomes.get(obj.uri) or deferred.model_copy(update={"input_uri": obj.uri}) for obj in job.files]
-    result = scoring.summarize(job, files, time.perf_counter() - started)
+    files = [
+        outcomes.get(obj.uri) or deferred.model_copy(update={"input_uri": obj.uri})
+        for obj in job.files
+        if obj.uri in outcomes or obj.uri not in counted
+    ]
+    result = scoring.summarize(job, files, time.perf_counter() - started, batches)
     get_run_logger().info(
         "model %s: %s, %d rows at %.0f rows/s, %d passing storage failure(s) retried",
         result.model_ref, result.counts, result.rows, result.rows_per_s, result.retries,

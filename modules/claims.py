@@ -34,7 +34,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from maas.modules import storage
 from maas.modules.errors import LeaseLost, ObjectNotFound, StorageError, StorageUnavailable
@@ -70,6 +70,9 @@ class Done(BaseModel):
     attempt: int
     owner: str
     finished_at: datetime
+    members: list[tuple[str, str]] = Field(
+        [], description="A batch of image files (`maas.modules.image_batches`): the (URI, etag) of each member."
+    )
 
 
 def unit_key(input_uri: str, etag: str, model_ref: str) -> str:
@@ -175,10 +178,10 @@ class Claims:
 
     def complete(
         self, lease: Lease, status: Literal["scored", "quarantined"], record_uri: str, output_uri: str | None,
-        replace: bool = False,
+        replace: bool = False, members: list[tuple[str, str]] | None = None,
     ) -> bool:  # fmt: skip
         """Record the unit as finished; False if another attempt recorded it first. `replace` (a rescore)
-        overwrites an earlier record."""
+        overwrites an earlier record; `members`: a batch's images."""
         done = Done(
             input_uri=lease.input_uri,
             input_etag=lease.input_etag,
@@ -189,6 +192,7 @@ class Claims:
             attempt=lease.attempt,
             owner=lease.owner,
             finished_at=_now(),
+            members=members or [],
         )
         uri = self._done_uri(lease.input_uri, lease.input_etag, lease.model_ref)
         if replace:

@@ -4,9 +4,17 @@ Most rows become the labeled training table `raw/digits.csv`; a held-out tenth, 
 and with an `id` column to pass through, is dropped into `incoming/` as CSV, Parquet and JSONL
 files, the way users drop files to score. The held-out labels stay aside so the demo can check
 the scored predictions against them.
+
+`maas demo --images` uses the same digits as image files: each upscaled to 28x28 (values 0-16 to
+0-255) and written as a grayscale PNG into one folder per digit under `raw/digits-images/`, the
+held-out tenth into `incoming/digits-images/` (their labels in `raw/digits-images-heldout-labels.csv`,
+joined on the file's URI).
 """
 
 from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -18,6 +26,8 @@ from maas.modules.config import Settings
 TARGET = "digit"
 HELD_OUT_FRACTION = 0.1
 INCOMING_FILES = ("digits-a.csv", "digits-b.parquet", "digits-c.jsonl")
+IMAGE_SIZE = 28
+IMAGE_LABEL = "label"
 
 
 class DemoData(BaseModel):
@@ -36,11 +46,16 @@ def digits_frame() -> pd.DataFrame:
     return frame
 
 
+def _held_out(rows: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    held_out = np.zeros(rows, dtype=bool)
+    held_out[rng.choice(rows, int(rows * HELD_OUT_FRACTION), replace=False)] = True
+    return held_out
+
+
 def write_demo_data(settings: Settings, seed: int = 0) -> DemoData:
     frame = digits_frame()
-    rng = np.random.default_rng(seed)
-    held_out = np.zeros(len(frame), dtype=bool)
-    held_out[rng.choice(len(frame), int(len(frame) * HELD_OUT_FRACTION), replace=False)] = True
+    held_out = _held_out(len(frame), seed)
 
     raw_uri = settings.uri("raw", "digits.csv")
     formats.write_frame(frame[~held_out], raw_uri)
@@ -63,3 +78,52 @@ def held_out_accuracy(prediction_uris: list[str], labels_uri: str) -> float:
     truth = formats.read_frame(labels_uri)
     joined = truth.merge(predictions[["id", "prediction"]], on="id", how="inner")
     return float((joined["prediction"] == joined[TARGET]).mean())
+
+
+def digit_png(pixels: np.ndarray, size: int = IMAGE_SIZE) -> bytes:
+    """One 8x8 digit (values 0-16) as a size x size grayscale PNG (0-255), upscaled bilinearly."""
+    from PIL import Image
+
+    small = Image.fromarray(np.round(pixels.reshape(8, 8) * 255 / 16).astype(np.uint8), mode="L")
+    out = io.BytesIO()
+    small.resize((size, size), Image.Resampling.BILINEAR).save(out, format="PNG")
+    return out.getvalue()
+
+
+def write_demo_images(settings: Settings, seed: int = 0, threads: int = 16) -> DemoData:
+    """The digits as PNG files in class folders (`raw/digits-images/<digit>/<n>.png`), the held-out tenth in
+    `incoming/digits-images/`; written on threads (S3 puts wait on the network)."""
+    frame = digits_frame()
+    held_out = _held_out(len(frame), seed)
+    pixels, digits = frame.drop(columns=[TARGET]).to_numpy(), frame[TARGET].to_numpy()
+    raw_uri, incoming_uri = settings.uri("raw", "digits-images"), settings.uri("incoming", "digits-images")
+    uris = [
+        storage.join(incoming_uri, f"digit-{i:04d}.png")
+        if held_out[i]
+        else storage.join(raw_uri, str(d), f"{i:04d}.png")
+        for i, d in enumerate(digits)
+    ]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: storage.write_bytes(uris[i], digit_png(pixels[i])), range(len(uris))))
+    files = [uri for uri, out in zip(uris, held_out) if out]
+    labels_uri = settings.uri("raw", "digits-images-heldout-labels.csv")
+    formats.write_frame(pd.DataFrame({"uri": files, IMAGE_LABEL: [str(d) for d in digits[held_out]]}), labels_uri)
+    return DemoData(raw_uri=raw_uri + "/", incoming_uri=incoming_uri, labels_uri=labels_uri, incoming_files=files)
+
+
+def held_out_image_accuracy(predictions_uri: str, labels_uri: str) -> float | None:
+    """Accuracy of the image predictions (Parquet files with `uri` and `prediction` under `predictions_uri`)
+    against the held-out labels, joined on the image's URI; None when no held-out image was scored."""
+    truth = formats.read_frame(labels_uri)
+    found = []
+    for listed in storage.list_objects(predictions_uri):
+        if listed.uri.endswith(".parquet"):
+            frame = formats.read_frame(listed.uri)
+            if {"uri", "prediction"} <= set(frame.columns):
+                found.append(frame[["uri", "prediction"]])
+    if not found:
+        return None
+    joined = truth.merge(pd.concat(found).drop_duplicates("uri"), on="uri", how="inner")
+    if joined.empty:
+        return None
+    return float((joined["prediction"].astype(str) == joined[IMAGE_LABEL].astype(str)).mean())

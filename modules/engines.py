@@ -79,9 +79,13 @@ class TorchEngine(Engine):
         import torch
 
         from maas.modules.model import MLPConfig, ScoringHead, TabularNet
+        from maas.modules.vision import VisionConfig, build_net
 
         super().__init__(spec)
-        net = TabularNet(spec, MLPConfig.model_validate(model_config))
+        if spec.image is not None:
+            net = build_net(spec, VisionConfig.model_validate(model_config))
+        else:
+            net = TabularNet(spec, MLPConfig.model_validate(model_config))
         net.load_state_dict(torch.load(io.BytesIO(state_dict), weights_only=True))
         with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
             warnings.simplefilter("ignore")

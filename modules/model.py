@@ -153,11 +153,15 @@ class TabularModule(pl.LightningModule):
         self.save_hyperparameters()
         self.spec = FeatureSpec.model_validate(spec)
         self.optim = OptimConfig.model_validate(optim)
-        self.net = TabularNet(self.spec, MLPConfig.model_validate(model))
+        self.net = self.build_net(self.spec, model)
         self.classification = self.spec.task == "classification"
         self.metric_name = "accuracy" if self.classification else "rmse"
         self.val_metric = self._metric()
         self.test_metric = self._metric()
+
+    def build_net(self, spec: FeatureSpec, model: dict) -> nn.Module:
+        """The network this module trains (`maas.modules.vision.ImageModule` builds an image network)."""
+        return TabularNet(spec, MLPConfig.model_validate(model))
 
     def _metric(self) -> torchmetrics.Metric:
         if self.classification:

@@ -10,7 +10,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from maas.modules import registry, storage
 from maas.modules.compress import CompressParams
@@ -23,6 +23,7 @@ from maas.modules.registry import RegisterParams, RegisterResult
 from maas.modules.schedules import ScheduleConfig, ScheduleName
 from maas.modules.train import Hardware, TrainParams
 from maas.modules.tune import TuneParams, TuneResult
+from maas.modules.vision import AugmentConfig, VisionConfig
 
 
 class PipelineParams(BaseModel):
@@ -36,9 +37,23 @@ class PipelineParams(BaseModel):
     features: list[str] | None = Field(
         None, description="Feature columns; default: every column but the target and `exclude`."
     )
-    task: Literal["auto", "classification", "regression"] = Field(
-        "auto", description="auto: labels and up to 20 distinct integers are classes, other numbers regression."
+    task: Literal["auto", "classification", "regression", "image-classification"] = Field(
+        "auto",
+        description="auto: a prefix of class folders (<prefix>/<label>/<file>) or an `image_column` is image "
+        "classification; in a table, labels and up to 20 distinct integers are classes, other numbers regression.",
     )
+    image_column: str | None = Field(None, description="A table's column of image URIs: an image model on them.")
+    image_size: int = Field(28, ge=4, le=512, description="Images: resized to this many pixels square.")
+    image_channels: Literal["auto", "grayscale", "rgb"] = Field(
+        "auto", description="Images: auto is grayscale when every sampled training image is gray, else RGB."
+    )
+    architecture: Literal["cnn", "mlp"] = Field(
+        "cnn", description="Images: a small CNN, or an MLP over the flattened pixels (widths: `hidden_sizes`)."
+    )
+    conv_channels: list[int] = Field(
+        [16, 32, 64], min_length=1, description="Images, cnn: output channels of each conv block, one block each."
+    )
+    augment: bool = Field(True, description="Images: random rotation, zoom and shift of training images.")
     exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
     model_name: str | None = Field(None, description="Registry name; default MAAS_MODEL or 'default'.")
     bucket: Location | None = Field(
@@ -46,11 +61,14 @@ class PipelineParams(BaseModel):
     )
     scheduler: ScheduleName = Field("onecycle", description="Learning-rate schedule.")
     lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
-    hidden_sizes: list[int] = Field([256, 128], min_length=1, description="Width of each hidden layer.")
+    hidden_sizes: list[int] = Field(
+        [256, 128], min_length=1, description="Width of each hidden layer (also given as one list: 128,64)."
+    )
     batch_norm: bool = Field(
         False, description="Batch normalization after each hidden layer while training (folded away at export)."
     )
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
+    batch_size: int = Field(64, ge=1, description="Rows (or images) per training batch.")
     cv_below_rows: int = Field(
         1000,
         ge=0,
@@ -72,6 +90,12 @@ class PipelineParams(BaseModel):
     )
     sparsity: float = Field(
         0.6, ge=0, lt=1, description="Fraction of each hidden layer's units (or of weights) pruned before int8."
+    )
+    finetune_epochs: int | None = Field(
+        None, ge=0, description="Epochs of fine-tuning after pruning; default 6 (a table's MLP), 20 (an image CNN)."
+    )
+    finetune_lr: float | None = Field(
+        None, gt=0, description="Learning rate of the fine-tune after pruning; default 1e-3 (tables), 1e-2 (images)."
     )
     max_metric_drop: float = Field(
         0.01, ge=0, description="Gate for `production`: allowed accuracy drop (or relative RMSE rise)."
@@ -97,6 +121,16 @@ class PipelineParams(BaseModel):
         "drift trigger sets it, so that a burst of drifted files makes one retrain); default never skip.",
     )
 
+    @field_validator("hidden_sizes", "conv_channels", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """`--hidden 128,64` as well as `--hidden 128 --hidden 64`."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and any(isinstance(v, str) and "," in v for v in value):
+            return [part.strip() for v in value for part in str(v).split(",") if part.strip()]
+        return value
+
     def resolved(self) -> PipelineParams:
         """These params with the dataset, target and features of a retraining filled in from the model's
         latest version (what a retrain-on-drift trigger asks for: the same model on its data as it is now)."""
@@ -108,6 +142,11 @@ class PipelineParams(BaseModel):
         if self.data_uri or not latest:
             raise InputError("pipeline: give data_uri and target (there is no version of the model to retrain from)")
         card = registry.load_card(registry.card_uri(settings.bucket, name, latest[0].version))
+        image = card.features.image
+        if image is not None:  # the images decoded as that version decoded them
+            channels = "grayscale" if image.channels == 1 else "rgb"
+            return self.model_copy(update={"data_uri": card.lineage.data_uri, "target": self.target or card.target,
+                                           "image_size": image.size, "image_channels": channels})  # fmt: skip
         return self.model_copy(
             update={"data_uri": card.lineage.data_uri, "target": self.target or card.target,
                     "features": self.features or card.features.feature_names}
@@ -146,6 +185,9 @@ class PipelineParams(BaseModel):
             task=self.task,
             features=self.features,
             exclude=self.exclude,
+            image_column=self.image_column,
+            image_size=self.image_size,
+            image_channels=self.image_channels,
             output_uri=output,
             seed=self.hardware.seed,
         )
@@ -155,8 +197,15 @@ class PipelineParams(BaseModel):
             preprocess_manifest=preprocess_manifest,
             output_uri=sibling_output(preprocess_manifest, "train"),
             model=MLPConfig(hidden_sizes=self.hidden_sizes, batch_norm=self.batch_norm),
+            vision=VisionConfig(
+                architecture=self.architecture,
+                channels=self.conv_channels,
+                hidden_sizes=self.hidden_sizes,
+                augment=AugmentConfig(enabled=self.augment),
+            ),
             optim=OptimConfig(lr=self.lr, schedule=ScheduleConfig(name=self.scheduler)),
             max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
             cv_below_rows=self.cv_below_rows,
             hardware=self.hardware,
         )
@@ -176,7 +225,10 @@ class PipelineParams(BaseModel):
             output_uri=sibling_output(train_manifest, "compress"),
             pruning=self.pruning,
             sparsity=self.sparsity,
+            finetune_epochs=self.finetune_epochs,
+            finetune_lr=self.finetune_lr,
             max_metric_drop=self.max_metric_drop,
+            batch_size=self.batch_size,
             hardware=self.hardware,
         )
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from maas.modules import formats, images, storage
+from maas.modules import formats, image_data, images, storage
 from maas.modules.config import Location, step_output
 from maas.modules.errors import InputError
 from maas.modules.images import ImageSpec
@@ -269,15 +269,30 @@ class PreprocessParams(BaseModel):
     """Which table to learn from and how to split it."""
 
     data_uri: Location = Field(
-        title="Dataset URI", description="CSV, TSV, Parquet or JSONL (gzip allowed) with a target column."
+        title="Dataset URI",
+        description="CSV, TSV, Parquet or JSONL (gzip allowed) with a target column; or a prefix of images in one "
+        "folder per class (<prefix>/<label>/<file>), detected as such.",
     )
     target: str = Field(title="Target column", description="The column to predict.")
-    task: Literal["auto", "classification", "regression"] = Field(
-        "auto", description="auto: labels and up to 20 distinct integers are classes; other numbers are regression."
+    task: Literal["auto", "classification", "regression", "image-classification"] = Field(
+        "auto",
+        description="auto: a prefix of class folders or an `image_column` is image classification; in a table, "
+        "labels and up to 20 distinct integers are classes, other numbers regression.",
     )
     features: list[str] | None = Field(
         None, description="Feature columns; default: every column but the target and `exclude`."
     )
+    image_column: str | None = Field(
+        None, description="A table's column of image URIs (relative paths: to the table's folder): the one feature."
+    )
+    image_size: int = Field(28, ge=4, le=512, description="Images are resized to this many pixels square.")
+    image_channels: Literal["auto", "grayscale", "rgb"] = Field(
+        "auto", description="auto: grayscale when every sampled training image is gray, else RGB."
+    )
+    image_sample: int = Field(
+        5000, ge=1, description="Training images decoded to choose the channels and fit the normalization."
+    )
+    min_class_images: int = Field(5, ge=1, description="Class folders with fewer images than this are an error.")
     exclude: list[str] = Field([], description="Columns that are not features (ids, timestamps).")
     output_uri: Location | None = Field(
         None, description="Where the splits go; default runs/<new run id>/preprocess in the bucket."
@@ -300,6 +315,8 @@ class PreprocessParams(BaseModel):
 def run_preprocess(params: PreprocessParams) -> PreprocessResult:
     """Read, validate, split and fit; write the splits as Parquet, the spec and a manifest as JSON."""
     output = params.output_uri or step_output("preprocess")
+    if params.image_column or params.task == "image-classification" or image_data.is_class_folders(params.data_uri):
+        return _preprocess_images(params, output)
     source = storage.info(params.data_uri)
     frame = formats.read_frame(params.data_uri)
     if params.target not in frame.columns:
@@ -319,7 +336,18 @@ def run_preprocess(params: PreprocessParams) -> PreprocessResult:
         raise InputError(f"{params.data_uri}: {len(labeled)} labeled rows are too few to split into train/val/test")
     spec = fit_spec(labeled.iloc[splits["train"]], params.target, task, features, params.max_categories)
     spec.encode(labeled, params.data_uri)  # fail now, not in training, on values that do not parse
+    return _write(output, source, spec, labeled, splits, rows_read=len(frame))
 
+
+def _write(
+    output: str,
+    source: storage.ObjectInfo,
+    spec: FeatureSpec,
+    labeled: pd.DataFrame,
+    splits: dict[str, np.ndarray],
+    rows_read: int,
+) -> PreprocessResult:
+    """The splits as Parquet, the spec and the manifest."""
     split_uris = {}
     for name, rows in splits.items():
         split_uris[name] = storage.join(output, f"{name}.parquet")
@@ -329,10 +357,10 @@ def run_preprocess(params: PreprocessParams) -> PreprocessResult:
     result = PreprocessResult(
         data_uri=source.uri,
         data_etag=source.etag,
-        task=task,
-        target=params.target,
-        rows_read=len(frame),
-        rows_unlabeled=len(frame) - len(labeled),
+        task=spec.task,
+        target=spec.target,
+        rows_read=rows_read,
+        rows_unlabeled=rows_read - len(labeled),
         rows={name: len(rows) for name, rows in splits.items()},
         splits=split_uris,
         spec_uri=spec_uri,
@@ -340,3 +368,34 @@ def run_preprocess(params: PreprocessParams) -> PreprocessResult:
     )
     storage.write_json(result.manifest_uri, result)
     return result
+
+
+def _preprocess_images(params: PreprocessParams, output: str) -> PreprocessResult:
+    """Image classification: the labeled image URIs (class folders, or a table's `image_column`) split by class;
+    the splits are lists of URIs and labels, no image is copied. The channels and the normalization are fitted
+    on the train split's pixels."""
+    if params.image_column is None:
+        labeled, etag = image_data.class_folders(params.data_uri, params.target, params.min_class_images)
+        source, rows_read = storage.ObjectInfo(uri=params.data_uri, size=0, etag=etag), None
+        column = image_data.URI_COLUMN
+    else:
+        source, column = storage.info(params.data_uri), params.image_column
+        frame = formats.read_frame(params.data_uri)
+        missing = [c for c in (column, params.target) if c not in frame.columns]
+        if missing:
+            shown = list(frame.columns)[:20]
+            raise InputError(f"{params.data_uri}: column(s) {missing} not found; columns are {shown}")
+        rows_read = len(frame)
+        labeled = frame.loc[frame[params.target].notna() & frame[column].notna(), [column, params.target]]
+        labeled = labeled.reset_index(drop=True)
+        labeled[column] = image_data.resolve_uris(labeled[column].astype(str), params.data_uri)
+    labels = labeled[params.target].astype("string").to_numpy()
+    splits = split_indices(len(labeled), labels, params.val_fraction, params.test_fraction, params.seed)
+    if any(len(rows) == 0 for rows in splits.values()):
+        raise InputError(f"{params.data_uri}: {len(labeled)} labeled images are too few to split into train/val/test")
+    train = labeled.iloc[splits["train"]]
+    classes = fit_spec(train, params.target, "classification", [], params.max_categories).classes
+    image = image_data.fit_image_spec(train[column].tolist(), column, params.image_size, params.image_channels,
+                                      params.image_sample, params.seed)  # fmt: skip
+    spec = FeatureSpec(target=params.target, task="classification", classes=classes, image=image)
+    return _write(output, source, spec, labeled, splits, rows_read=len(labeled) if rows_read is None else rows_read)

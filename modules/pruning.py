@@ -9,6 +9,11 @@ Units are ranked per hidden layer by an importance score:
 - `l1` / `l2`: norm of the unit's incoming weights (cheap, data-free);
 - `activation`: mean absolute activation on a sample of training rows (data-aware: a unit that
   rarely fires matters little whatever its weights).
+
+An image CNN (`maas.modules.vision.ConvNet`) is pruned the same way by whole filters: a conv block's
+output channels ranked by the L1 norm of their filters (batch norm's scale folded in); a channel goes
+from its conv (and batch norm) and from the input channels of the next conv, or the columns of the
+classifier after the last block.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch.nn.utils import prune
 
 from maas.modules.model import MLPConfig, TabularNet
 from maas.modules.preprocess import FeatureSpec
+from maas.modules.vision import ConvNet, VisionConfig
 
 Importance = Literal["l1", "l2", "activation"]
 
@@ -112,3 +118,47 @@ def make_permanent(net: nn.Module) -> None:
     for layer in net.modules():
         if isinstance(layer, nn.Linear) and prune.is_pruned(layer):
             prune.remove(layer, "weight")
+
+
+def channel_widths(net: ConvNet) -> list[int]:
+    """Output channels of each conv block."""
+    return [block.conv.out_channels for block in net.blocks]
+
+
+def filter_scores(net: ConvNet) -> list[torch.Tensor]:
+    """Per conv block, the L1 norm of each output channel's filter as the block applies it, with its batch norm's
+    scale folded in (gamma / sqrt(running var + eps)); higher is more important. Batch norm undoes any scale of
+    the conv's own weights, so their norm alone would not say how much a channel passes on."""
+    scores = []
+    for block in net.blocks:
+        l1 = block.conv.weight.detach().abs().sum(dim=(1, 2, 3))
+        if isinstance(block.norm, nn.BatchNorm2d):
+            l1 = l1 * (block.norm.weight.detach() / torch.sqrt(block.norm.running_var + block.norm.eps)).abs()
+        scores.append(l1)
+    return scores
+
+
+def remove_channels(net: ConvNet, spec: FeatureSpec, config: VisionConfig, keep: list[torch.Tensor]) -> ConvNet:
+    """A new, smaller CNN with only the kept channels of each block: its conv's filters and batch norm's
+    entries, the next conv's input channels (or the classifier's columns)."""
+    smaller = ConvNet(spec, config.model_copy(update={"channels": [len(k) for k in keep]}))
+    smaller.normalize.load_state_dict(net.normalize.state_dict())
+    with torch.no_grad():
+        for i, (old, new) in enumerate(zip(net.blocks, smaller.blocks)):
+            rows = keep[i]
+            columns = keep[i - 1] if i > 0 else torch.arange(old.conv.in_channels)
+            new.conv.weight.copy_(old.conv.weight[rows][:, columns])
+            if old.conv.bias is not None:
+                new.conv.bias.copy_(old.conv.bias[rows])
+            if isinstance(old.norm, nn.BatchNorm2d):
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(new.norm, name).copy_(getattr(old.norm, name)[rows])
+                new.norm.num_batches_tracked.copy_(old.norm.num_batches_tracked)
+        smaller.classifier.weight.copy_(net.classifier.weight[:, keep[-1]])
+        smaller.classifier.bias.copy_(net.classifier.bias)
+    return smaller
+
+
+def prune_channels(net: ConvNet, spec: FeatureSpec, config: VisionConfig, target_widths: list[int]) -> ConvNet:
+    """Shrink each conv block to its target width, keeping the filters with the largest L1 norm."""
+    return remove_channels(net, spec, config, keep_top_units(filter_scores(net), target_widths))

@@ -22,7 +22,10 @@ Then each file is scored on its own (`score_file`), which is what the flow maps 
 - outputs are named after the input (`incoming/a/b.csv` -> `predictions/a/b.csv.predictions.parquet`
   plus `predictions/a/b.csv.manifest.json`), so a retry overwrites its own output; two inputs that
   would share an output name are refused when the run is planned;
-- the input object is never modified or deleted.
+- the input object is never modified or deleted;
+- when the model takes images, the image files under the input are scored in batches instead, with
+  a claim, an output and a completion record per batch (`maas.modules.image_batches`); table files
+  (a table of image URIs included) are scored here as always.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from maas.modules import explain, formats, overlap, parts, plots, registry, storage
+from maas.modules import explain, formats, images, overlap, parts, plots, registry, storage
 from maas.modules.claims import Claims, Lease
 from maas.modules.config import Location, Settings, new_run_id
 from maas.modules.engines import Engine
@@ -170,6 +173,16 @@ class ScoreParams(BaseModel):
     lease_seconds: float = Field(
         900, gt=0, description="How long a claim protects a file in work; a crashed run's files are retried after it."
     )
+    image_batch: int = Field(
+        1024,
+        ge=1,
+        description="An image model: the image files under the input are scored this many to a batch (fewer for "
+        "large images: a batch's pixels stay under 768 MiB), with one claim, one Parquet output (a row per image) and "
+        "one completion record per batch.",
+    )
+    image_threads: int = Field(
+        16, ge=1, description="An image model: image files fetched and decoded at once (I/O and Pillow free the GIL)."
+    )
     group_bytes: int = Field(
         8 << 20,
         ge=0,
@@ -221,6 +234,11 @@ class ScoreJob(BaseModel):
     shadow_uri: str
     threads: int
     files: list[storage.ObjectInfo] = Field(description="The listed files to look at: those not indexed as finished.")
+    image_batch: int = Field(
+        0,
+        description="Image files per batch (maas.modules.image_batches); 0: the model does not take images. The "
+        "`image_batch` parameter, or fewer for large images, so that a batch's pixels fit in IMAGE_BATCH_BYTES.",
+    )
     skipped: int = Field(0, description="Listed files the index knows finished by this model version: not scored.")
     index_newest: int | None = Field(
         None, description="The highest index segment number the plan found (None: the index was not read)."
@@ -272,6 +290,22 @@ class FileOutcome(BaseModel):
     drift: DriftReport | None = Field(None, exclude=True, description="Travels to the run's summary; not written.")
 
 
+class ImageBatchOutcome(BaseModel):
+    """What scoring one batch of image files did (`maas.modules.image_batches`). Its scored and skipped images
+    are counted, not listed one by one: a run may hold hundreds of thousands."""
+
+    batch_id: str
+    output_uri: str | None = Field(description="The batch's Parquet output; None when it had no images of its own.")
+    scored: int
+    skipped: int
+    problems: list[FileOutcome] = Field(
+        description="Each image neither scored nor skipped: quarantined, claimed, failed or vanished."
+    )
+    retries: int = 0
+    finished: list[str] = Field([], exclude=True, description="The images scored or skipped: the run indexes them.")
+    drift: DriftReport | None = Field(None, exclude=True, description="Travels to the run's summary; not written.")
+
+
 class ScoreResult(BaseModel):
     model_ref: str
     summary_uri: str
@@ -287,8 +321,10 @@ class ScoreResult(BaseModel):
     drift_report_uri: str | None = Field(None, description="PNG beside the summary: drift per feature, worst first.")
     shadow: ShadowReport | None = Field(None, description="The challenger's agreement over the run's files.")
     files: list[FileOutcome] = Field(
-        description="What happened to each file this run worked on; files already finished are only counted (skipped)."
+        description="What happened to each file this run worked on; files already finished are only counted (skipped), "
+        "and so are the image files scored in batches."
     )
+    image_batches: list[ImageBatchOutcome] = Field([], description="The batches of image files (an image model).")
 
 
 def plan(params: ScoreParams) -> ScoreJob:
@@ -310,8 +346,11 @@ def plan(params: ScoreParams) -> ScoreJob:
             raise
         model_ref, card = f"{requested} (not registered yet)", ""
     shadow_ref = _challenger(settings.bucket, params.shadow, model_ref) if card else None
-    if card and params.explains:
-        _check_explainable(registry.load_card(card), params)
+    # The card, when it matters to the plan: explanations, or image files that an image model scores in batches.
+    wanted = card and (params.explains or any(images.is_image(o.uri) for o in files))
+    loaded = registry.load_card(card) if wanted else None
+    if loaded is not None and params.explains:
+        _check_explainable(loaded, params)
     skipped, newest = 0, None
     if files and not params.rescore:
         files, skipped, newest = _unindexed(DoneIndex(state_uri, input_uri, model_ref), files, listed, params)
@@ -329,11 +368,22 @@ def plan(params: ScoreParams) -> ScoreJob:
         shadow_uri=params.shadow_uri or settings.uri("shadow"),
         threads=params.threads or max(1, (os.cpu_count() or 1) // files_at_once(params, files)),
         files=files,
+        image_batch=_image_batch(params, loaded),
         skipped=skipped,
         index_newest=newest,
     )
     _refuse_shared_outputs(job)
     return job
+
+
+# What a batch of image files may hold as pixels (float32): 1,024 RGB images of 256 x 256 pixels fill it.
+IMAGE_BATCH_BYTES = 768 << 20
+
+
+def _image_batch(params: ScoreParams, card: ModelCard | None) -> int:
+    if card is None or card.features.image is None:
+        return 0
+    return max(1, min(params.image_batch, IMAGE_BATCH_BYTES // (card.features.image.width * 4)))
 
 
 def _check_explainable(card: ModelCard, params: ScoreParams) -> None:
@@ -376,6 +426,8 @@ def _refuse_shared_outputs(job: ScoreJob) -> None:
     """Two inputs must never write one output (`{stem}` maps `a.csv` and `a.parquet` to one name)."""
     writers: dict[str, str] = {}
     for obj in job.files:
+        if job.image_batch and images.is_image(obj.uri):  # scored in batches, into outputs named for the batch
+            continue
         try:
             output = _locations(job, obj).output
         except InputError:  # an unsafe key: quarantined when its turn comes
@@ -389,14 +441,14 @@ def _refuse_shared_outputs(job: ScoreJob) -> None:
 
 
 @lru_cache(maxsize=4)
-def _model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine, Baseline | None]:
+def loaded_model(card_uri: str, engine: str, threads: int) -> tuple[ModelCard, Engine, Baseline | None]:
     """One loaded, checksum-verified model (and its training baseline) per process, shared by its files."""
     card, loaded = registry.load_engine(card_uri, engine, threads)
     baseline = _baselines[card_uri] = registry.load_baseline(card_uri, card)
     return card, loaded, baseline
 
 
-# The training baselines `_model` loaded in this process: the run's drift plot reuses them (two requests fewer).
+# The training baselines `loaded_model` loaded in this process: the run's drift plot reuses them (two requests fewer).
 _baselines: dict[str, Baseline | None] = {}
 
 
@@ -415,10 +467,16 @@ class _Locations(BaseModel):
     quarantined_rows: str
 
 
-def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
-    key = storage.relative_key(job.input_uri, obj.uri)
+def _safe_key(input_uri: str, uri: str) -> str:
+    """The object's key below the input prefix, which names its outputs; InputError if it could lead elsewhere."""
+    key = storage.relative_key(input_uri, uri)
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise InputError(f"{obj.uri}: object key {key!r} has empty, '.' or '..' segments; refusing to derive outputs")
+        raise InputError(f"{uri}: object key {key!r} has empty, '.' or '..' segments; refusing to derive outputs")
+    return key
+
+
+def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
+    key = _safe_key(job.input_uri, obj.uri)
     ext = job.params.output_format
     stem = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
     stem += key.rsplit("/", 1)[-1].split(".", 1)[0]
@@ -430,6 +488,15 @@ def _locations(job: ScoreJob, obj: storage.ObjectInfo) -> _Locations:
         report=storage.join(job.quarantine_uri, f"{key}.error.json"),
         quarantined_rows=storage.join(job.quarantine_uri, f"{key}.rejected.{ext}"),
     )
+
+
+def report_uri(input_uri: str, quarantine_uri: str, uri: str) -> str:
+    """Where an input's error report goes: named for its key below the input prefix, or by a digest when its key
+    is unsafe."""
+    try:
+        return storage.join(quarantine_uri, f"{_safe_key(input_uri, uri)}.error.json")
+    except InputError:
+        return storage.join(quarantine_uri, UNSAFE_KEYS, f"{hashlib.sha256(uri.encode()).hexdigest()[:24]}.error.json")
 
 
 def score_file(job: ScoreJob, obj: storage.ObjectInfo, progress: Progress | None = None) -> FileOutcome:
@@ -499,8 +566,7 @@ def _score(
     try:
         where = _locations(job, obj)
     except InputError as exc:  # a key that would lead outside the output prefixes: reported under a safe name
-        safe = f"{hashlib.sha256(obj.uri.encode()).hexdigest()[:24]}.error.json"
-        return _quarantine(job, obj, claims, lease, storage.join(job.quarantine_uri, UNSAFE_KEYS, safe), str(exc))
+        return _quarantine(job, obj, claims, lease, report_uri(job.input_uri, job.quarantine_uri, obj.uri), str(exc))
     earlier = _earlier_output(job, obj, where, claims, lease)
     if earlier is not None:
         return earlier
@@ -527,7 +593,7 @@ def _stream_and_publish(
     progress: Progress | None,
 ) -> FileOutcome:
     """Stream the file (from the last complete part, if an earlier attempt left some) and publish the outcome."""
-    card, engine, baseline = _model(job.card_uri, job.params.engine, job.threads)
+    card, engine, baseline = loaded_model(job.card_uri, job.params.engine, job.threads)
     drift = DriftAccumulator(baseline, job.params.drift_settings) if job.params.drift and baseline else None
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     state = _Pass(lease, explainer=_explainer(job.card_uri, job.threads) if job.params.explains else None)
@@ -677,7 +743,7 @@ def _earlier_output(
 def _load_challenger(job: ScoreJob, card: ModelCard, state: _Pass) -> None:
     """The shadow model, if it can be loaded and predicts what the served model does; never a reason to fail."""
     try:
-        challenger = _model(job.shadow_card_uri, job.params.engine, job.threads)[1]
+        challenger = loaded_model(job.shadow_card_uri, job.params.engine, job.threads)[1]
     except Exception as exc:  # noqa: BLE001 (the challenger's trouble is reported, the champion scores on)
         state.shadow_error = one_line(f"cannot load {job.shadow_ref}: {exc}")
     else:
@@ -923,16 +989,20 @@ def over_budget(params: ScoreParams, outcomes: list[FileOutcome], finished: bool
     return None
 
 
-def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> ScoreResult:
+def summarize(
+    job: ScoreJob, outcomes: list[FileOutcome], seconds: float, batches: list[ImageBatchOutcome] = ()
+) -> ScoreResult:
     """The run's result, also written to `job.summary_uri` so the bucket keeps a record of every run.
 
-    Its size follows the run's work: files already finished are counted, not listed. The units seen
-    finished are added to the index, so the next run skips them without asking their records.
+    Its size follows the run's work: files already finished are counted, not listed, and so are the image
+    files that batches scored. The units seen finished are added to the index, so the next run skips them
+    without asking their records. `outcomes` holds the image files that batches did not score or skip.
     """
     counts = {status: sum(o.status == status for o in outcomes) for status in Status.__args__}
-    counts["skipped"] += job.skipped
-    _index_finished(job, outcomes)
-    rows = sum(o.rows_out for o in outcomes)
+    counts["skipped"] += job.skipped + sum(b.skipped for b in batches)
+    counts["scored"] += sum(b.scored for b in batches)
+    _index_finished(job, outcomes, [uri for b in batches for uri in b.finished])
+    rows = sum(o.rows_out for o in outcomes) + sum(b.scored for b in batches)
     result = ScoreResult(
         model_ref=job.model_ref,
         summary_uri=job.summary_uri,
@@ -943,35 +1013,34 @@ def summarize(job: ScoreJob, outcomes: list[FileOutcome], seconds: float) -> Sco
         rows_rejected=sum(o.rows_rejected for o in outcomes),
         seconds=seconds,
         rows_per_s=rows / seconds if seconds > 0 else 0.0,
-        retries=sum(o.retries for o in outcomes),
+        retries=sum(o.retries for o in outcomes) + sum(b.retries for b in batches),
         files=[o for o in outcomes if o.status != "skipped"],
+        image_batches=[b.model_copy(update={"finished": [], "problems": []}) for b in batches],
     )
     result.shadow = combined([o.shadow for o in outcomes if o.shadow is not None])
-    reports = [o.drift for o in outcomes if o.drift is not None]
+    reports = [o.drift for o in [*outcomes, *batches] if o.drift is not None]
     if reports:
         result.drift = summarize_run(reports)
         try:  # the picture is a convenience: the numbers are in the summary either way
             baseline = _baselines.get(job.card_uri) or registry.load_baseline(
                 job.card_uri, registry.load_card(job.card_uri)
             )
-            png = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
-            storage.write_bytes(png, plots.drift_png(result.drift, baseline))
-            result.drift_report_uri = png
+            if baseline.features:  # an image model's drift is its predictions': the summary says it all
+                png = job.summary_uri.rsplit("/", 1)[0] + "/drift.png"
+                storage.write_bytes(png, plots.drift_png(result.drift, baseline))
+                result.drift_report_uri = png
         except Exception:  # noqa: BLE001
             log.warning("no drift plot for %s", job.summary_uri, exc_info=True)
     storage.write_json(job.summary_uri, result)
     return result
 
 
-def _index_finished(job: ScoreJob, outcomes: list[FileOutcome]) -> None:
+def _index_finished(job: ScoreJob, outcomes: list[FileOutcome], images: list[str]) -> None:
     """Index the versions whose completion record exists now (a cache: failing to write it costs the next run
-    one request per file, so it never fails the run)."""
+    one request per file, so it never fails the run); `images`: the image files batches scored or skipped."""
     etags = {o.uri: o.etag for o in job.files}
-    finished = [
-        (o.input_uri, etags[o.input_uri])
-        for o in outcomes
-        if o.status in ("scored", "quarantined", "skipped") and o.input_uri in etags
-    ]
+    done = [o.input_uri for o in outcomes if o.status in ("scored", "quarantined", "skipped")]
+    finished = [(uri, etags[uri]) for uri in [*done, *images] if uri in etags]
     if not finished or not job.card_uri:
         return
     try:

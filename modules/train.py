@@ -29,9 +29,10 @@ from torch.utils.data import ConcatDataset, TensorDataset
 from maas.modules import plots, storage
 from maas.modules.baselines import fit_baselines
 from maas.modules.config import Location, sibling_output
-from maas.modules.manifests import PreprocessResult, TrainResult
+from maas.modules.manifests import BaselineReport, PreprocessResult, TrainResult
 from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularModule
 from maas.modules.preprocess import FeatureSpec
+from maas.modules.vision import ImageDataModule, ImageLoader, ImageModule, VisionConfig
 
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 
@@ -55,6 +56,8 @@ class TrainParams(BaseModel):
     )
     output_uri: Location | None = Field(None, description="Default: a train folder beside the preprocess output.")
     model: MLPConfig = MLPConfig()
+    vision: VisionConfig = Field(VisionConfig(), description="The network when the data are images (`model` when not).")
+    image_loader: ImageLoader = ImageLoader()
     optim: OptimConfig = OptimConfig()
     max_epochs: int = Field(40, ge=1, description="Upper bound on epochs (early stopping may end sooner).")
     batch_size: int = Field(64, ge=1, description="Rows per training batch.")
@@ -73,6 +76,10 @@ class TrainParams(BaseModel):
         description="Set by the search (`--tune`): which trial these hyperparameters are and the rule that chose "
         "it, with its numbers; the card shows it. None: not from a search.",
     )
+
+    def network(self, spec: FeatureSpec) -> dict:
+        """The configuration of the network trained on `spec`'s data: an image network or the tabular MLP."""
+        return (self.vision if spec.image is not None else self.model).model_dump()
 
 
 class EpochTimer(Callback):
@@ -221,9 +228,20 @@ class Evaluation:
         return pd.concat(self.curves).groupby("epoch", as_index=False).mean()
 
 
+def data_module(
+    spec: FeatureSpec, splits: dict[str, str], batch_size: int, seed: int, loader: ImageLoader | None = None
+) -> TabularDataModule:
+    """The splits as the network reads them: encoded table rows, or decoded images."""
+    if spec.image is not None:
+        return ImageDataModule(spec, splits, batch_size, seed, loader or ImageLoader())
+    return TabularDataModule(spec, splits, batch_size, seed)
+
+
 def cross_validation_applies(params: TrainParams, data: TabularDataModule) -> bool:
+    """Small data held in memory (folds are cut from its tensors)."""
     data.setup()
-    return len(data.datasets["train"]) + len(data.datasets["val"]) < params.cv_below_rows
+    in_memory = all(isinstance(data.datasets[name], TensorDataset) for name in ("train", "val"))
+    return in_memory and len(data.datasets["train"]) + len(data.datasets["val"]) < params.cv_below_rows
 
 
 def evaluate(
@@ -268,7 +286,8 @@ def _fit(
     seed_everything(params.hardware)
     if params.optim.optimizer == "lbfgs":  # one batch of every row: its line search needs the same loss each time
         data = data.with_datasets(data.datasets, batch_size=len(data.datasets["train"]))
-    module = TabularModule(spec.model_dump(), params.model.model_dump(), params.optim.model_dump())
+    kind = ImageModule if spec.image is not None else TabularModule
+    module = kind(spec.model_dump(), params.network(spec), params.optim.model_dump())
     validate = "val" in data.datasets
     trainer = build_trainer(params.hardware, root, epochs or params.max_epochs, callbacks, logger, validate=validate)
     trainer.fit(module, datamodule=data)
@@ -281,7 +300,7 @@ def run_training(params: TrainParams) -> TrainResult:
     many epochs; otherwise early stopping on the validation split picks the best epoch's checkpoint."""
     prep, spec = load_inputs(params.preprocess_manifest)
     output = params.output_uri or sibling_output(params.preprocess_manifest, "train")
-    data = TabularDataModule(spec, prep.splits, params.batch_size, params.hardware.seed)
+    data = data_module(spec, prep.splits, params.batch_size, params.hardware.seed, params.image_loader)
     cv = evaluate(spec, data, params) if cross_validation_applies(params, data) else None
     metric = "accuracy" if spec.task == "classification" else "rmse"
     with tempfile.TemporaryDirectory(prefix="maas-train-") as scratch:
@@ -302,11 +321,7 @@ def run_training(params: TrainParams) -> TrainResult:
         epochs, lr = _read_log(root / "metrics.csv")
         if cv is not None:  # the validation columns are the folds' mean curve, which chose the epochs
             epochs = epochs.merge(cv.mean_curve(), on="epoch", how="left")
-        split = {name: tuple(t.numpy() for t in data.datasets[name].tensors) for name in ("train", "val", "test")}
-        if cv is not None:
-            split["train"] = tuple(np.concatenate(pair) for pair in zip(split["train"], split["val"]))
-        baselines = fit_baselines(spec, split["train"], {**split, "val": None if cv else split["val"]},
-                                  params.hardware.seed)  # fmt: skip
+        baselines = _baselines(spec, data, refit=cv is not None, seed=params.hardware.seed)
 
         uris = {name: storage.join(output, name) for name in ("checkpoint.ckpt", "metrics.csv", "lr.csv")}
         storage.upload(checkpoint.best_model_path, uris["checkpoint.ckpt"])
@@ -322,7 +337,7 @@ def run_training(params: TrainParams) -> TrainResult:
         metrics_uri=uris["metrics.csv"],
         lr_uri=uris["lr.csv"],
         curves_uri=curves_uri,
-        model=params.model.model_dump(),
+        model=params.network(spec),
         scheduler=params.optim.schedule.name,
         metric=metric,
         best_epoch=int(best["epoch"]),
@@ -342,6 +357,18 @@ def run_training(params: TrainParams) -> TrainResult:
     )
     storage.write_json(result.manifest_uri, result)
     return result
+
+
+def _baselines(spec: FeatureSpec, data: TabularDataModule, refit: bool, seed: int) -> list[BaselineReport]:
+    """The classical baselines on the rows the network was fitted on (train, plus validation after a refit).
+    None for images: a linear model or boosted trees over raw pixels say little about a CNN; the image
+    benchmark measures the pixel MLP beside it instead."""
+    if spec.image is not None:
+        return []
+    split = {name: tuple(t.numpy() for t in data.datasets[name].tensors) for name in ("train", "val", "test")}
+    if refit:
+        split["train"] = tuple(np.concatenate(pair) for pair in zip(split["train"], split["val"]))
+    return fit_baselines(spec, split["train"], {**split, "val": None if refit else split["val"]}, seed)
 
 
 def _read_log(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -43,6 +43,7 @@ from pytorch_lightning.callbacks import Callback
 
 from maas.modules import plots, storage
 from maas.modules.config import sibling_output
+from maas.modules.errors import InputError
 from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularNet
 from maas.modules.preprocess import FeatureSpec
 from maas.modules.train import TrainParams, cross_validation_applies, evaluate, load_inputs
@@ -274,6 +275,8 @@ def run_sequentially(params: TuneParams) -> Wave:
 
 def search(params: TuneParams, run_wave: Wave | None = None) -> TuneResult:
     """Run the study in waves of `params.parallel` trials (`run_wave` runs one wave); write and return its results."""
+    if load_inputs(params.train.preprocess_manifest)[1].image is not None:
+        raise InputError("tune: the search covers the tabular MLP; an image model is trained without it (no --tune)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_wave = run_wave or run_sequentially(params)
     seed = params.train.hardware.seed

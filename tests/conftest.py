@@ -169,3 +169,39 @@ def synthetic_regression(rows: int = 800, seed: int = 0) -> pd.DataFrame:
     x = rng.normal(size=(rows, 4))
     y = 3 * x[:, 0] - 2 * x[:, 1] + x[:, 2] * x[:, 3] + rng.normal(0, 0.1, rows) + 50
     return pd.DataFrame({"f0": x[:, 0], "f1": x[:, 1], "f2": x[:, 2], "f3": x[:, 3], "price": y})
+
+
+SHAPES = ("bar", "column", "diagonal")
+
+
+def shape_image(label: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A noisy grayscale image (uint8) of a horizontal bar, a vertical bar (each at a random place) or a diagonal."""
+    image = rng.integers(0, 40, (size, size)).astype(np.uint8)
+    at = int(rng.integers(2, size - 5))
+    if label == "bar":
+        image[at : at + 3, 2:-2] = 230
+    elif label == "column":
+        image[2:-2, at : at + 3] = 230
+    else:
+        rows = np.arange(1, size - 1)
+        for width in (-1, 0, 1):
+            image[rows, np.clip(rows + width, 0, size - 1)] = 230
+    return image
+
+
+def write_shape_images(prefix: str, per_class: int = 24, size: int = 12, seed: int = 0) -> list[str]:
+    """Three easy classes of PNG images in class folders (`<prefix>/<shape>/<n>.png`); their URIs."""
+    import io
+
+    from PIL import Image
+
+    from maas.modules import storage
+
+    rng, uris = np.random.default_rng(seed), []
+    for label in SHAPES:
+        for i in range(per_class):
+            out = io.BytesIO()
+            Image.fromarray(shape_image(label, size, rng), mode="L").save(out, format="PNG")
+            uris.append(storage.join(prefix, label, f"{i:03d}.png"))
+            storage.write_bytes(uris[-1], out.getvalue())
+    return uris

@@ -81,6 +81,9 @@ def show_score(result: BaseModel) -> None:
         f"{result.model_ref}: {counts or 'nothing to score'}; {result.rows:,} rows at {result.rows_per_s:,.0f} rows/s"
     )
     console.print(f"predictions under {result.output_uri}, error reports under {result.quarantine_uri}")
+    if result.image_batches:
+        scored = sum(b.scored for b in result.image_batches)
+        console.print(f"{scored:,} image(s) scored in {len(result.image_batches)} batch(es), one Parquet file each")
     if result.drift is not None:
         worst = [f for f in result.drift.features if f.files_drifted][:5]
         named = ", ".join(f"{f.name} ({f.files_drifted} file(s), {f.method} up to {f.max_score:.3f})" for f in worst)

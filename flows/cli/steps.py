@@ -28,11 +28,12 @@ def pipeline() -> click.Command:
 
     return params_command(
         "pipeline", PipelineParams, _flow("maas.flows.pipeline", "pipeline", show_pipeline),
-        aliases={"data_uri": ["--data"]},
+        aliases={"data_uri": ["--data"], "hidden_sizes": ["--hidden"]},
         help="""Preprocess, train, compress and register a model.
 
         \b
-        Example: maas pipeline --data s3://my-bucket/raw/churn.csv --target churned --exclude customer_id""",
+        Example: maas pipeline --data s3://my-bucket/raw/churn.csv --target churned --exclude customer_id
+        Images in class folders: maas pipeline --data s3://my-bucket/raw/digits/ --target label""",
     )  # fmt: skip
 
 
@@ -140,7 +141,8 @@ def demo() -> click.Command:
         "demo",
         DemoParams,
         _flow("maas.flows.demo", "run_demo", _show_demo),
-        help="The main job: digits -> pipeline -> int8 model -> files in incoming/ scored.",
+        help="The main job: digits -> pipeline -> int8 model -> files in incoming/ scored.\n\n"
+        "With --images: the digits as PNG files in class folders, a CNN.",
     )
 
 
@@ -237,7 +239,10 @@ def _show_demo(result: BaseModel) -> None:
 
     show_pipeline(result.pipeline)
     show_score(result.scoring)
-    console.print(f"held-out accuracy of the scored files: {result.held_out_accuracy:.4f}")
+    if result.held_out_accuracy is None:
+        console.print("held-out accuracy: no held-out file was scored (see the scoring summary)")
+    else:
+        console.print(f"held-out accuracy of the scored files: {result.held_out_accuracy:.4f}")
     console.print(
         f"next: drop files into {result.data.incoming_uri} and run `maas score --model {result.pipeline.model_ref}`",
         soft_wrap=True,

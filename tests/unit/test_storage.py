@@ -35,6 +35,16 @@ def test_create_is_exclusive(any_bucket: str) -> None:
     assert storage.read_json(uri) == {"owner": "first"}
 
 
+def test_many_creates_at_once_are_each_exclusive(any_bucket: str) -> None:
+    uris = [storage.join(any_bucket, "members", folder, f"{i}.json") for folder in ("a", "b") for i in range(3)]
+    storage.write_bytes(uris[1], b"another batch")
+    assert storage.create_many(uris, b"this batch", threads=4) == [True, False, True, True, True, True]
+    assert storage.create_many(uris[:2], b"this batch") == [True, False]  # its own objects count as created
+    assert storage.read_bytes(uris[0]) == b"this batch" and storage.read_bytes(uris[1]) == b"another batch"
+    storage.write_bytes(uris[0], b"rewritten")  # one name rewritten leaves the others as they were
+    assert storage.read_bytes(uris[2]) == b"this batch"
+
+
 def test_listing_has_size_and_etag_and_changes_with_content(any_bucket: str) -> None:
     storage.write_bytes(storage.join(any_bucket, "in", "x.csv"), b"a\n1\n")
     storage.write_bytes(storage.join(any_bucket, "in", "sub", "y.csv"), b"a\n1\n2\n")
