@@ -6,7 +6,7 @@ For each dataset and seed (the seed splits the data and seeds training): preproc
 - default: train (k-fold CV below the pipeline's threshold; 2,000 rows when quality.md was measured) and
   compress; the served model (an int8 or fp32 ONNX Runtime variant, as compression chose it);
 - tune: the search (trials run one after another here; the flow runs them as parallel tasks), then the same
-  training and compression with the best parameters;
+  training and compression with the parameters it kept (one-standard-error rule under cross-validation);
 - logistic/ridge and gradient boosting: the baselines each training fits on the rows the network fitted on
   (train+validation under cross-validation), measured on the same test split.
 Writes benchmarks/results/quality.json (appending per run, so a long run can be resumed; several processes may
@@ -94,6 +94,7 @@ def one_run(name: str, seed: int, trials: int, minutes: float | None, bucket: st
             "trials": len(study.trials),
             "pruned": sum(t.state == "pruned" for t in study.trials),
             "best_params": study.best_params,
+            "choice": study.choice.model_dump(exclude={"reason"}) | {"value": study.best_value},
         },  # fmt: skip
         "linear": baselines.get("logistic", baselines.get("ridge")),
         "gradient_boosting": baselines["gradient-boosting"],
@@ -122,6 +123,7 @@ def _summary(trained: TrainResult, compressed: CompressResult, seconds: float) -
         "epochs": trained.epochs_run,
         "seconds": round(seconds, 1),
         "baseline_warning": compressed.baseline_warning is not None,
+        "served_reason": compressed.served_reason,
     }
 
 
@@ -140,16 +142,16 @@ def render(runs: list[dict], note: str) -> str:
         note,
         "",
         "| dataset | seed | metric | default served (fp32) | default cv | --tune served (fp32) | --tune cv | trials "
-        "(pruned) | --tune hidden layers | served (default / --tune) | logistic/ridge | gradient boosting | "
-        "tune served vs linear | code |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(pruned) | --tune kept trial (rule) | --tune hidden layers | served (default / --tune) | logistic/ridge | "
+        "gradient boosting | tune served vs linear | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: (ORDER.index(r["dataset"]), r["seed"])):
         d, t = r["default"], r["tune"]
         verdict = "as good or better" if _holds(r) else "worse"
         lines.append(
             f"| {r['dataset']} | {r['seed']} | {r['metric']} | {d['served']:.4f} ({d['fp32']:.4f}) | {_cv(d)} | "
-            f"{t['served']:.4f} ({t['fp32']:.4f}) | {_cv(t)} | {t['trials']} ({t['pruned']}) | "
+            f"{t['served']:.4f} ({t['fp32']:.4f}) | {_cv(t)} | {t['trials']} ({t['pruned']}) | {_choice(t)} | "
             f"{t['model']['hidden_sizes'] or 'none (linear)'} | "
             f"{_variant(d)} / {_variant(t)} | {r['linear']:.4f} | "
             f"{r['gradient_boosting']:.4f} | {verdict} | {r.get('code', '')} |"
@@ -176,6 +178,20 @@ def _holds(run: dict) -> bool:
 def _variant(summary: dict) -> str:
     """The served variant, marked when the gate refused it (it then never becomes production)."""
     return summary["served_variant"] + ("" if summary["gate_passed"] else " (gate refused)")
+
+
+def _choice(tune: dict) -> str:
+    """The trial the search kept and by which rule: under cross-validation, the one-standard-error rule (the lowest
+    trial's mean validation loss + its standard error, the kept trial's loss); else the lowest validation loss."""
+    choice = tune.get("choice")
+    if choice is None:
+        return ""
+    if choice["standard_error"] is None:
+        return f"{choice['chosen']} (lowest val loss {choice['value']:.4f})"
+    return (
+        f"{choice['chosen']} (1 SE: {choice['value']:.4f} ≤ trial {choice['lowest']}'s "
+        f"{choice['lowest_value']:.4f} + {choice['standard_error']:.4f})"
+    )
 
 
 def _cv(summary: dict) -> str:

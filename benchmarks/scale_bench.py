@@ -1,7 +1,8 @@
 """Scale benchmark: a run's cost with a long history behind it, and memory on single-row-group Parquet files.
 
 Run: .venv/bin/python benchmarks/scale_bench.py index [--old 100000 --baseline-old 10000 --baseline-rev main]
-     (`--baseline-old 0 --old 10000 100000`: the new code alone, keeping the baseline's earlier rows)
+     (`--baseline-old 0 --old 10000 100000`: the new code alone, keeping the baseline's earlier rows;
+     `--store local`: the new code on a local bucket)
      .venv/bin/python benchmarks/scale_bench.py memory [--files 4 --rows 250000]
      .venv/bin/python benchmarks/scale_bench.py resume [--big-rows 2000000 --kill-at 0.6 --store local|s3]
 Each writes its part of benchmarks/results/scale.json and rewrites benchmarks/results/scale.md.
@@ -93,21 +94,48 @@ def serve(port: int, root: str) -> None:
 def _seed(backend, prefix: str, n: int, model_ref: str) -> None:  # noqa: ANN001
     """N scored objects under INPUTS/prefix: the objects, a completion record each, and the index (one
     compacted segment, as a long history of runs leaves it)."""
+    keys = [f"{prefix}/old-{i:06d}.csv" for i in range(n)]
+    etags = [backend.put_object(INPUTS, key, _old_row(i)).etag.strip('"') for i, key in enumerate(keys)]
+    records = _history([f"s3://{INPUTS}/{key}" for key in keys], etags, f"s3://{STATE}/state", model_ref)
+    for uri, data in records:
+        backend.put_object(STATE, uri.split("/", 3)[3], data)
+
+
+def _seed_local(inputs: Path, state: Path, n: int, model_ref: str) -> None:
+    """The same history in a local bucket (`index --store local`): objects first, then their etags as maas
+    lists them (a disk has none of its own)."""
+    from maas.modules import storage
+
+    inputs.mkdir(parents=True)
+    for i in range(n):
+        (inputs / f"old-{i:06d}.csv").write_bytes(_old_row(i))
+    listed = storage.list_folder(inputs.as_uri())
+    for uri, data in _history([o.uri for o in listed], [o.etag for o in listed], state.as_uri(), model_ref):
+        target = Path(uri.removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def _old_row(i: int) -> bytes:
+    return f"id,f0\n{i},0.5\n".encode()
+
+
+def _history(uris: list[str], etags: list[str], state_uri: str, model_ref: str) -> list[tuple[str, bytes]]:
+    """What scoring these versions left in `state_uri`: a completion record each, and the index as one
+    compacted segment."""
     from maas.modules.claims import Done, unit_key
     from maas.modules.index import DoneIndex, _segment
 
-    versions = []
-    for i in range(n):
-        key = f"{prefix}/old-{i:06d}.csv"
-        etag = backend.put_object(INPUTS, key, f"id,f0\n{i},0.5\n".encode()).etag.strip('"')
-        uri = f"s3://{INPUTS}/{key}"
+    out = []
+    for uri, etag in zip(uris, etags, strict=True):
         done = Done(input_uri=uri, input_etag=etag, model_ref=model_ref, status="scored", attempt=1, owner="seed",
-                    record_uri=f"s3://{INPUTS}/predictions/{key}.manifest.json", output_uri=None,
+                    record_uri=f"{uri}.manifest.json", output_uri=None,
                     finished_at="2026-01-01T00:00:00Z")  # fmt: skip
-        backend.put_object(STATE, f"state/done/{unit_key(uri, etag, model_ref)}.json", done.model_dump_json().encode())
-        versions.append((uri, etag))
-    folder = DoneIndex(f"s3://{STATE}/state", f"s3://{INPUTS}/{prefix}", model_ref).folder
-    backend.put_object(STATE, f"{folder.split('/', 3)[3]}/{1:012d}.compact.jsonl.gz", _segment(versions))
+        out.append((f"{state_uri}/done/{unit_key(uri, etag, model_ref)}.json", done.model_dump_json().encode()))
+    prefix = uris[0].rsplit("/", 1)[0]
+    folder = DoneIndex(state_uri, prefix, model_ref).folder
+    out.append((f"{folder}/{1:012d}.compact.jsonl.gz", _segment(list(zip(uris, etags, strict=True)))))
+    return out
 
 
 def _control(endpoint: str, path: str) -> dict:
@@ -119,30 +147,32 @@ CLIENT = """
 import json, sys, time, urllib.request
 from maas.modules import storage
 from maas.modules.score import ScoreParams, plan, score_file, summarize
-endpoint, bucket, state, prefix = sys.argv[1:5]
-urllib.request.urlopen(endpoint + "/__bench/count").read()
+endpoint, bucket, state, inputs, prefix = sys.argv[1:6]  # endpoint "": a local bucket, no requests to count
+count = lambda: json.loads(urllib.request.urlopen(endpoint + "/__bench/count").read()) if endpoint else {}
+count()
 started = time.perf_counter()
-job = plan(ScoreParams(model="bench@production", bucket=bucket, input_uri=f"s3://bench-in/{prefix}",
-           output_uri=f"s3://bench-in/predictions/{prefix}",
-           quarantine_uri="s3://bench-in/quarantine", state_uri=state, shadow=None))
+job = plan(ScoreParams(model="bench@production", bucket=bucket, input_uri=f"{inputs}/{prefix}",
+           output_uri=f"{inputs}/predictions/{prefix}",
+           quarantine_uri=f"{inputs}/quarantine", state_uri=state, shadow=None))
 planned = time.perf_counter() - started
 outcomes = [score_file(job, obj) for obj in job.files]
 result = summarize(job, outcomes, time.perf_counter() - started)
 seconds = time.perf_counter() - started
-requests = json.loads(urllib.request.urlopen(endpoint + "/__bench/count").read())
+requests = count()
 listing = time.perf_counter()  # the bare listing of the prefix, on its own: what the store takes for the LIST pass
-storage.list_objects(f"s3://bench-in/{prefix}")
+storage.list_objects(f"{inputs}/{prefix}")
 print(json.dumps({"seconds": round(seconds, 2), "plan_seconds": round(planned, 2), "requests": requests,
                   "list_seconds": round(time.perf_counter() - listing, 2),
                   "counts": result.counts, "summary_bytes": len(storage.read_bytes(result.summary_uri))}))
 """
 
 
-def _run(endpoint: str, code: str, prefix: str) -> dict:
-    """One scoring run over the prefix in a fresh process, `code` its PYTHONPATH (`_importable`)."""
+def _run(endpoint: str, code: str, prefix: str, bucket: str = f"s3://{STATE}", inputs: str = f"s3://{INPUTS}") -> dict:
+    """One scoring run over the prefix in a fresh process, `code` its PYTHONPATH (`_importable`); `endpoint`
+    empty for a local bucket."""
     env = {**os.environ, "PYTHONPATH": code}
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT, endpoint, f"s3://{STATE}", f"s3://{STATE}/state", prefix],
+        [sys.executable, "-c", CLIENT, endpoint, bucket, f"{bucket}/state", inputs, prefix],
         capture_output=True, text=True, env=env, cwd=code.split(os.pathsep)[-1], check=False,
     )  # fmt: skip
     if out.returncode:
@@ -152,9 +182,9 @@ def _run(endpoint: str, code: str, prefix: str) -> dict:
     return result
 
 
-def _drop_new(prefix: str, tag: str) -> None:
+def _drop_new(prefix: str, tag: str, inputs: str = f"s3://{INPUTS}") -> None:
     for i in range(NEW_FILES):
-        formats.write_frame(synthetic(100, seed=i), f"s3://{INPUTS}/{prefix}/new-{tag}-{i}.csv")
+        formats.write_frame(synthetic(100, seed=i), f"{inputs}/{prefix}/new-{tag}-{i}.csv")
 
 
 def _importable(tree: str, shim: Path) -> str:
@@ -222,6 +252,30 @@ def index_bench(args: argparse.Namespace) -> dict:
                 print(json.dumps(measured), flush=True)
                 results["runs"].append(measured)
     server.terminate()
+    return results
+
+
+def index_local_bench(args: argparse.Namespace) -> dict:
+    """`index --store local`: the same runs on a local bucket, where listing 100,000 objects takes a second or two
+    rather than moto's minutes, so the wall time is maas's own. No requests to count."""
+    from benchmarks.score_bench import train_model
+
+    results: dict = {"new_files": NEW_FILES, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        bucket = Path(tmp, "bucket")
+        train_model(bucket.as_uri(), rows=2_000, epochs=1)
+        code = _importable(str(ROOT), Path(tmp, "shim"))
+        for old in args.old:
+            prefix = f"after-{old}"
+            started = time.perf_counter()
+            _seed_local(bucket / "in" / prefix, bucket / "state", old, "bench/1")
+            print(f"seeded {old:,} scored objects in {time.perf_counter() - started:.0f} s", flush=True)
+            for run in ("first", "second"):
+                _drop_new(prefix, run, inputs=(bucket / "in").as_uri())
+                measured = _run("", code, prefix, bucket=bucket.as_uri(), inputs=(bucket / "in").as_uri())
+                measured.update(code="after", already_scored=old + (NEW_FILES if run == "second" else 0), run=run)
+                print(json.dumps(measured), flush=True)
+                results["runs"].append(measured)
     return results
 
 
@@ -413,6 +467,24 @@ def markdown(results: dict) -> str:
                 f"{r['plan_seconds']} | {r.get('list_seconds', 'n/a')} | {r['summary_bytes']:,} | {counts} |"
             )
         lines += ["", *index.get("notes", []), ""]
+    if "index-local" in results:
+        local = results["index-local"]
+        lines += [
+            "## A run's cost with a long history, on a local bucket",
+            "",
+            f"`benchmarks/scale_bench.py index --store local` on {results['machine']}: the same runs on a local "
+            "bucket, whose listing is fast, so the wall time is maas's own share (no requests to count).",
+            "",
+            "| code | already scored | run | wall s | plan s | bare LIST pass s | summary bytes | counts |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in local["runs"]:
+            counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if v)
+            lines.append(
+                f"| {r['code']} | {r['already_scored']:,} | {r['run']} | {r['seconds']} | {r['plan_seconds']} | "
+                f"{r['list_seconds']} | {r['summary_bytes']:,} | {counts} |"
+            )
+        lines += ["", *local.get("notes", []), ""]
     if "memory" in results:
         memory = results["memory"]
         lines += [
@@ -477,7 +549,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=250_000)
     parser.add_argument("--big-rows", type=int, default=2_000_000, help="resume: rows of the large file.")
     parser.add_argument("--kill-at", type=float, default=0.6, help="resume: share of the rows scored at the kill.")
-    parser.add_argument("--store", choices=["local", "s3"], default="local", help="resume: where the bucket is.")
+    parser.add_argument(
+        "--store",
+        choices=["local", "s3"],
+        default=None,
+        help="index, resume: where the bucket is (default: s3 for index, local for resume).",
+    )
     parser.add_argument("--formats", nargs="+", default=["csv", "parquet"], help="resume: output formats.")
     parser.add_argument(
         "--lease",
@@ -487,12 +564,17 @@ def main() -> None:
         "waits it out); longer than the slowest part upload, or the holder is fenced off first.",
     )
     args = parser.parse_args()
+    args.store = args.store or ("s3" if args.part == "index" else "local")
     path = RESULTS / "scale.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    benches = {"index": index_bench, "memory": memory_bench, "resume": resume_bench}
-    key = f"resume-{args.store}" if args.part == "resume" else args.part
-    measured = benches[args.part](args)
+    benches = {"index": index_bench, "index-local": index_local_bench, "memory": memory_bench, "resume": resume_bench}
+    key = (
+        args.part
+        if args.part == "memory" or (args.part, args.store) == ("index", "s3")
+        else f"{args.part}-{args.store}"
+    )
+    measured = benches[key if args.part == "index" else args.part](args)
     if key == "index" and key in results:  # rows of earlier runs that this one did not measure again stay
         again = {(r["code"], r["already_scored"], r["run"]) for r in measured["runs"]}
         kept = [r for r in results[key]["runs"] if (r["code"], r["already_scored"], r["run"]) not in again]

@@ -36,7 +36,7 @@ def tune(params: TuneParams) -> TuneResult:
         return records
 
     result = search(params, wave)
-    logger.info("best trial %d of %d: %s", result.best_number, len(result.trials), result.best_params)
+    logger.info("chosen %s", result.choice.reason)
     create_table_artifact(
         key="tuning-trials",
         table=[
@@ -50,14 +50,15 @@ def tune(params: TuneParams) -> TuneResult:
             }
             for r in result.trials
         ],  # fmt: skip
-        description=f"Hyperparameter search ({result.selection}); best trial {result.best_number}",
+        description=f"Hyperparameter search ({result.selection}); chosen trial {result.best_number}",
     )
     importances = ", ".join(f"{name} {share:.2f}" for name, share in result.importances.items()) or "n/a"
     create_markdown_artifact(
         key="tuning",
         description="Hyperparameter search: best parameters and importances",
-        markdown=f"**best trial {result.best_number}** of {len(result.trials)} ({result.selection}): validation "
+        markdown=f"**chosen trial {result.best_number}** of {len(result.trials)} ({result.selection}): validation "
         f"loss {result.best_value:.4f}, {result.metric} {result.best_val_metric:.4f}\n\n"
+        f"Rule ({result.choice.rule}): {result.choice.reason}\n\n"
         f"Parameters: `{result.best_params}`\n\nImportance (fANOVA): {importances}\n\n"
         f"Plot: `{result.plot_uri}`; study: `{result.manifest_uri}`",
     )

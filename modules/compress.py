@@ -16,8 +16,9 @@
   it would be served with, in batches of the size scoring runs (informative: wall-clock speed
   depends on how busy the machine is);
 - the served ONNX artifact (`quantization="auto"`) is chosen on the **validation** split: of the
-  ONNX Runtime candidates whose validation metric is within `max_metric_drop` of fp32's, the one
-  with the fewest multiply-adds, then the better validation metric, then the smaller file (see
+  ONNX Runtime candidates whose validation drop against fp32, plus one standard error of it (the
+  validation set's sampling noise, from the rows where the two differ), is within `max_metric_drop`,
+  the one with the fewest multiply-adds, then the better validation metric, then the smaller file (see
   `choose_served`); none within it: the unpruned fp32 ONNX. A model refit on train+validation after
   cross-validation trained on the validation rows, so they are no evidence of what pruning or int8
   cost on new rows: it is served as its fp32 ONNX graph, which computes what it computes. `served_reason`
@@ -61,7 +62,7 @@ from maas.modules.manifests import (
     TrainResult,
     VariantReport,
 )
-from maas.modules.metrics import keeps_metric, metric_drop, metric_of
+from maas.modules.metrics import drop_standard_error, keeps_metric, metric_drop, metric_of
 from maas.modules.model import (
     AttributionHead,
     MLPConfig,
@@ -113,9 +114,10 @@ class CompressParams(BaseModel):
         "auto",
         description="ONNX Runtime variant served: fp32-onnx or int8 (unpruned; fp32 graph-optimized, dynamic "
         "int8), pruned-fp32-onnx, pruned-int8-dynamic or pruned-int8-static; auto: of those whose validation "
-        "metric stays within max_metric_drop of fp32's, the one with the fewest multiply-adds per row (then the "
-        "better validation metric, then the smaller file); a model refit on train+validation after cross-"
-        "validation has no unseen validation rows to judge them on: auto then serves fp32-onnx.",
+        "drop against fp32, plus one standard error of it, stays within max_metric_drop, the one with the fewest "
+        "multiply-adds per row (then the better validation metric, then the smaller file); a model refit on "
+        "train+validation after cross-validation has no unseen validation rows to judge them on: auto then "
+        "serves fp32-onnx.",
     )
     calibration_rows: int = Field(2048, ge=16, description="Training rows that calibrate static quantization.")
     finetune_lr: float | None = Field(
@@ -125,7 +127,8 @@ class CompressParams(BaseModel):
         0.01,
         ge=0,
         description="Accuracy points (0.01 = 1 point) or relative RMSE increase allowed vs fp32: on the validation "
-        "split to choose the served variant, on the test split for the gate.",
+        "split to choose the served variant (its drop plus one standard error of it), on the test split for the "
+        "gate (its drop).",
     )
     batch_size: int = Field(64, ge=1, description="Rows per fine-tuning batch.")
     timing_rows: int = Field(
@@ -319,20 +322,24 @@ def choose_served(
     fp32 network's loss is flat, so int8 rounding or pruning barely moves it there while moving it on others).
     Without held-out rows the unpruned fp32 ONNX graph is served, the one candidate that needs no evidence.
 
-    Of the candidates whose validation metric is within `max_metric_drop` of fp32's, the one with the
-    fewest multiply-adds per row (structured pruning's saving); between equals (fp32 ONNX, dynamic and
+    Of the candidates whose validation metric is within `max_metric_drop` of fp32's by a margin of one standard
+    error of the drop (`VariantReport.val_drop_se`: on a few hundred validation rows, a variant that differs from
+    fp32 on many of them can lose less than the tolerance there by chance and more on new rows, where the gate
+    then refuses it; one that differs on few, as int8 of the same network does, keeps its small standard error),
+    the one with the fewest multiply-adds per row (structured pruning's saving); between equals (fp32 ONNX, dynamic and
     static int8 of one network) the better validation metric, so a near-tie goes to the more accurate,
     then the smaller artifact, then the name. Measured rows/s never decide: they change with the
     machine's load, and would let a busy machine pick a different model (the variants carry them). The
-    reason lists each candidate's validation metric, within the tolerance or not. With none within it,
-    the unpruned fp32 ONNX (the closest to fp32 there is; the gate then judges it on the test split).
+    reason lists each candidate's validation metric and that standard error, within the tolerance or not. With
+    none within it, the unpruned fp32 ONNX (the closest to fp32 there is; the gate then judges it on the test split).
     """
     keeping = [v for v in candidates if _keeps(metric, fp32, v, params)]
     outside = [v for v in candidates if v not in keeping]
-    listed = lambda variants: ", ".join(f"{v.name} {_val(v):.4g}" for v in variants) or "none"  # noqa: E731
+    listed = lambda variants: ", ".join(f"{v.name} {_val(v):.4g}{_noise(metric, v)}" for v in variants) or "none"  # noqa: E731
     within = (
-        f"within {_tolerance(metric, params.max_metric_drop)} of fp32's {_val(fp32):.4g} on validation: "
-        f"{listed(keeping)}; outside: {listed(outside)}. Measured rows/s (in the variants) are reported, never decide."
+        f"within {_tolerance(metric, params.max_metric_drop)} of fp32's {_val(fp32):.4g} on validation, by one "
+        f"standard error of the drop (±): {listed(keeping)}; outside: {listed(outside)}. Measured rows/s (in the "
+        "variants) are reported, never decide."
     )
     if params.quantization != "auto":
         return params.quantization, f"{params.quantization}: asked for (quantization). Candidates " + within
@@ -353,7 +360,16 @@ def choose_served(
 
 
 def _keeps(metric: str, fp32: VariantReport, variant: VariantReport, params: CompressParams) -> bool:
-    return keeps_metric(metric, _val(fp32), _val(variant), params.max_metric_drop)
+    """The validation drop plus one standard error of it within the tolerance."""
+    noise = variant.val_drop_se or 0.0
+    return metric_drop(metric, _val(fp32), _val(variant)) + noise <= params.max_metric_drop + 1e-12
+
+
+def _noise(metric: str, variant: VariantReport) -> str:
+    """` ±<standard error of the drop>` in the tolerance's units, or nothing where it was not measured."""
+    if variant.val_drop_se is None:
+        return ""
+    return f" ±{variant.val_drop_se * 100:.2f}" + (" pts" if metric == "accuracy" else "%")
 
 
 def _tolerance(metric: str, max_drop: float) -> str:
@@ -394,12 +410,13 @@ def run_compress(params: CompressParams) -> CompressResult:
     dense_parameters = pruning.parameter_count(module.net)
 
     def measure(name: str, engine: str, net: TabularNet, run: Callable, artifact: Path) -> VariantReport:
-        parameters = pruning.parameter_count(net, nonzero=True)
+        parameters, val_outputs = pruning.parameter_count(net, nonzero=True), run(val_x)
         return VariantReport(
             name=name,
             engine=engine,
             metric=metric_of(spec, run(test_x), test_y),
-            val_metric=metric_of(spec, run(val_x), val_y),
+            val_metric=metric_of(spec, val_outputs, val_y),
+            val_drop_se=drop_standard_error(spec, fp32_val, val_outputs, val_y),
             sparsity=1 - parameters / dense_parameters,
             parameters=parameters,
             multiply_adds=pruning.multiply_adds(net),
@@ -411,6 +428,7 @@ def run_compress(params: CompressParams) -> CompressResult:
     with tempfile.TemporaryDirectory(prefix="maas-compress-") as scratch:
         root = Path(scratch)
         dense = copy.deepcopy(module.net).eval()
+        fp32_val = torch_runner(ScoringHead(dense, spec))(val_x)  # what each variant's drop pairs with
         export_onnx(ScoringHead(dense, spec), spec.width, root / "dense.fp32.onnx")
         # The first throughput run in a process is slow throughout (memory allocator warming up, about
         # 40% here); measured first, fp32 would look slower than it is. Run it once and discard it.

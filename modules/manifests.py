@@ -57,6 +57,9 @@ class TrainResult(BaseModel):
     cv_fold_metrics: list[float] = Field(
         [], description="Each fold's validation metric at the epoch the refit trains for (lowest mean val loss)."
     )
+    chosen_by: str | None = Field(
+        None, description="The search's trial and the rule that chose its hyperparameters (None: not from a search)."
+    )
     accelerator: str
     precision: str
     mean_epoch_seconds: float
@@ -85,6 +88,12 @@ class VariantReport(BaseModel):
     metric: float = Field(description="Metric on the test split: what the gate judges.")
     val_metric: float | None = Field(
         None, description="Metric on the validation split: what the served variant is chosen on."
+    )
+    val_drop_se: float | None = Field(
+        None,
+        description="Standard error of the validation drop against fp32, from the rows where the two differ (in "
+        "accuracy points as a fraction, or relative RMSE): the choice wants the drop plus this within the tolerance. "
+        "None: not measured (the drop alone decides).",
     )
     sparsity: float = Field(description="Fraction of the fp32 model's weights removed or zero.")
     parameters: int = Field(0, description="Non-zero weights and biases of the Linear layers.")
@@ -163,7 +172,7 @@ class CompressResult(BaseModel):
     variants: list[VariantReport]
     served: str = Field(
         description="The variant published as the served ONNX artifact: the one with the fewest multiply-adds whose "
-        "validation metric is within the tolerance."
+        "validation drop, plus one standard error of it, is within the tolerance."
     )
     served_reason: str = Field("", description="Why `served` was chosen, with every candidate's figures.")
     model: dict = Field(description="Layer sizes of the compressed network (MLPConfig), for the torch engine.")

@@ -20,6 +20,26 @@ def metric_of(spec: FeatureSpec, outputs: np.ndarray, targets: np.ndarray) -> fl
     return float(np.sqrt(np.mean((outputs[:, 0] - truth) ** 2)))
 
 
+def drop_standard_error(spec: FeatureSpec, reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> float:
+    """Standard error of `metric_drop(reference, candidate)` measured on these rows, from the paired per-row
+    differences (both models scored the same rows, so only the rows where they differ add noise): of being right
+    (0 or 1) for accuracy; of the squared error for RMSE, carried to the relative RMSE rise by the delta method
+    (d(RMSE_c / RMSE_r) / d(MSE_c) = 1 / (2 RMSE_c RMSE_r)). 0 when the outputs agree on every row. Outputs as
+    `metric_of` takes them (targets encoded)."""
+    if len(targets) < 2:
+        raise ValueError(f"a standard error needs at least 2 rows, got {len(targets)}")
+    if spec.classes is not None:
+        right = lambda outputs: (outputs.argmax(axis=1) == targets).astype(float)  # noqa: E731
+        return float(np.std(right(reference) - right(candidate), ddof=1) / np.sqrt(len(targets)))
+    truth = targets * spec.target_scale + spec.target_mean
+    squared_reference, squared_candidate = (reference[:, 0] - truth) ** 2, (candidate[:, 0] - truth) ** 2
+    error = np.std(squared_candidate - squared_reference, ddof=1) / np.sqrt(len(targets))
+    scale = 2 * np.sqrt(squared_reference.mean() * squared_candidate.mean())
+    if not scale:  # an exact fit: no relative rise to speak of unless the other model errs
+        return 0.0 if not error else float("inf")
+    return float(error / scale)
+
+
 def metric_drop(metric: str, reference: float, candidate: float) -> float:
     """How much worse `candidate` is: accuracy points lost (absolute), or the RMSE's rise (relative)."""
     if metric == "accuracy":

@@ -480,6 +480,7 @@ def register(params: RegisterParams) -> RegisterResult:
                 "selection",
                 "cv_metric_mean",
                 "cv_metric_std",
+                "chosen_by",
                 "accelerator",
                 "precision",
                 "mean_epoch_seconds",

@@ -71,6 +71,11 @@ class TrainParams(BaseModel):
     )
     cv_folds: int = Field(5, ge=2, description="Folds of that cross-validation.")
     hardware: Hardware = Hardware()
+    chosen_by: str | None = Field(
+        None,
+        description="Set by the search (`--tune`): which trial these hyperparameters are and the rule that chose "
+        "it, with its numbers; the card shows it. None: not from a search.",
+    )
 
     def network(self, spec: FeatureSpec) -> dict:
         """The configuration of the network trained on `spec`'s data: an image network or the tabular MLP."""
@@ -198,9 +203,15 @@ class Evaluation:
         return [curve.loc[curve["epoch"] == epoch].iloc[0] for curve in self.curves]
 
     @property
+    def fold_losses(self) -> list[float]:
+        """Each fold's validation loss at that epoch: their spread is what the search's one-standard-error rule
+        reads."""
+        return [float(row["val_loss"]) for row in self._at_epoch()]
+
+    @property
     def loss(self) -> float:
         """Mean over folds of the validation loss at that epoch: what the search minimizes."""
-        return float(np.mean([row["val_loss"] for row in self._at_epoch()]))
+        return float(np.mean(self.fold_losses))
 
     @property
     def scores(self) -> list[float]:
@@ -337,6 +348,7 @@ def run_training(params: TrainParams) -> TrainResult:
         cv_metric_mean=float(np.mean(cv.scores)) if cv else None,
         cv_metric_std=float(np.std(cv.scores)) if cv else None,
         cv_fold_metrics=cv.scores if cv else [],
+        chosen_by=params.chosen_by,
         accelerator=trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower(),
         precision=str(trainer.precision),
         mean_epoch_seconds=float(epochs["epoch_seconds"].mean()),

@@ -14,9 +14,17 @@ Who does what, so that trials can run anywhere (a process pool, a Dask cluster) 
   a local in-memory study that holds those earlier trials, and stops the fit when the median pruner says
   so. The decision depends only on earlier waves, so it is the same wherever and whenever the trial runs.
 
+Which configuration the study keeps (`choose`): under cross-validation, by the one-standard-error rule (Breiman
+et al. 1984; Hastie, Tibshirani and Friedman, The Elements of Statistical Learning, 7.10): the simplest configuration
+(fewest trainable parameters, so the linear trial first) whose mean validation loss is within one standard error of
+the lowest mean. On a few hundred rows the folds' spread is as large as the differences between good
+configurations, and the lowest mean among near-equals is partly chance: the simpler model is the one to keep
+unless a more complex one is better by more than that noise. On one validation split there is no spread to read:
+the lowest validation loss.
+
 With `minutes` set, no new wave starts after that long: the number of trials then depends on the machine.
-The study (every trial, the best parameters, each parameter's importance) is the step's manifest.json, with
-a PNG beside it.
+The study (every trial, the chosen parameters, the rule that chose them with its numbers, each parameter's
+importance) is the step's manifest.json, with a PNG beside it.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from pytorch_lightning.callbacks import Callback
 from maas.modules import plots, storage
 from maas.modules.config import sibling_output
 from maas.modules.errors import InputError
-from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule
+from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularNet
+from maas.modules.preprocess import FeatureSpec
 from maas.modules.train import TrainParams, cross_validation_applies, evaluate, load_inputs
 
 SPACE: dict[str, BaseDistribution] = {
@@ -53,7 +62,7 @@ SPACE: dict[str, BaseDistribution] = {
 # The first trial of every study: a linear network. Depth 0 is fitted as logistic/ridge regression is (full-batch
 # L-BFGS with their default L2 penalty, to convergence), so the other parameters do not apply to it, and a few
 # random trials that never sample depth 0 cannot leave out the model those baselines are: every study tries it,
-# reaching their optimum, and keeps it when it judges it best.
+# reaching their optimum, and keeps it when the rule (`choose`) chooses it.
 LINEAR_TRIAL = {
     "depth": 0,
     "width": 32,
@@ -98,23 +107,80 @@ class TrialRecord(BaseModel):
     metric: Literal["accuracy", "rmse"]
     val_metric: float | None = Field(None, description="Mean validation metric over the folds at that epoch.")
     epochs: int | None = Field(None, description="Epochs to that epoch: what a refit trains for.")
+    fold_losses: list[float] = Field(
+        [], description="Each fold's validation loss at that epoch (one value on the validation split)."
+    )
     intermediate: dict[int, float] = Field(description="Validation loss per epoch (the first fold) the pruner saw.")
     seconds: float = Field(description="Wall-clock time of the trial (informative).")
 
 
+class Choice(BaseModel):
+    """Which trial the study keeps, by which rule, with the numbers the rule compared."""
+
+    rule: Literal["one standard error", "lowest validation loss"] = Field(
+        description="one standard error (cross-validation): the fewest parameters within one standard error of "
+        "the lowest mean validation loss; lowest validation loss: one validation split, no spread to read."
+    )
+    chosen: int = Field(description="The chosen trial's number.")
+    parameters: dict[int, int] = Field(description="Trainable parameters of each completed trial's network.")
+    lowest: int = Field(description="The trial with the lowest mean validation loss.")
+    lowest_value: float = Field(description="Its mean validation loss.")
+    standard_error: float | None = Field(
+        None, description="Standard error of that mean: the folds' standard deviation (n-1) over sqrt(folds)."
+    )
+    threshold: float | None = Field(None, description="lowest_value + standard_error: the trials within it qualify.")
+    reason: str = Field(description="The choice in one sentence, with its numbers.")
+
+
+def choose(trials: list[TrialRecord], parameters: dict[int, int]) -> Choice:
+    """The trial to keep of the completed `trials` (`parameters`: each one's trainable parameter count). Under
+    cross-validation the one-standard-error rule: of the trials whose mean validation loss is within one standard
+    error (of the lowest trial's mean, from its folds) of the lowest, the one with the fewest parameters, then the
+    lower loss, then the earlier trial. With one fold, the lowest validation loss."""
+    complete = [t for t in trials if t.state == "complete"]
+    if not complete:
+        raise ValueError("no trial of the search completed: every one was pruned or failed")
+    lowest = min(complete, key=lambda t: (t.value, t.number))
+    counts = {t.number: parameters[t.number] for t in complete}
+    if len(lowest.fold_losses) < 2:
+        return Choice(rule="lowest validation loss", chosen=lowest.number, parameters=counts, lowest=lowest.number,
+                      lowest_value=lowest.value, reason=f"trial {lowest.number}: the lowest validation loss "
+                      f"({lowest.value:.4g}) on the validation split")  # fmt: skip
+    folds = len(lowest.fold_losses)
+    error = float(np.std(lowest.fold_losses, ddof=1) / np.sqrt(folds))
+    threshold = lowest.value + error
+    within = [t for t in complete if t.value <= threshold]
+    chosen = min(within, key=lambda t: (counts[t.number], t.value, t.number))
+    listed = ", ".join(f"{t.number} ({t.value:.4g}, {counts[t.number]:,} parameters)" for t in within)
+    reason = (
+        f"trial {chosen.number}: the fewest parameters ({counts[chosen.number]:,}) of the trials whose mean "
+        f"validation loss over {folds} folds is within one standard error ({error:.4g}) of the lowest, trial "
+        f"{lowest.number}'s {lowest.value:.4g} (at most {threshold:.4g}): {listed}"
+    )
+    return Choice(rule="one standard error", chosen=chosen.number, parameters=counts, lowest=lowest.number,
+                  lowest_value=lowest.value, standard_error=error, threshold=threshold, reason=reason)  # fmt: skip
+
+
+def trainable_parameters(spec: FeatureSpec, base: TrainParams, params: dict) -> int:
+    """Weights, biases and batch-norm scales of the network `params` describe: how complex the rule deems it."""
+    return sum(p.numel() for p in TabularNet(spec, tuned(base, params).model).parameters() if p.requires_grad)
+
+
 class TuneResult(BaseModel):
-    """The study, written as the tune step's manifest.json: every trial, the best parameters, the importances."""
+    """The study, written as the tune step's manifest.json: every trial, the chosen parameters and the rule that
+    chose them, the importances."""
 
     preprocess_manifest: str
     metric: Literal["accuracy", "rmse"]
     selection: str = Field(description="What each trial was judged on: the validation split or k-fold CV.")
     trials: list[TrialRecord]
-    best_number: int
-    best_value: float = Field(description="Best trial's mean validation loss (its `value`).")
+    choice: Choice = Field(description="The rule that chose the kept trial, with its numbers.")
+    best_number: int = Field(description="The chosen trial (`choice`): its hyperparameters are `train`'s.")
+    best_value: float = Field(description="The chosen trial's mean validation loss (its `value`).")
     best_val_metric: float | None
     best_params: dict
     importances: dict[str, float] = Field(description="fANOVA importance of each hyperparameter (sums to 1).")
-    train: TrainParams = Field(description="The base training params with the best trial's hyperparameters.")
+    train: TrainParams = Field(description="The base training params with the chosen trial's hyperparameters.")
     plot_uri: str = Field(description="PNG: loss by trial with the best so far, and the importances.")
     manifest_uri: str
 
@@ -193,6 +259,7 @@ def run_trial(spec: TrialSpec, params: TuneParams, history: list[TrialRecord]) -
         value=judged.loss,
         val_metric=float(np.mean(judged.scores)),
         epochs=judged.epochs,
+        fold_losses=judged.fold_losses,
         intermediate=watch.reported,
         seconds=time.perf_counter() - start,
     )
@@ -241,8 +308,10 @@ def _importances(study: optuna.Study, seed: int) -> dict[str, float]:
 
 def _write(params: TuneParams, study: optuna.Study, history: list[TrialRecord]) -> TuneResult:
     output = params.output_uri or sibling_output(params.train.preprocess_manifest, "tune")
-    best = next(r for r in history if r.number == study.best_trial.number)
     prep, spec = load_inputs(params.train.preprocess_manifest)
+    sizes = {r.number: trainable_parameters(spec, params.train, r.params) for r in history if r.state == "complete"}
+    choice = choose(history, sizes)
+    best = next(r for r in history if r.number == choice.chosen)
     folds = cross_validation_applies(params.train, TabularDataModule(spec, prep.splits, 1, 0))
     selection = f"{params.train.cv_folds}-fold cross-validation" if folds else "validation split"
     importances = _importances(study, params.train.hardware.seed)
@@ -253,12 +322,15 @@ def _write(params: TuneParams, study: optuna.Study, history: list[TrialRecord]) 
         metric=best.metric,
         selection=selection,
         trials=history,
+        choice=choice,
         best_number=best.number,
         best_value=float(best.value),
         best_val_metric=best.val_metric,
         best_params=best.params,
         importances=importances,
-        train=tuned(params.train, best.params),
+        train=tuned(params.train, best.params).model_copy(
+            update={"chosen_by": f"search ({selection}, {len(history)} trials): {choice.reason}"}
+        ),
         plot_uri=plot_uri,
         manifest_uri=storage.join(output, "manifest.json"),
     )

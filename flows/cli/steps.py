@@ -182,8 +182,8 @@ def _selection_line(trained: BaseModel) -> str:
 def _search_line(tuned: BaseModel) -> str:
     pruned = sum(t.state == "pruned" for t in tuned.trials)
     return (
-        f"search: best of {len(tuned.trials)} trials ({pruned} pruned, {tuned.selection}) is trial "
-        f"{tuned.best_number}: {tuned.best_params}; plot {tuned.plot_uri}"
+        f"search: {len(tuned.trials)} trials ({pruned} pruned, {tuned.selection}), chosen by "
+        f"{tuned.choice.rule}: {tuned.choice.reason}; parameters {tuned.best_params}; plot {tuned.plot_uri}"
     )
 
 

@@ -32,8 +32,10 @@ def test_digits_pipeline_then_scoring(bucket: str) -> None:
     served = result.compressed.served_variant()
     assert variants["fp32"].metric >= 0.97
     assert served.metric >= variants["fp32"].metric - 0.01 and result.compressed.gate.passed
-    assert served.multiply_adds < variants["fp32"].multiply_adds  # pruning kept the metric: the smaller network
-    assert served.size_bytes < variants["fp32"].size_bytes / 3
+    # served by evidence from the validation rows: its drop there, plus one standard error of it, within 1 point
+    # (on these 270 rows the pruned network is at that edge: served when it keeps the metric that clearly)
+    assert variants["fp32"].val_metric - served.val_metric + served.val_drop_se <= 0.01
+    assert served.size_bytes < variants["fp32"].size_bytes / 3  # int8, of the pruned network or the unpruned one
     assert result.model_ref == "digits@production" and result.version == 1
     assert registry.aliases(bucket, "digits") == {"latest": 1, "production": 1}
     card = registry.load_card(result.card_uri)

@@ -33,5 +33,5 @@ def test_trials_run_as_parallel_tasks_and_repeat_the_sequential_study(local_buck
     with get_client(sync_client=True) as client:
         (table,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tuning-trials"])))
         (summary,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tuning"])))
-    assert f"best trial {result.best_number}" in summary.data and f"`{result.plot_uri}`" in summary.data
+    assert f"chosen trial {result.best_number}" in summary.data and f"`{result.plot_uri}`" in summary.data
     assert "lr" in table.data and len(result.trials) == 2

@@ -11,7 +11,7 @@ import pytest
 from maas.modules import formats, registry, storage
 from maas.modules.compress import CompressParams, run_compress
 from maas.modules.manifests import TrainResult
-from maas.modules.model import OptimConfig, TabularDataModule
+from maas.modules.model import MLPConfig, OptimConfig, TabularDataModule, TabularNet
 from maas.modules.preprocess import PreprocessParams, run_preprocess
 from maas.modules.registry import RegisterParams, register
 from maas.modules.score import ScoreParams, plan, score_file
@@ -23,8 +23,10 @@ from maas.modules.tune import (
     TrialSpec,
     TuneParams,
     TuneResult,
+    choose,
     run_trial,
     search,
+    trainable_parameters,
 )
 from tests.conftest import synthetic_classification
 
@@ -40,6 +42,9 @@ def poor(tmp_path_factory: pytest.TempPathFactory) -> TrainParams:
     return TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=4, cv_below_rows=0, optim=OptimConfig(lr=1e-6))
 
 
+_NORMED = {"depth": 1, "batch_norm": True}
+
+
 def _search(poor: TrainParams, name: str) -> TuneResult:
     output = storage.join(poor.preprocess_manifest.rsplit("/", 2)[0], name)
     return search(TuneParams(train=poor, trials=3, parallel=2, startup_trials=2, output_uri=output))
@@ -53,6 +58,11 @@ def test_a_few_trials_beat_poor_defaults_and_the_same_seed_gives_the_same_study(
     assert [(t.params, t.state, t.value) for t in first.trials] == [(t.params, t.state, t.value) for t in second.trials]
     assert first.best_params == second.best_params and first.importances == second.importances
     assert set(first.importances) <= set(SPACE) and first.selection == "validation split"
+    assert first.choice.rule == "lowest validation loss" and first.choice.chosen == first.best_number
+    assert first.train.chosen_by.startswith(f"search (validation split, 3 trials): trial {first.best_number}")
+    sizes = [trainable_parameters(spec, poor, LINEAR_TRIAL | change) for change in ({}, {"depth": 1}, _NORMED)]
+    inputs = TabularNet(spec, MLPConfig(hidden_sizes=[])).transform.out_features
+    assert sizes[0] == (inputs + 1) * spec.output_size and sizes[0] < sizes[1] < sizes[2]  # batch norm's count too
     assert first.train.optim.lr == first.best_params["lr"] and first.train.max_epochs == poor.max_epochs
     assert storage.read_model(first.manifest_uri, TuneResult) == first
     assert storage.read_bytes(first.plot_uri).startswith(b"\x89PNG")
@@ -67,8 +77,34 @@ def test_a_trial_worse_than_the_median_of_earlier_ones_is_pruned(poor: TrainPara
     assert record.state == "pruned" and list(record.intermediate) == [0] and record.value is None
 
 
-def _params(lr: float = 1e-2) -> dict:
-    return {"depth": 1, "width": 32, "dropout": 0.0, "batch_norm": False, "lr": lr, "weight_decay": 1e-4,
+def _trial(number: int, depth: int, folds: list[float]) -> TrialRecord:
+    return TrialRecord(number=number, params=_params(depth=depth), state="complete", value=float(np.mean(folds)),
+                       metric="rmse", fold_losses=folds, intermediate={}, seconds=0)  # fmt: skip
+
+
+def test_cross_validation_keeps_the_simplest_trial_within_one_standard_error_of_the_lowest() -> None:
+    sizes = {0: 11, 1: 700, 2: 9000, 3: 900}  # trainable parameters: the linear trial has the fewest
+    noisy = [0.20, 0.34, 0.26, 0.22, 0.28]  # mean 0.26, standard error 0.025
+    pruned = TrialRecord(number=4, params=_params(), state="pruned", metric="rmse", intermediate={}, seconds=0)
+    trials = [_trial(0, 0, [0.30, 0.27, 0.28, 0.25, 0.30]), _trial(1, 1, noisy), _trial(2, 2, [0.40] * 5),
+              _trial(3, 1, [0.50, 0.60, 0.55, 0.45, 0.50]), pruned]  # fmt: skip
+    choice = choose(trials, sizes)  # the linear trial's 0.28 is within 0.26 + 0.025
+    assert (choice.rule, choice.chosen, choice.lowest) == ("one standard error", 0, 1)
+    assert choice.standard_error == pytest.approx(np.std(noisy, ddof=1) / np.sqrt(5))
+    assert choice.threshold == pytest.approx(0.26 + choice.standard_error) and choice.parameters[0] == 11
+    assert choice.reason.startswith("trial 0: the fewest parameters (11)") and "trial 1's 0.26" in choice.reason
+    # the same means with tight folds: the linear trial is outside one standard error, the lowest is kept
+    tight = [_trial(0, 0, [0.28] * 5), _trial(1, 1, [0.255, 0.265, 0.26, 0.26, 0.26]), *trials[2:]]
+    assert choose(tight, sizes).chosen == 1  # within 0.26 + 0.0016: trial 1 alone
+    # within it, the fewer parameters win over the lower loss
+    assert choose([*tight, _trial(5, 1, [0.261] * 5)], {**sizes, 5: 500}).chosen == 5
+    # one validation split: no spread to read, the lowest validation loss
+    single = choose([_trial(0, 0, [0.28]), _trial(1, 1, [0.26])], sizes)
+    assert (single.rule, single.chosen, single.standard_error) == ("lowest validation loss", 1, None)
+
+
+def _params(lr: float = 1e-2, depth: int = 1) -> dict:
+    return {"depth": depth, "width": 32, "dropout": 0.0, "batch_norm": False, "lr": lr, "weight_decay": 1e-4,
             "schedule": "none", "batch_size": 64}  # fmt: skip
 
 
@@ -96,6 +132,7 @@ def linear(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, TrainResult]:
 def test_a_search_on_a_linear_task_matches_the_ridge_baseline(linear: tuple[str, TrainResult]) -> None:
     _, trained = linear
     ridge = next(b.metric for b in trained.baselines if b.name == "ridge")
+    assert trained.chosen_by.startswith("search (validation split, 2 trials): trial ")  # what the card shows
     if trained.model["hidden_sizes"]:
         assert trained.test_metric <= ridge * 1.03  # RMSE: within 3% of ridge's, or better
     else:  # fitted as ridge is (L-BFGS, ridge's L2) on the same rows: ridge's model
@@ -122,6 +159,7 @@ def test_a_linear_network_compresses_and_scores_served_as_fp32_onnx(
     register(RegisterParams(compress_manifest=compressed.manifest_uri, bucket=bucket, name="lin"))
     card = registry.load_card(registry.card_uri(bucket, "lin", 1))
     assert card.served == compressed.served and card.served_reason == compressed.served_reason
+    assert card.training["chosen_by"] == trained.chosen_by
     frame = linear_regression(50, seed=1)
     incoming = storage.join(bucket, "incoming", "new.csv")
     formats.write_frame(frame.drop(columns=["y"]), incoming)
