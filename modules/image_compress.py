@@ -44,7 +44,7 @@ from maas.modules.compress import (
 )
 from maas.modules.errors import InputError
 from maas.modules.manifests import ArtifactRef, CompressResult, PreprocessResult, TrainResult, VariantReport
-from maas.modules.metrics import metric_of
+from maas.modules.metrics import drop_standard_error, metric_of
 from maas.modules.model import OptimConfig, ScoringHead
 from maas.modules.preprocess import FeatureSpec
 from maas.modules.schedules import ScheduleConfig
@@ -79,13 +79,16 @@ def compress_images(
     cnn = config.architecture == "cnn"
     timing_rows = min(params.timing_rows, IMAGE_TIMING_ROWS)
 
+    fp32_val = torch_runner(ScoringHead(dense, spec))(val_x)  # what each variant's drop pairs with
+
     def measure(name: str, engine: str, net: nn.Module, run: Callable, artifact: Path) -> VariantReport:
-        parameters = vision.parameter_count(net, nonzero=True)
+        parameters, val_outputs = vision.parameter_count(net, nonzero=True), run(val_x)
         return VariantReport(
             name=name,
             engine=engine,
             metric=metric_of(spec, run(test_x), test_y),
-            val_metric=metric_of(spec, run(val_x), val_y),
+            val_metric=metric_of(spec, val_outputs, val_y),
+            val_drop_se=drop_standard_error(spec, fp32_val, val_outputs, val_y),
             sparsity=1 - parameters / dense_parameters,
             parameters=parameters,
             multiply_adds=vision.multiply_adds(net, spec),
