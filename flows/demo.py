@@ -89,8 +89,7 @@ def _image_demo(params: DemoParams, settings: Settings) -> DemoResult:
         )
     )
     # Scoring the dropped image files: the score flow's own work (one Parquet file of predictions per batch of
-    # images, with their URIs). Where this score flow predates image files, it scores none of them and
-    # `held_out_accuracy` is None.
+    # images, with their URIs); the held-out accuracy joins them with the labels on the URI.
     scored = score(ScoreParams(model=trained.model_ref, input_uri=data.incoming_uri, bucket=settings.bucket))
     accuracy = demo.held_out_image_accuracy(scored.output_uri, data.labels_uri)
     return DemoResult(data=data, pipeline=trained, scoring=scored, held_out_accuracy=accuracy)
