@@ -53,43 +53,27 @@ def write_demo_images(settings: Settings) -> demo.DemoData:
 
 @flow(name="demo")
 def run_demo(params: DemoParams) -> DemoResult:
+    """The digits as a table (an MLP, 60% of its units pruned) or, with `images`, as PNG files in class folders
+    (a CNN, half its filters pruned, static int8); the held-out digits dropped in incoming/ are then scored, as
+    files of rows or as image files (one Parquet file of predictions per batch of images, with their URIs)."""
     settings = Settings.of(params.bucket)
     if params.images:
-        return _image_demo(params, settings)
-    data = write_demo_data(settings)
+        data, target, task, sparsity = write_demo_images(settings), demo.IMAGE_LABEL, "image-classification", 0.5
+    else:
+        data, target, task, sparsity = write_demo_data(settings), demo.TARGET, "classification", 0.6
     trained = pipeline(
         PipelineParams(
             data_uri=data.raw_uri,
-            target=demo.TARGET,
-            task="classification",
+            target=target,
+            task=task,
             bucket=settings.bucket,
             model_name=params.model_name,
-            sparsity=0.6 if params.sparsity is None else params.sparsity,
+            sparsity=sparsity if params.sparsity is None else params.sparsity,
         )
     )
     scored = score(ScoreParams(model=trained.model_ref, input_uri=data.incoming_uri, bucket=settings.bucket))
-    outputs = [f.output_uri for f in scored.files if f.output_uri]
-    return DemoResult(
-        data=data, pipeline=trained, scoring=scored, held_out_accuracy=demo.held_out_accuracy(outputs, data.labels_uri)
-    )
-
-
-def _image_demo(params: DemoParams, settings: Settings) -> DemoResult:
-    """Digit PNGs in class folders -> the pipeline (a CNN, channel pruning, static int8) -> the held-out PNGs
-    dropped in incoming/digits-images/ scored."""
-    data = write_demo_images(settings)
-    trained = pipeline(
-        PipelineParams(
-            data_uri=data.raw_uri,
-            target=demo.IMAGE_LABEL,
-            task="image-classification",
-            bucket=settings.bucket,
-            model_name=params.model_name,
-            sparsity=0.5 if params.sparsity is None else params.sparsity,
-        )
-    )
-    # Scoring the dropped image files: the score flow's own work (one Parquet file of predictions per batch of
-    # images, with their URIs); the held-out accuracy joins them with the labels on the URI.
-    scored = score(ScoreParams(model=trained.model_ref, input_uri=data.incoming_uri, bucket=settings.bucket))
-    accuracy = demo.held_out_image_accuracy(scored.output_uri, data.labels_uri)
+    if params.images:
+        accuracy = demo.held_out_image_accuracy(scored.output_uri, data.labels_uri)
+    else:
+        accuracy = demo.held_out_accuracy([f.output_uri for f in scored.files if f.output_uri], data.labels_uri)
     return DemoResult(data=data, pipeline=trained, scoring=scored, held_out_accuracy=accuracy)

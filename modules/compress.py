@@ -42,6 +42,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -382,6 +383,39 @@ def _val(variant: VariantReport) -> float:
     return variant.val_metric
 
 
+@dataclass(frozen=True)
+class Yardstick:
+    """What every variant of one network is measured on: the test and validation rows, fp32's outputs on the
+    validation rows (each variant's drop and its standard error pair with them), and how this kind of network
+    counts its parameters and multiply-adds."""
+
+    spec: FeatureSpec
+    test: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    fp32_val: np.ndarray
+    dense_parameters: int
+    timing_rows: int
+    nonzero_parameters: Callable[[torch.nn.Module], int]
+    multiply_adds: Callable[[torch.nn.Module], int]
+
+    def measure(self, name: str, engine: str, net: torch.nn.Module, run: Callable, artifact: Path) -> VariantReport:
+        (test_x, test_y), (val_x, val_y) = self.test, self.val
+        parameters, val_outputs = self.nonzero_parameters(net), run(val_x)
+        return VariantReport(
+            name=name,
+            engine=engine,
+            metric=metric_of(self.spec, run(test_x), test_y),
+            val_metric=metric_of(self.spec, val_outputs, val_y),
+            val_drop_se=drop_standard_error(self.spec, self.fp32_val, val_outputs, val_y),
+            sparsity=1 - parameters / self.dense_parameters,
+            parameters=parameters,
+            multiply_adds=self.multiply_adds(net),
+            size_bytes=artifact.stat().st_size,
+            gzip_bytes=gzip_size(artifact),
+            rows_per_s=rows_per_second(run, test_x, self.timing_rows),
+        )
+
+
 def run_compress(params: CompressParams) -> CompressResult:
     trained = storage.read_model(params.train_manifest, TrainResult)
     prep, spec = load_inputs(trained.preprocess_manifest)
@@ -409,26 +443,13 @@ def run_compress(params: CompressParams) -> CompressResult:
         module.net = folded
     dense_parameters = pruning.parameter_count(module.net)
 
-    def measure(name: str, engine: str, net: TabularNet, run: Callable, artifact: Path) -> VariantReport:
-        parameters, val_outputs = pruning.parameter_count(net, nonzero=True), run(val_x)
-        return VariantReport(
-            name=name,
-            engine=engine,
-            metric=metric_of(spec, run(test_x), test_y),
-            val_metric=metric_of(spec, val_outputs, val_y),
-            val_drop_se=drop_standard_error(spec, fp32_val, val_outputs, val_y),
-            sparsity=1 - parameters / dense_parameters,
-            parameters=parameters,
-            multiply_adds=pruning.multiply_adds(net),
-            size_bytes=artifact.stat().st_size,
-            gzip_bytes=gzip_size(artifact),
-            rows_per_s=rows_per_second(run, test_x, params.timing_rows),
-        )
-
     with tempfile.TemporaryDirectory(prefix="maas-compress-") as scratch:
         root = Path(scratch)
         dense = copy.deepcopy(module.net).eval()
-        fp32_val = torch_runner(ScoringHead(dense, spec))(val_x)  # what each variant's drop pairs with
+        measure = Yardstick(
+            spec, (test_x, test_y), (val_x, val_y), torch_runner(ScoringHead(dense, spec))(val_x), dense_parameters,
+            params.timing_rows, lambda net: pruning.parameter_count(net, nonzero=True), pruning.multiply_adds,
+        ).measure  # fmt: skip
         export_onnx(ScoringHead(dense, spec), spec.width, root / "dense.fp32.onnx")
         # The first throughput run in a process is slow throughout (memory allocator warming up, about
         # 40% here); measured first, fp32 would look slower than it is. Run it once and discard it.

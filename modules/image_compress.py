@@ -19,7 +19,6 @@ import copy
 import io
 import math
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +28,11 @@ from torch import nn
 from maas.modules import plots, pruning, storage, vision
 from maas.modules.compress import (
     CompressParams,
+    Yardstick,
     choose_served,
     decide,
     export_onnx,
     finetune,
-    gzip_size,
     onnx_runner,
     optimize_onnx,
     quantize_int8,
@@ -44,7 +43,6 @@ from maas.modules.compress import (
 )
 from maas.modules.errors import InputError
 from maas.modules.manifests import ArtifactRef, CompressResult, PreprocessResult, TrainResult, VariantReport
-from maas.modules.metrics import drop_standard_error, metric_of
 from maas.modules.model import OptimConfig, ScoringHead
 from maas.modules.preprocess import FeatureSpec
 from maas.modules.schedules import ScheduleConfig
@@ -79,23 +77,10 @@ def compress_images(
     cnn = config.architecture == "cnn"
     timing_rows = min(params.timing_rows, IMAGE_TIMING_ROWS)
 
-    fp32_val = torch_runner(ScoringHead(dense, spec))(val_x)  # what each variant's drop pairs with
-
-    def measure(name: str, engine: str, net: nn.Module, run: Callable, artifact: Path) -> VariantReport:
-        parameters, val_outputs = vision.parameter_count(net, nonzero=True), run(val_x)
-        return VariantReport(
-            name=name,
-            engine=engine,
-            metric=metric_of(spec, run(test_x), test_y),
-            val_metric=metric_of(spec, val_outputs, val_y),
-            val_drop_se=drop_standard_error(spec, fp32_val, val_outputs, val_y),
-            sparsity=1 - parameters / dense_parameters,
-            parameters=parameters,
-            multiply_adds=vision.multiply_adds(net, spec),
-            size_bytes=artifact.stat().st_size,
-            gzip_bytes=gzip_size(artifact),
-            rows_per_s=rows_per_second(run, test_x, timing_rows),
-        )
+    measure = Yardstick(
+        spec, (test_x, test_y), (val_x, val_y), torch_runner(ScoringHead(dense, spec))(val_x), dense_parameters,
+        timing_rows, lambda net: vision.parameter_count(net, nonzero=True), lambda net: vision.multiply_adds(net, spec),
+    ).measure  # fmt: skip
 
     def int8(source: Path, target: Path) -> None:
         if cnn:

@@ -22,9 +22,22 @@ pytestmark = pytest.mark.integration
 MAAS = str(Path(sys.executable).parent / "maas")
 
 
-def _maas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def _maas(*args: str, cwd: Path, timeout: int = 600, api: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`maas` as a user runs it; with `api`, its flow runs go to that Prefect server (as with PREFECT_API_URL)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAAS_BUCKET", "PREFECT_API_URL")}
+    if api:
+        env["PREFECT_API_URL"] = api
     return subprocess.run([MAAS, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def api(prefect_api: None) -> str:
+    """The session's Prefect server, for tests whose subject is not how `maas` finds a Prefect API (the demo's
+    test runs as a user does): each command that runs a flow then skips starting Prefect's temporary API, 10-20 s
+    on 2 cores."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
 
 
 # Every command's and subcommand's --help, in one process (22 `maas` start-ups cost minutes of the suite).
@@ -125,30 +138,30 @@ def test_approval_policy_holds_a_version_until_approved(tmp_path: Path) -> None:
 
 
 @pytest.mark.long
-def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path) -> None:
+def test_user_mistakes_get_one_line_and_nonzero_exit(tmp_path: Path, api: str) -> None:
     storage.write_bytes((tmp_path / ".maas" / "bucket" / "incoming" / "x.csv").as_uri(), b"a\n1\n")  # to score
-    result = _maas("score", "--model", "nope@production", "--json", cwd=tmp_path)
+    result = _maas("score", "--model", "nope@production", "--json", cwd=tmp_path, api=api)
     assert result.returncode == 1
     assert "error: model nope has no alias 'production'" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 
     raw = tmp_path / "data.csv"
     formats.write_frame(formats.read_frame((Path(__file__).parent.parent / "data" / "tiny.csv").as_uri()), raw.as_uri())
-    result = _maas("pipeline", "--data", raw.as_uri(), "--target", "nope", cwd=tmp_path)
+    result = _maas("pipeline", "--data", raw.as_uri(), "--target", "nope", cwd=tmp_path, api=api)
     assert result.returncode == 1
     assert "target column 'nope' not found" in result.stderr and "Traceback" not in result.stderr
 
-    result = _maas("pipeline", "--data", raw.as_uri(), "--target", "label", "--sparsity", "1.5", cwd=tmp_path)
+    result = _maas("pipeline", "--data", raw.as_uri(), "--target", "label", "--sparsity", "1.5", cwd=tmp_path, api=api)
     assert result.returncode == 1 and "invalid parameter sparsity" in result.stderr
 
 
 @pytest.mark.long
-def test_each_step_runs_on_its_own_and_they_chain_by_manifest_uri(tmp_path: Path) -> None:
+def test_each_step_runs_on_its_own_and_they_chain_by_manifest_uri(tmp_path: Path, api: str) -> None:
     raw = (tmp_path / "data.csv").as_uri()
     formats.write_frame(formats.read_frame((Path(__file__).parent.parent / "data" / "tiny.csv").as_uri()), raw)
 
     def step(*args: str) -> dict:
-        result = _maas(*args, "--json", cwd=tmp_path)
+        result = _maas(*args, "--json", cwd=tmp_path, api=api)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout.splitlines()[-1])
 
@@ -161,14 +174,14 @@ def test_each_step_runs_on_its_own_and_they_chain_by_manifest_uri(tmp_path: Path
 
 
 @pytest.mark.long
-def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_path: Path) -> None:
+def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_path: Path, api: str) -> None:
     bucket = (tmp_path / ".maas" / "bucket").as_uri()
     register(RegisterParams(compress_manifest=train_and_compress(bucket, "run-1"), bucket=bucket, name="tiny"))
     frame = synthetic_classification(80, seed=5)
     formats.write_frame(frame.drop(columns=["label"]), storage.join(bucket, "incoming", "batch.csv"))
     storage.write_bytes(storage.join(bucket, "incoming", "z-bad.csv"), b"id,x1\nq,1.0\n")  # no x2, no color
     one_at_a_time = ("--parallel-files", "1", "--group-bytes", "0", "--max-quarantined-files", "0")
-    scored = _maas("score", "--model", "tiny/1", *one_at_a_time, "--explain-top", "2", "--json", cwd=tmp_path)
+    scored = _maas("score", "--model", "tiny/1", *one_at_a_time, "--explain-top", "2", "--json", cwd=tmp_path, api=api)
     # A partly failed run: exit code 1 and one error line, and its JSON line all the same.
     assert scored.returncode == 1 and "error: error budget spent" in scored.stderr, scored.stderr[-3000:]
     counts = json.loads(scored.stdout.splitlines()[-1])["counts"]
@@ -184,7 +197,7 @@ def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_pa
     predictions = storage.join(bucket, "predictions")
     command = ["evaluate", "--model", "tiny/1", "--predictions", predictions, "--labels", labels_uri, "--on", "id"]
 
-    evaluated = _maas(*command, "--target", "label", "--json", cwd=tmp_path)
+    evaluated = _maas(*command, "--target", "label", "--json", cwd=tmp_path, api=api)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
     joined = formats.read_frame(storage.join(predictions, "batch.csv.predictions.parquet")).merge(labels, on="id")
@@ -194,7 +207,7 @@ def test_ground_truth_dropped_later_is_evaluated_and_shown_with_the_model(tmp_pa
     assert storage.read_bytes(result["plot_uri"])[:4] == b"\x89PNG"
     assert result["plot_uri"] == storage.join(bucket, "monitoring", "tiny", "metrics.png")
 
-    table = _maas(*command, cwd=tmp_path)  # the same evaluation again, as a table: the record is overwritten
+    table = _maas(*command, cwd=tmp_path, api=api)  # the same evaluation again, as a table: the record is overwritten
     assert table.returncode == 0, table.stderr[-3000:]
     day = result["records"][0].rsplit("/", 1)[-1].removesuffix(".json")
     accuracy = f"{result['metrics']['accuracy']:.4f}"
