@@ -154,8 +154,8 @@ def with_defaults(params: CompressParams, spec: FeatureSpec) -> CompressParams:
 
 
 def rows_per_second(run: Callable[[np.ndarray], object], features: np.ndarray, count: int = THROUGHPUT_ROWS) -> float:
-    """Best of three passes over `count` rows, after one untimed pass. `run` batches as scoring does (the
-    engines' and `torch_runner`'s DEFAULT_BATCH_ROWS), so by default each variant is timed on scoring's batch size."""
+    """Best of three passes over `count` rows, after one untimed pass. `run` calls the model as scoring does (an
+    engine's `run`, or `torch_runner` on scoring's record batches), so each variant is timed on the calls it serves."""
     rows = np.ascontiguousarray(np.resize(features, (count, features.shape[1])), dtype=np.float32)
 
     def one_pass() -> float:

@@ -126,10 +126,10 @@ def _parquet_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Colle
 
 def _batches(parquet: pq.ParquetFile, batch_rows: int) -> Iterator[pd.DataFrame]:
     if parquet.metadata.num_rows == 0:
-        yield parquet.schema_arrow.empty_table().to_pandas()
+        yield parquet.schema_arrow.empty_table().to_pandas(split_blocks=True)
         return
     for batch in parquet.iter_batches(batch_size=batch_rows):
-        yield batch.to_pandas()
+        yield batch.to_pandas(split_blocks=True)
 
 
 def _largest_row_group(metadata: pq.FileMetaData) -> int:
@@ -160,11 +160,11 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
                 pending.append(batch)
                 pending_rows += batch.num_rows
                 if pending_rows >= batch_rows:
-                    yield pa.Table.from_batches(pending).to_pandas()
+                    yield pa.Table.from_batches(pending).to_pandas(split_blocks=True)
                     yielded += pending_rows
                     pending, pending_rows = [], 0
             if pending or yielded == 0:
-                yield pa.Table.from_batches(pending, schema=reader.schema).to_pandas()
+                yield pa.Table.from_batches(pending, schema=reader.schema).to_pandas(split_blocks=True)
         return
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():

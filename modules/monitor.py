@@ -14,6 +14,7 @@ baseline and for scored data, so a value on a bin edge lands in the same bin on 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -271,18 +272,20 @@ class DriftAccumulator:
             features={f.name: [0] * _width(f) for f in baseline.features}, prediction=[0] * _width(baseline.prediction)
         )
 
-    def update(self, frame: pd.DataFrame, predictions: pd.DataFrame, numeric: np.ndarray | None = None) -> None:
+    def update(
+        self, frame: pd.DataFrame, predictions: pd.DataFrame, numeric: Sequence[np.ndarray] | None = None
+    ) -> None:
         """Count one batch: its raw input columns, and the predictions of its rows that were scored.
 
-        `numeric`, when given, is the batch's numeric features as the model reads them (float32, one
-        column per numeric feature in baseline order, NaN where missing or not a number): scoring has
-        converted them already, and counting that block spares a second conversion of the frame.
+        `numeric`, when given, is the batch's features as the model reads them (`Encoded.columns`: float32,
+        one array per feature, numeric features first in baseline order, NaN where missing or not a number):
+        scoring has converted them already, and counting those spares a second conversion of the frame.
         """
         counts, rows = self._counts, len(frame)
         if counts.rows == 0 and rows:
             counts.schema_check = self._schema(frame)
         counts.rows += rows
-        found_numeric = self._numeric_counts(frame) if numeric is None else self._block_counts(numeric)
+        found_numeric = self._numeric_counts(frame) if numeric is None else self._column_counts(numeric)
         for name, found in found_numeric.items():
             counts.features[name] = _add(counts.features[name], found)
         for feature in self.baseline.categorical:
@@ -302,10 +305,9 @@ class DriftAccumulator:
             found, _ = _count_categories(predictions["prediction"], reference.categories)
         counts.prediction = _add(counts.prediction, found)
 
-    def _block_counts(self, numeric: np.ndarray) -> dict[str, np.ndarray]:
-        columns = np.asfortranarray(numeric[:, : len(self.baseline.numeric)])  # contiguous columns count faster
+    def _column_counts(self, numeric: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         features = self.baseline.numeric
-        return {f.name: _count_numeric(columns[:, j], self._thresholds[f.name]) for j, f in enumerate(features)}
+        return {f.name: _count_numeric(numeric[j], self._thresholds[f.name]) for j, f in enumerate(features)}
 
     def _numeric_counts(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Per numeric feature its count vector; numpy-typed columns are read as one block."""

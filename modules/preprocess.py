@@ -48,6 +48,8 @@ class Encoded:
     features: np.ndarray
     rejected: np.ndarray
     reasons: np.ndarray
+    # The same values one array per feature (NaN where rejected): what drift counts, without a transposed copy.
+    columns: list[np.ndarray] | None = None
 
 
 class FeatureSpec(BaseModel):
@@ -111,27 +113,39 @@ class FeatureSpec(BaseModel):
         if self.image is not None:
             features, rejected, reasons = images.read_pixels(frame[self.image.column].astype(str).tolist(), self.image)
             return Encoded(features=features, rejected=rejected, reasons=np.array(reasons, dtype=object))
-        # Filled column by column in C order, the engine's: no transposed copy on the way to the model.
-        out = np.empty((len(frame), self.width), dtype=np.float32)
-        unusable = np.zeros(out.shape, dtype=bool)
-        for i, feature in enumerate(self.numeric):
+        columns, unusable = [], []  # per feature: float32 values, and its cells present but not usable
+        for feature in self.numeric:
             column = frame[feature.name]
             if _is_number_dtype(column):
                 with np.errstate(over="ignore"):  # beyond float32's range becomes inf, and is rejected below
-                    out[:, i] = column.to_numpy(dtype=np.float32, na_value=np.nan)
+                    values = column.to_numpy(dtype=np.float32, na_value=np.nan)
+                bad = np.isinf(values)
             else:
-                out[:, i], unusable[:, i] = _numeric_column(column)
-        for j, feature in enumerate(self.categorical, start=len(self.numeric)):
+                values, bad = _numeric_column(column)
+            columns.append(values)
+            unusable.append(bad)
+        for feature in self.categorical:
             codes = {value: code for code, value in enumerate(feature.categories, start=1)}
-            out[:, j] = frame[feature.name].astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32)
-        unusable |= np.isinf(out)
+            columns.append(frame[feature.name].astype("string").map(codes).fillna(0).to_numpy(dtype=np.float32))
+            unusable.append(np.zeros(len(frame), dtype=bool))
         if reject_missing:
-            unusable |= frame[self.feature_names].isna().to_numpy()
-        rejected = unusable.any(axis=1)
+            unusable = [
+                bad | frame[name].isna().to_numpy() for bad, name in zip(unusable, self.feature_names, strict=True)
+            ]
+        rejected = np.zeros(len(frame), dtype=bool)
+        for bad in unusable:
+            rejected |= bad
+        reasons = []
         if rejected.any():
-            out = np.where(unusable, np.float32(np.nan), out)
-        reasons = [self._reason(frame, int(row), unusable[row]) for row in np.flatnonzero(rejected)]
-        return Encoded(features=out, rejected=rejected, reasons=np.array(reasons, dtype=object))
+            columns = [np.where(bad, np.float32(np.nan), values) for values, bad in zip(columns, unusable, strict=True)]
+            cells = np.stack(unusable, axis=1)
+            reasons = [self._reason(frame, int(row), cells[row]) for row in np.flatnonzero(rejected)]
+        return Encoded(
+            features=_interleaved(columns, len(frame)),
+            rejected=rejected,
+            reasons=np.array(reasons, dtype=object),
+            columns=columns,
+        )
 
     def _reason(self, frame: pd.DataFrame, row: int, cells: np.ndarray) -> str:
         name = self.feature_names[int(np.flatnonzero(cells)[0])]
@@ -154,6 +168,22 @@ class FeatureSpec(BaseModel):
             unknown = series[codes < 0].iloc[0]
             raise InputError(f"target value {unknown!r} is not one of the trained classes")
         return codes
+
+
+# Rows interleaved at a time: the block's columns and its rows stay in cache (a column-by-column fill of a C-ordered
+# matrix touches a new cache line per value, and copies at about half the speed).
+INTERLEAVE_BYTES = 1 << 20
+
+
+def _interleaved(columns: list[np.ndarray], rows: int) -> np.ndarray:
+    """The C-ordered float32 matrix (rows x features) the engine reads, from one array per feature."""
+    out = np.empty((rows, len(columns)), dtype=np.float32)
+    if not columns:
+        return out
+    step = max(1, INTERLEAVE_BYTES // (4 * len(columns)))
+    for start in range(0, rows, step):
+        np.stack([column[start : start + step] for column in columns], axis=1, out=out[start : start + step])
+    return out
 
 
 def _numeric_column(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -847,7 +847,7 @@ def _write_batch(
     if state.challenger is not None and state.shadow_error is None:
         _shadow_batch(state, outputs.writer("shadow"), batch.frame, kept, encoded.rejected, predictions, source)
     if drift is not None:
-        drift.update(batch.raw, predictions, encoded.features)
+        drift.update(batch.raw, predictions, encoded.columns)
     state.rows_in += len(batch.raw)
 
 

@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from maas.modules import formats, pruning, storage
-from maas.modules.compress import CompressParams, choose_served, decide
-from maas.modules.engines import OnnxEngine, TorchEngine
+from maas.modules import formats, pruning, registry, storage
+from maas.modules.compress import (
+    CompressParams,
+    choose_served,
+    decide,
+    optimize_onnx,
+    quantize_int8,
+    quantize_int8_static,
+)
+from maas.modules.engines import CACHE_ROWS, DEFAULT_BATCH_ROWS, OnnxEngine, TorchEngine
 from maas.modules.manifests import CompressResult, VariantReport
 from maas.modules.metrics import drop_standard_error
 from maas.modules.model import MLPConfig, ScoringHead, TabularNet
@@ -309,3 +316,28 @@ def test_the_rmse_drop_standard_error_matches_the_bootstrap_spread_of_the_relati
         rmse = [np.sqrt(np.mean((outputs[rows, 0] - truth[rows]) ** 2)) for outputs in (reference, candidate)]
         rises.append(rmse[1] / rmse[0] - 1)
     assert drop_standard_error(spec, reference, candidate, targets) == pytest.approx(np.std(rises), rel=0.1)
+
+
+def test_engines_cut_batches_to_cache_size_only_where_each_row_is_computed_alone(registered, tmp_path) -> None:
+    """fp32 and static int8 graphs compute every row on its own: called a cache-sized slice at a time, their outputs
+    are the bits of one whole call. Dynamic int8 scales each call's activations by that call's own range, so slices
+    would change its predictions: it gets whole record batches."""
+    _, result = registered
+    card = registry.load_card(result.card_uri)
+    features = np.random.default_rng(7).normal(size=(3 * CACHE_ROWS + 5, card.features.width)).astype(np.float32)
+    graphs = {"fp32": tmp_path / "fp32.onnx"}
+    graphs["fp32"].write_bytes(registry.read_artifact(result.card_uri, card, "fp32"))
+    for name, make in (("optimized", optimize_onnx), ("dynamic", quantize_int8)):
+        graphs[name] = tmp_path / f"{name}.onnx"
+        make(graphs["fp32"], graphs[name])
+    graphs["static"] = tmp_path / "static.onnx"
+    quantize_int8_static(graphs["fp32"], graphs["static"], features[:256])
+    for name, path in graphs.items():
+        engine = OnnxEngine(card.features, path.read_bytes())
+        whole = engine._run_batch(features)
+        assert np.array_equal(engine.run(features), whole), name
+        slices = np.concatenate([engine._run_batch(part) for part in np.array_split(features, 4)])
+        if name == "dynamic":
+            assert engine.rows_per_call == DEFAULT_BATCH_ROWS and not np.array_equal(slices, whole)
+        else:
+            assert engine.rows_per_call == CACHE_ROWS and np.array_equal(slices, whole), name

@@ -229,5 +229,5 @@ def test_counting_the_models_own_input_block_equals_counting_the_frame(
     predictions = _predictions(spec.classes, frame["label"])
     from_frame, from_block = DriftAccumulator(baseline), DriftAccumulator(baseline)
     from_frame.update(frame, predictions)
-    from_block.update(frame, predictions, spec.encode_rows(frame, "test").features)
+    from_block.update(frame, predictions, spec.encode_rows(frame, "test").columns)
     assert from_block.report() == from_frame.report() and "x1" in from_block.report().drifted_features
