@@ -117,11 +117,13 @@ class ScoreParams(BaseModel):
     include_features: bool = Field(False, description="Also copy the feature columns to the output.")
     batch_rows: int = Field(65_536, ge=1, description="Rows per record batch: bounds memory per file.")
     part_rows: int = Field(
-        262_144,
+        1_048_576,
         ge=1,
         description="A file with more rows is scored in numbered parts of this many rows (whole record batches), "
         "kept under state/work/ until its output is assembled: a run that takes over a crashed run's claim goes on "
-        "from the last complete part instead of row 0. Smaller files are written once, whole.",
+        "from the last complete part instead of row 0. Smaller files are written once, whole: parts cost an extra "
+        "copy of the output and, for Parquet, a second write of its row groups, which a file that scores in seconds "
+        "does not earn back.",
     )
     max_error_rate: float = Field(
         0.1, ge=0, le=1, description="Quarantine a file when more than this fraction of its rows is rejected."
