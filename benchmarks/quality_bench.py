@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/quality_bench.py [--seeds 3] [--trials 12] [--tune-minutes 10] [--datasets wine ...]
 Datasets: scikit-learn's bundled copies of digits, breast cancer and wine (accuracy) and diabetes (RMSE).
 For each dataset and seed (the seed splits the data and seeds training): preprocess once, then
-- default: train (k-fold CV below the pipeline's threshold; 2,000 rows when quality.md was measured) and
+- default: train (k-fold CV below the pipeline's threshold, 1,000 train+validation rows) and
   compress; the served model (an int8 or fp32 ONNX Runtime variant, as compression chose it);
 - tune: the search (trials run one after another here; the flow runs them as parallel tasks), then the same
   training and compression with the parameters it kept (one-standard-error rule under cross-validation);

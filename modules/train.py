@@ -280,7 +280,6 @@ def _fit(
     callbacks: list[Callback],
     root: Path,
     logger,
-    epochs: int | None = None,
 ) -> tuple[TabularModule, pl.Trainer]:
     """A freshly seeded network fitted on `data` (validated on its val split, if it has one)."""
     seed_everything(params.hardware)
@@ -289,15 +288,30 @@ def _fit(
     kind = ImageModule if spec.image is not None else TabularModule
     module = kind(spec.model_dump(), params.network(spec), params.optim.model_dump())
     validate = "val" in data.datasets
-    trainer = build_trainer(params.hardware, root, epochs or params.max_epochs, callbacks, logger, validate=validate)
+    trainer = build_trainer(params.hardware, root, params.max_epochs, callbacks, logger, validate=validate)
     trainer.fit(module, datamodule=data)
     return module, trainer
+
+
+class StopAfter(Callback):
+    """Ends a fit after `epochs` epochs, while its trainer keeps `max_epochs`: a refit then follows the learning-rate
+    schedule the folds followed (laid out over `max_epochs`, as theirs was) up to the epoch they were judged at.
+    Fitting for `epochs` as `max_epochs` would instead squeeze a whole warm-up and annealing (onecycle, cosine) into
+    them: another model than the one cross-validation measured."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 def run_training(params: TrainParams) -> TrainResult:
     """Train and test one model. On a small dataset (fewer train+validation rows than `cv_below_rows`) the
     number of epochs is chosen by k-fold cross-validation and the model refit on train+validation for that
-    many epochs; otherwise early stopping on the validation split picks the best epoch's checkpoint."""
+    many epochs of the folds' schedule (`StopAfter`); otherwise early stopping on the validation split picks the
+    best epoch's checkpoint."""
     prep, spec = load_inputs(params.preprocess_manifest)
     output = params.output_uri or sibling_output(params.preprocess_manifest, "train")
     data = data_module(spec, prep.splits, params.batch_size, params.hardware.seed, params.image_loader)
@@ -312,11 +326,11 @@ def run_training(params: TrainParams) -> TrainResult:
             fitted = data
         else:  # refit on train+validation for the cross-validated number of epochs; keep the last
             checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", filename="best")
-            callbacks.append(checkpoint)
+            callbacks += [checkpoint, StopAfter(cv.epochs)]
             train = ConcatDataset([data.datasets["train"], data.datasets["val"]])
             fitted = data.with_datasets({"train": train, "test": data.datasets["test"]})
         logger = CSVLogger(root, name="", version="")
-        module, trainer = _fit(spec, fitted, params, callbacks, root, logger, epochs=cv.epochs if cv else None)
+        module, trainer = _fit(spec, fitted, params, callbacks, root, logger)
         test = trainer.test(module, datamodule=fitted, ckpt_path="best", verbose=False)[0]
         epochs, lr = _read_log(root / "metrics.csv")
         if cv is not None:  # the validation columns are the folds' mean curve, which chose the epochs

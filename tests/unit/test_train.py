@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from maas.modules import formats, storage
+from maas.modules import formats, schedules, storage, train
 from maas.modules.compress import CompressParams, run_compress
 from maas.modules.model import FeatureTransform, MLPConfig, OptimConfig, TabularDataModule
 from maas.modules.preprocess import PreprocessParams, run_preprocess
@@ -113,6 +113,29 @@ def test_small_data_chooses_epochs_by_stratified_k_fold_then_refits_on_train_and
     # the validation rows were trained on: no evidence for pruning or int8, so the fp32 graph is served
     compressed = run_compress(CompressParams(train_manifest=result.manifest_uri, pruning="none"))
     assert compressed.served == "fp32-onnx" and "refit on train+validation" in compressed.served_reason
+
+
+def test_a_refit_follows_the_folds_learning_rate_schedule_up_to_the_chosen_epoch(tmp_path, monkeypatch) -> None:
+    """The folds ran a onecycle schedule laid out over max_epochs and were judged at epoch 2 of 10: the refit runs
+    that same schedule (over its own steps per epoch) and stops there, rather than a whole cycle squeezed into 2."""
+    raw = (tmp_path / "raw.csv").as_uri()
+    formats.write_frame(synthetic_classification(150), raw)
+    prep = run_preprocess(PreprocessParams(data_uri=raw, target="label", exclude=["id"],
+                                           output_uri=(tmp_path / "preprocess").as_uri()))  # fmt: skip
+    curve = pd.DataFrame({"epoch": range(10), "val_loss": [0.9, 0.5, *[0.6] * 8], "val_accuracy": [0.9] * 10})
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: Evaluation("accuracy", [curve, curve]))
+    result = run_training(TrainParams(preprocess_manifest=prep.manifest_uri, max_epochs=10))
+    assert result.epochs_run == 2 and result.best_epoch == 1
+    steps = math.ceil((prep.rows["train"] + prep.rows["val"]) / 64)
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=OptimConfig().lr)
+    schedule = schedules.build(ScheduleConfig(), optimizer, 10 * steps)["scheduler"]
+    expected = []
+    for _ in range(2 * steps):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert formats.read_frame(result.lr_uri)["lr"].to_numpy() == pytest.approx(expected, rel=1e-6)
+    assert expected[-1] > 0.5 * OptimConfig().lr  # mid-cycle: not annealed to the end as a 2-epoch cycle would be
 
 
 def _overlapping(rows: int, classes: int | None) -> pd.DataFrame:
