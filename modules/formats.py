@@ -36,9 +36,11 @@ _SUFFIXES: dict[str, Kind] = {
 _COMPRESSIONS = {".gz": "gzip"}
 CSV_BLOCK_BYTES = 1 << 20
 # Parquet row groups up to this size (uncompressed) are read a column chunk at a time; larger ones
-# through a buffer of PARQUET_BUFFER_BYTES per column (see `_parquet_frames`).
+# through a buffer of PARQUET_BUFFER_BYTES per column (see `_parquet_frames`), from a local copy of a remote
+# object of at most PARQUET_SPOOL_BYTES.
 PARQUET_WHOLE_CHUNKS_BYTES = 32 << 20
 PARQUET_BUFFER_BYTES = 1 << 20
+PARQUET_SPOOL_BYTES = 2 << 30
 
 # pandas writes JSON numbers with 10 decimal places by default: a probability of 1e-07 would lose
 # most of its digits. 15 is the most it allows.
@@ -112,11 +114,19 @@ def _parquet_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Colle
     reads each column chunk whole first: memory would follow the producer's row-group size (a single
     10 GB row group, 10 GB). A file with large row groups is read through a small buffer per column
     instead (`PARQUET_BUFFER_BYTES`), unbuffered below it, so memory stays bounded by the columns
-    and the batch; files with small row groups keep the whole-chunk reads (fewer, larger requests)."""
+    and the batch; files with small row groups keep the whole-chunk reads (fewer, larger requests).
+    The buffers' small reads hop between columns: on a remote store each would be a range request, so
+    such a file is first copied to local scratch in one streamed read, up to `PARQUET_SPOOL_BYTES`."""
     with storage.open_read(uri) as stream:
         metadata = pq.ParquetFile(stream).metadata
         if _largest_row_group(metadata) <= PARQUET_WHOLE_CHUNKS_BYTES:
             yield from _batches(pq.ParquetFile(stream, metadata=metadata, pre_buffer=False), batch_rows)
+            return
+        size = stream.size
+    with storage.spooled(uri, size, PARQUET_SPOOL_BYTES) as local:
+        if local is not None:
+            parquet = pq.ParquetFile(local, metadata=metadata, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+            yield from _batches(parquet, batch_rows)
             return
     # Unbuffered: the per-column buffers do the buffering (s3fs would read ahead 50 MB per seek).
     with storage.open_read(uri, cache_type="none") as stream:

@@ -297,6 +297,30 @@ def open_read(uri: str, compression: str | None = None, **options: Any) -> Itera
             yield stream
 
 
+@contextlib.contextmanager
+def spooled(uri: str, size: int, limit: int) -> Iterator[IO[bytes] | None]:
+    """The object as a local file, for a reader that seeks about in small reads (a column at a time): on a local
+    bucket the file itself; on a remote store a temporary copy made in one streamed read (retried whole on a passing
+    failure), when its `size` is at most `limit` bytes. None for a larger remote object: the caller reads it in
+    ranges. Small reads over the network would each be a request."""
+    fs, path = filesystem(uri)
+    if not isinstance(fs, LocalFileSystem):
+        if size > limit:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="maas-spool-") as folder:
+            copy = os.path.join(folder, "object")
+            _with_retries(uri, lambda _: fs.get_file(_fresh(fs, path), copy))
+            path = copy
+            with open(path, "rb") as local:
+                yield local
+        return
+    with _translated(uri):
+        local = open(path, "rb")  # noqa: SIM115 (closed below, after the caller's reads)
+    with local:
+        yield local
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Replace the object atomically."""
     _write(uri, data, exclusive=False)

@@ -67,8 +67,12 @@ def test_iter_frames_streams_in_bounded_batches(local_bucket: str, name: str) ->
     assert joined["x"].astype(float).tolist() == [i * 0.5 for i in range(5000)]
 
 
-def test_large_row_groups_stream_through_a_buffer_on_every_store(any_bucket: str, monkeypatch) -> None:
+@pytest.mark.parametrize("spool", [True, False], ids=["spooled", "ranged"])
+def test_large_row_groups_stream_through_a_buffer_on_every_store(any_bucket: str, monkeypatch, spool: bool) -> None:
+    """A remote file is read from a local copy, or in ranges when it is larger than the copy limit."""
     monkeypatch.setattr(formats, "PARQUET_WHOLE_CHUNKS_BYTES", 0)  # every row group counts as large
+    if not spool:
+        monkeypatch.setattr(formats, "PARQUET_SPOOL_BYTES", 0)
     uri = storage.join(any_bucket, "big.parquet")
     formats.write_frame(_numbers(2000), uri)
     frames = list(formats.iter_frames(uri, batch_rows=500))
