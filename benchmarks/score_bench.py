@@ -144,11 +144,15 @@ def kernel_rows_per_s(card_uri: str) -> dict[str, float]:
 
 
 def start_moto(port: int) -> subprocess.Popen:
-    """A moto S3 server in its own process (it must not share the scoring process's cores and GIL)."""
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    """A moto S3 server in its own process (it must not share the scoring process's cores and GIL). Refuses a
+    port where a server answers already (one left by an interrupted run would hold that run's objects)."""
     import urllib.request
 
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+        raise SystemExit(f"a server already answers on port {port}: stop it first")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     for _ in range(200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)

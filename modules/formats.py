@@ -41,9 +41,6 @@ CSV_BLOCK_BYTES = 1 << 20
 PARQUET_WHOLE_CHUNKS_BYTES = 32 << 20
 PARQUET_BUFFER_BYTES = 1 << 20
 PARQUET_SPOOL_BYTES = 2 << 30
-# Text inputs (CSV, JSONL) stream from a remote store in range requests of this size: s3fs's default 50 MiB
-# blocks took 1.7x the CPU and 1.6x the time of 8 MiB ones to read a 70 MB CSV from a local S3 endpoint.
-TEXT_BLOCK_BYTES = 8 << 20
 
 # pandas writes JSON numbers with 10 decimal places by default: a probability of 1e-07 would lose
 # most of its digits. 15 is the most it allows.
@@ -127,8 +124,8 @@ def _parquet_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Colle
             return
         size = stream.size
     with storage.spooled(uri, size, PARQUET_SPOOL_BYTES) as local:
-        if local is not None:
-            parquet = pq.ParquetFile(local, metadata=metadata, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+        if local is not None:  # its own footer: the copy is one version of the object, whatever happened since
+            parquet = pq.ParquetFile(local, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
             yield from _batches(parquet, batch_rows)
             return
     # Unbuffered: the per-column buffers do the buffering (s3fs would read ahead 50 MB per seek).
@@ -150,7 +147,7 @@ def _largest_row_group(metadata: pq.FileMetaData) -> int:
 
 
 def _jsonl_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
-    with storage.open_read(uri, compression=fmt.compression, block_size=TEXT_BLOCK_BYTES) as stream:
+    with storage.open_read(uri, compression=fmt.compression) as stream:
         # dtype=False: JSON says what is a string; "01234" must not become the number 1234
         yield from pd.read_json(stream, lines=True, chunksize=batch_rows, dtype=False)
 
@@ -159,7 +156,7 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
     delimiter = "\t" if fmt.kind == "tsv" else ","
     yielded = 0
     try:
-        with storage.open_read(uri, compression=fmt.compression, block_size=TEXT_BLOCK_BYTES) as stream:
+        with storage.open_read(uri, compression=fmt.compression) as stream:
             reader = pacsv.open_csv(
                 stream,
                 # Small blocks: pyarrow's streaming reader holds more memory as files grow with big ones.
@@ -183,7 +180,7 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
         if "conversion error" not in str(exc).lower():
             raise
     # A value that is not a number, or a column whose type changes mid-file: read on as text.
-    with storage.open_read(uri, compression=fmt.compression, block_size=TEXT_BLOCK_BYTES) as stream:
+    with storage.open_read(uri, compression=fmt.compression) as stream:
         text = dict.fromkeys(float_columns, "string")
         yield from pd.read_csv(stream, sep=delimiter, chunksize=batch_rows, skiprows=range(1, yielded + 1), dtype=text)
 

@@ -311,8 +311,7 @@ def spooled(uri: str, size: int, limit: int) -> Iterator[IO[bytes] | None]:
         with tempfile.TemporaryDirectory(prefix="maas-spool-") as folder:
             copy = os.path.join(folder, "object")
             _with_retries(uri, lambda _: fs.get_file(_fresh(fs, path), copy))
-            path = copy
-            with open(path, "rb") as local:
+            with open(copy, "rb") as local:
                 yield local
         return
     with _translated(uri):
