@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from maas.modules import storage
+from maas.modules import overlap, storage
 from maas.modules.errors import InputError, StorageError, one_line
 
 Kind = Literal["csv", "tsv", "parquet", "jsonl"]
@@ -35,6 +36,7 @@ _SUFFIXES: dict[str, Kind] = {
 }
 _COMPRESSIONS = {".gz": "gzip"}
 CSV_BLOCK_BYTES = 1 << 20
+CSV_THREADS = os.cpu_count() or 1  # blocks of CSV text parsed at once (see `_csv_tables`)
 # Parquet row groups up to this size (uncompressed) are read a column chunk at a time; larger ones
 # through a buffer of PARQUET_BUFFER_BYTES per column (see `_parquet_frames`), from a local copy of a remote
 # object of at most PARQUET_SPOOL_BYTES.
@@ -157,24 +159,17 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
     yielded = 0
     try:
         with storage.open_read(uri, compression=fmt.compression) as stream:
-            reader = pacsv.open_csv(
-                stream,
-                # Small blocks: pyarrow's streaming reader holds more memory as files grow with big ones.
-                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                convert_options=pacsv.ConvertOptions(column_types={c: pa.float64() for c in float_columns}),
-            )
-            pending: list[pa.RecordBatch] = []
+            pending: list[pa.Table] = []
             pending_rows = 0
-            for batch in reader:
-                pending.append(batch)
-                pending_rows += batch.num_rows
-                if pending_rows >= batch_rows:
-                    yield pa.Table.from_batches(pending).to_pandas(split_blocks=True)
+            for table in _csv_tables(stream, pacsv.ParseOptions(delimiter=delimiter), float_columns):
+                pending.append(table)
+                pending_rows += table.num_rows
+                if pending_rows >= batch_rows or yielded + pending_rows == 0:  # the first: columns, rows or not
+                    yield pa.concat_tables(pending).to_pandas(split_blocks=True)
                     yielded += pending_rows
                     pending, pending_rows = [], 0
-            if pending or yielded == 0:
-                yield pa.Table.from_batches(pending, schema=reader.schema).to_pandas(split_blocks=True)
+            if pending_rows:
+                yield pa.concat_tables(pending).to_pandas(split_blocks=True)
         return
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():
@@ -183,6 +178,55 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
     with storage.open_read(uri, compression=fmt.compression) as stream:
         text = dict.fromkeys(float_columns, "string")
         yield from pd.read_csv(stream, sep=delimiter, chunksize=batch_rows, skiprows=range(1, yielded + 1), dtype=text)
+
+
+def _csv_tables(stream: IO[bytes], parse: pacsv.ParseOptions, float_columns: Collection[str]) -> Iterator[pa.Table]:
+    """The CSV text parsed in blocks of whole records, on every core (pyarrow's streaming reader parses one
+    block at a time, and parsing is most of a CSV file's cost). As in that reader, the first block (the header
+    and about `CSV_BLOCK_BYTES`) decides the columns' types, `float_columns` being float64, and the later
+    blocks are converted to them: a value that does not fit raises pyarrow's conversion error, as there."""
+    blocks = _record_blocks(stream, CSV_BLOCK_BYTES)
+    first = _csv_block(next(blocks, b""), None, parse, {c: pa.float64() for c in float_columns})
+    yield first
+    names, types = first.column_names, dict(zip(first.column_names, first.schema.types, strict=True))
+    yield from overlap.mapped_in_order(lambda block: _csv_block(block, names, parse, types), blocks, CSV_THREADS)
+
+
+def _csv_block(block: bytes, names: list[str] | None, parse: pacsv.ParseOptions, types: dict) -> pa.Table:
+    """One block of whole records (with the header when `names` is None), parsed in one piece; pyarrow
+    releases the GIL meanwhile, and reads the bytes in place."""
+    read = pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1)
+    return pacsv.read_csv(pa.BufferReader(block), read, parse, pacsv.ConvertOptions(column_types=types))
+
+
+def _record_blocks(stream: IO[bytes], size: int) -> Iterator[bytes]:
+    """The stream in blocks of about `size` bytes, each ending where a record does, so each can be parsed on
+    its own: at a line break outside quotes (a quote inside a quoted value is doubled, so a line break is
+    outside when the quotes before it are even in number). Failing that within a few line breaks from the
+    end, at the last line break: pyarrow's own rule (by default a value holds no line break)."""
+    rest = b""
+    while data := stream.read(size):
+        rest += data
+        if cut := _record_end(rest):
+            yield rest[:cut]
+            rest = rest[cut:]
+    if rest:
+        yield rest
+
+
+def _record_end(text: bytes, tries: int = 8) -> int:
+    """The offset just past the last line break of `text` outside quotes (see `_record_blocks`); 0 if none."""
+    last = end = _line_break_before(text, len(text))
+    for _ in range(tries):
+        if end < 0 or text.count(b'"', 0, end) % 2 == 0:
+            return end + 1
+        end = _line_break_before(text, end)
+    return last + 1
+
+
+def _line_break_before(text: bytes, end: int) -> int:
+    """The offset of the last \\n or \\r before `end` (both end a line for pyarrow), -1 if none."""
+    return max(text.rfind(b"\n", 0, end), text.rfind(b"\r", 0, end))
 
 
 def _first_line(exc: BaseException) -> str:

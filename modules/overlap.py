@@ -5,7 +5,8 @@ file's next record batch can be read while the current one is scored, and the pr
 outputs written meanwhile: both cores are busy on one large file, not only on many files.
 
 - `prefetched`: an iterator run `depth` items ahead on its own thread;
-- `InOrder`: calls run one at a time on one thread, in the order given, at most `depth` waiting.
+- `InOrder`: calls run one at a time on one thread, in the order given, at most `depth` waiting;
+- `mapped_in_order`: a call on each item of an iterator, on several threads, results in the items' order.
 
 Both run in the caller's context (`contextvars`), so what it counts (storage retries) is counted
 from the threads too. Both hold at most `depth` items beyond the one in hand, so memory stays bounded, and both hand
@@ -26,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _END = object()
 
 
@@ -82,6 +84,27 @@ def _put(ready: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
+
+
+def mapped_in_order(call: Callable[[T], R], items: Iterator[T], workers: int) -> Iterator[R]:
+    """`call(item)` for each of `items`, run on `workers` threads, yielded in the items' order; at most
+    `workers + 1` items taken ahead of the one yielded (bounded memory). `items` is drawn on the caller's
+    thread. An error is raised at the item it belongs to; leaving the result unfinished drops the calls not
+    yet started and waits for those running."""
+    if workers <= 1:
+        yield from map(call, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maas-map")
+    running: deque[Future] = deque()
+    try:
+        for item in items:
+            running.append(pool.submit(contextvars.copy_context().run, call, item))
+            if len(running) > workers:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class InOrder:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -79,7 +82,11 @@ def test_large_row_groups_stream_through_a_buffer_on_every_store(any_bucket: str
     assert [len(f) for f in frames] == [500] * 4 and frames[-1]["x"].iloc[-1] == 1999 * 0.5
 
 
-def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(local_bucket: str) -> None:
+@pytest.mark.parametrize("block_bytes", [1 << 20, 4096], ids=["first-block", "later-block"])
+def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(
+    local_bucket: str, monkeypatch, block_bytes: int
+) -> None:
+    monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", block_bytes)  # the bad value in the first block, or a later one
     frame = _numbers(30000).astype({"x": "object"})
     frame.loc[25000, "x"] = "abc"
     uri = storage.join(local_bucket, "bad.csv")
@@ -89,6 +96,32 @@ def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(l
     assert joined["id"].tolist() == frame["id"].tolist()
     assert joined["x"].astype(str).tolist()[25000] == "abc"
     assert pd.to_numeric(joined["x"], errors="coerce").isna().sum() == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["q.csv", "q.tsv.gz"])
+def test_csv_parsed_in_blocks_reads_what_one_parse_of_the_whole_file_reads(
+    local_bucket: str, monkeypatch, name: str, threads: int
+) -> None:
+    """Blocks end where records do: quoted values with line breaks, doubled quotes and separators across
+    block ends are read whole; the first block's types hold for the rest."""
+    monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(formats, "CSV_THREADS", threads)
+    notes = ["plain", 'a "quoted"\nvalue, with\r\nbreaks', "", "x\ty", '""', "\n\n\n"]
+    frame = pd.DataFrame({"id": range(400), "note": [notes[i % len(notes)] for i in range(400)], "x": 0.25})
+    frame.loc[::7, "x"] = None
+    uri = storage.join(local_bucket, name)
+    formats.write_frame(frame, uri)
+    frames = list(formats.iter_frames(uri, batch_rows=50, float_columns=["x"]))
+    assert max(len(f) for f in frames) == 50
+    joined = pd.concat(frames, ignore_index=True)
+    whole = pacsv.read_csv(
+        pa.BufferReader(gzip.decompress(storage.read_bytes(uri)) if name.endswith(".gz") else storage.read_bytes(uri)),
+        parse_options=pacsv.ParseOptions(delimiter="\t" if ".tsv" in name else ","),
+        convert_options=pacsv.ConvertOptions(column_types={"x": pa.float64()}),
+    ).to_pandas()
+    pd.testing.assert_frame_equal(joined, whole)
+    assert joined["note"].fillna("").tolist() == frame["note"].tolist()
 
 
 @pytest.mark.parametrize("name", ["h.csv", "h.parquet"])

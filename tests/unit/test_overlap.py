@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from maas.modules import storage
-from maas.modules.overlap import InOrder, prefetched
+from maas.modules.overlap import InOrder, mapped_in_order, prefetched
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2])
@@ -89,3 +89,25 @@ def test_in_order_runs_calls_in_order_and_hands_back_the_first_error(depth: int)
             writes.submit(done.append, 10 + i)
         writes.drain()
     assert done[3:] == [10, 11, 12]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_mapped_in_order_keeps_order_bounds_look_ahead_and_raises_at_the_failing_item(workers: int) -> None:
+    taken: list[int] = []
+
+    def items():
+        for i in range(30):
+            taken.append(i)
+            yield i
+
+    def call(i: int) -> int:
+        if i == 25:
+            raise ValueError("item 25")
+        return i * i
+
+    seen = []
+    with pytest.raises(ValueError, match="item 25"):
+        for result in mapped_in_order(call, items(), workers):
+            assert len(taken) <= len(seen) + 1 + workers  # the one in hand and `workers` ahead of it
+            seen.append(result)
+    assert seen == [i * i for i in range(25)]
