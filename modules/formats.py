@@ -217,6 +217,8 @@ def _record_blocks(stream: IO[bytes], size: int) -> Iterator[bytes]:
 def _record_end(text: bytes, tries: int = 8) -> int:
     """The offset just past the last line break of `text` outside quotes (see `_record_blocks`); 0 if none."""
     last = end = _line_break_before(text, len(text))
+    if text.find(b'"', 0, end) < 0:  # no quote at all (a search, much faster than a count)
+        return end + 1
     for _ in range(tries):
         if end < 0 or text.count(b'"', 0, end) % 2 == 0:
             return end + 1
