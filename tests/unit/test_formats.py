@@ -99,25 +99,27 @@ def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("name", ["q.csv", "q.tsv.gz"])
+@pytest.mark.parametrize(("name", "line_end"), [("q.csv", "\n"), ("q.tsv.gz", "\n"), ("crlf.csv", "\r\n")])
 def test_csv_parsed_in_blocks_reads_what_one_parse_of_the_whole_file_reads(
-    local_bucket: str, monkeypatch, name: str, threads: int
+    local_bucket: str, monkeypatch, name: str, line_end: str, threads: int
 ) -> None:
     """Blocks end where records do: quoted values with line breaks, doubled quotes and separators across
-    block ends are read whole; the first block's types hold for the rest."""
+    block ends are read whole, CRLF line ends split or not; the first block's types hold for the rest."""
     monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", 64)
     monkeypatch.setattr(formats, "CSV_THREADS", threads)
     notes = ["plain", 'a "quoted"\nvalue, with\r\nbreaks', "", "x\ty", '""', "\n\n\n"]
     frame = pd.DataFrame({"id": range(400), "note": [notes[i % len(notes)] for i in range(400)], "x": 0.25})
     frame.loc[::7, "x"] = None
+    sep = "\t" if ".tsv" in name else ","
+    text = frame.to_csv(index=False, sep=sep, quoting=formats.CSV_QUOTING, lineterminator=line_end).encode()
     uri = storage.join(local_bucket, name)
-    formats.write_frame(frame, uri)
+    storage.write_bytes(uri, gzip.compress(text) if name.endswith(".gz") else text)
     frames = list(formats.iter_frames(uri, batch_rows=50, float_columns=["x"]))
     assert max(len(f) for f in frames) == 50
     joined = pd.concat(frames, ignore_index=True)
     whole = pacsv.read_csv(
-        pa.BufferReader(gzip.decompress(storage.read_bytes(uri)) if name.endswith(".gz") else storage.read_bytes(uri)),
-        parse_options=pacsv.ParseOptions(delimiter="\t" if ".tsv" in name else ","),
+        pa.BufferReader(text),
+        parse_options=pacsv.ParseOptions(delimiter=sep),
         convert_options=pacsv.ConvertOptions(column_types={"x": pa.float64()}),
     ).to_pandas()
     pd.testing.assert_frame_equal(joined, whole)
