@@ -36,7 +36,9 @@ _SUFFIXES: dict[str, Kind] = {
 }
 _COMPRESSIONS = {".gz": "gzip"}
 CSV_BLOCK_BYTES = 1 << 20
-CSV_THREADS = os.cpu_count() or 1  # blocks of CSV text parsed at once (see `_csv_tables`)
+# Blocks of CSV text parsed at once (see `_csv_tables`): the cores this process may use, at most 4 (beyond
+# that, reading the text and building the frames on one thread are the limit).
+CSV_THREADS = min(4, len(os.sched_getaffinity(0)))
 # Parquet row groups up to this size (uncompressed) are read a column chunk at a time; larger ones
 # through a buffer of PARQUET_BUFFER_BYTES per column (see `_parquet_frames`), from a local copy of a remote
 # object of at most PARQUET_SPOOL_BYTES.
@@ -181,15 +183,29 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
 
 
 def _csv_tables(stream: IO[bytes], parse: pacsv.ParseOptions, float_columns: Collection[str]) -> Iterator[pa.Table]:
-    """The CSV text parsed in blocks of whole records, on every core (pyarrow's streaming reader parses one
-    block at a time, and parsing is most of a CSV file's cost). As in that reader, the first block (the header
-    and about `CSV_BLOCK_BYTES`) decides the columns' types, `float_columns` being float64, and the later
-    blocks are converted to them: a value that does not fit raises pyarrow's conversion error, as there."""
-    blocks = _record_blocks(stream, CSV_BLOCK_BYTES)
-    first = _csv_block(next(blocks, b""), None, parse, {c: pa.float64() for c in float_columns})
-    yield first
-    names, types = first.column_names, dict(zip(first.column_names, first.schema.types, strict=True))
-    yield from overlap.mapped_in_order(lambda block: _csv_block(block, names, parse, types), blocks, CSV_THREADS)
+    """The CSV text as tables of whole records. pyarrow's streaming reader parses one block at a time on one
+    thread, and parsing is most of a CSV file's cost: where the text holds no quote, a line break always ends a
+    record, so such text is cut into blocks at line breaks and parsed on several cores. As in that reader, the
+    first block (the header and about `CSV_BLOCK_BYTES`) decides the columns' types (`float_columns` float64),
+    the later blocks are converted to them (a value that does not fit raises pyarrow's conversion error), and
+    from the first quote on (other than in the header) the text goes to that reader, which follows quoted values
+    across blocks and reports a quote left open."""
+    float64 = {c: pa.float64() for c in float_columns}
+    blocks = _UnquotedBlocks(stream, CSV_BLOCK_BYTES)
+    records = iter(blocks)
+    first = next(records, None)
+    if first is None:  # a quote in the first block's records, or no text: pyarrow's reader from the start
+        yield from _streamed(blocks.rest(), None, parse, float64)
+        return
+    head = _csv_block(first, None, parse, float64)
+    yield head
+    # Later text has no header: its columns are named by position (a name may repeat), then renamed.
+    names, positions = head.column_names, [str(i) for i in range(head.num_columns)]
+    types = dict(zip(positions, head.schema.types, strict=True))
+    later = overlap.mapped_in_order(lambda block: _csv_block(block, positions, parse, types), records, CSV_THREADS)
+    yield from (table.rename_columns(names) for table in later)
+    if blocks.quoted:
+        yield from (table.rename_columns(names) for table in _streamed(blocks.rest(), positions, parse, types))
 
 
 def _csv_block(block: bytes, names: list[str] | None, parse: pacsv.ParseOptions, types: dict) -> pa.Table:
@@ -199,36 +215,78 @@ def _csv_block(block: bytes, names: list[str] | None, parse: pacsv.ParseOptions,
     return pacsv.read_csv(pa.BufferReader(block), read, parse, pacsv.ConvertOptions(column_types=types))
 
 
-def _record_blocks(stream: IO[bytes], size: int) -> Iterator[bytes]:
-    """The stream in blocks of about `size` bytes, each ending where a record does, so each can be parsed on
-    its own: at a line break outside quotes (a quote inside a quoted value is doubled, so a line break is
-    outside when the quotes before it are even in number). Failing that within a few line breaks from the
-    end, at the last line break: pyarrow's own rule (by default a value holds no line break)."""
-    rest = b""
-    while data := stream.read(size):
-        rest += data
-        if cut := _record_end(rest):
-            yield rest[:cut]
-            rest = rest[cut:]
-    if rest:
-        yield rest
+def _streamed(source: IO[bytes], names: list[str] | None, parse: pacsv.ParseOptions, types: dict) -> Iterator[pa.Table]:
+    """pyarrow's streaming reader over `source`, a table per block (an empty one with the columns if none)."""
+    read = pacsv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES)  # its memory grows with big blocks
+    reader = pacsv.open_csv(source, read, parse, pacsv.ConvertOptions(column_types=types))
+    tables = (pa.Table.from_batches([batch]) for batch in reader)
+    yield next(tables, reader.schema.empty_table())
+    yield from tables
 
 
-def _record_end(text: bytes, tries: int = 8) -> int:
-    """The offset just past the last line break of `text` outside quotes (see `_record_blocks`); 0 if none."""
-    last = end = _line_break_before(text, len(text))
-    if text.find(b'"', 0, end) < 0:  # no quote at all (a search, much faster than a count)
-        return end + 1
-    for _ in range(tries):
-        if end < 0 or text.count(b'"', 0, end) % 2 == 0:
-            return end + 1
-        end = _line_break_before(text, end)
-    return last + 1
+class _UnquotedBlocks:
+    """`stream` in blocks of about `size` bytes that end at a line break, for as long as its text holds no quote
+    (the header's aside, see `_header_end`): without quotes, a line break always ends a record. The last block
+    is cut only once more text follows it, so a file's last record is never parsed alone. Iteration stops at
+    the end of the text or before the first block with a quote (`quoted`); `rest()` is then the text not yet
+    handed out."""
+
+    def __init__(self, stream: IO[bytes], size: int) -> None:
+        self.stream, self.size = stream, size
+        self.text = b""
+        self.quoted = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.text = self.stream.read(self.size)
+        records = _header_end(self.text)  # where the first block's records start; None: a quote in the header
+        while self.text:
+            if records is None or self.text.find(b'"', records) >= 0:
+                self.quoted = True
+                return
+            records = 0
+            more = self.stream.read(self.size)
+            cut = _last_line_break(self.text) + 1 if more else len(self.text)
+            block, self.text = self.text[:cut], self.text[cut:] + more  # no line break (a long record): read on
+            if block:
+                yield block
+
+    def rest(self) -> IO[bytes]:
+        """The text not handed out in blocks, then the rest of the stream."""
+        return io.BufferedReader(_Joined(self.text, self.stream))
 
 
-def _line_break_before(text: bytes, end: int) -> int:
-    """The offset of the last \\n or \\r before `end` (both end a line for pyarrow), -1 if none."""
-    return max(text.rfind(b"\n", 0, end), text.rfind(b"\r", 0, end))
+class _Joined(io.RawIOBase):
+    """`head`, then what `stream` has left: as one readable stream."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self.head, self.stream = memoryview(head), stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:
+        if not self.head:
+            data = self.stream.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        count = min(len(buffer), len(self.head))
+        buffer[:count], self.head = self.head[:count], self.head[count:]
+        return count
+
+
+def _header_end(text: bytes) -> int | None:
+    """The offset just past the header line of `text` (0 if it has no line break yet), or None if that line
+    leaves a quote open (a quoted name holding a line break: only pyarrow's reader can tell where such a header
+    ends). A header line with its quotes closed can still be a quoted name's first line only if a closing quote
+    follows it, and a quote after the header sends the text to pyarrow's reader anyway."""
+    breaks = [i for i in (text.find(b"\n"), text.find(b"\r")) if i >= 0]
+    end = min(breaks, default=-1) + 1
+    return None if text.count(b'"', 0, end) % 2 else end
+
+
+def _last_line_break(text: bytes) -> int:
+    """The offset of the last \\n or \\r (both end a line for pyarrow), -1 if none."""
+    return max(text.rfind(b"\n"), text.rfind(b"\r"))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,9 +8,10 @@ outputs written meanwhile: both cores are busy on one large file, not only on ma
 - `InOrder`: calls run one at a time on one thread, in the order given, at most `depth` waiting;
 - `mapped_in_order`: a call on each item of an iterator, on several threads, results in the items' order.
 
-Both run in the caller's context (`contextvars`), so what it counts (storage retries) is counted
-from the threads too. Both hold at most `depth` items beyond the one in hand, so memory stays bounded, and both hand
-an error back to the caller where the serial code would have raised it: a reader's error at the
+All run in the caller's context (`contextvars`), so what it counts (storage retries) is counted
+from the threads too. All hold at most `depth` (`workers`) items beyond the one in hand, so memory stays bounded,
+and all hand an error back to the caller where the serial code would have raised it (`mapped_in_order`: an error
+of its calls; one of drawing the items surfaces up to `workers` items early): a reader's error at the
 item it failed on, a writer's at the next call or at `drain` (before anything that depends on the
 writes being done, such as completing a part). `depth=0` runs everything serially on the
 caller's thread: the same results, which the tests compare.
@@ -88,7 +89,7 @@ def _put(ready: queue.Queue, entry: tuple, stop: threading.Event) -> bool:
 
 def mapped_in_order(call: Callable[[T], R], items: Iterator[T], workers: int) -> Iterator[R]:
     """`call(item)` for each of `items`, run on `workers` threads, yielded in the items' order; at most
-    `workers + 1` items taken ahead of the one yielded (bounded memory). `items` is drawn on the caller's
+    `workers` items taken ahead of the one yielded (bounded memory). `items` is drawn on the caller's
     thread. An error is raised at the item it belongs to; leaving the result unfinished drops the calls not
     yet started and waits for those running."""
     if workers <= 1:

@@ -98,32 +98,68 @@ def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(
     assert pd.to_numeric(joined["x"], errors="coerce").isna().sum() == 1
 
 
+def _csv_text(rows: int, quoted_from: int, sep: str = ",", line_end: str = "\n") -> str:
+    """Header quoted as pandas quotes it; numbers; from row `quoted_from` on, a quoted note (separators and
+    doubled quotes inside); every seventh x empty."""
+    lines = [sep.join(['"id"', '"x"', '"note"'])]
+    for i in range(rows):
+        note = f'"a {sep} ""b"" {i}"' if i >= quoted_from else f"n{i}"
+        lines.append(sep.join([str(i), "" if i % 7 == 0 else f"{i * 0.25}", note]))
+    return line_end.join(lines) + line_end
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize(("name", "line_end"), [("q.csv", "\n"), ("q.tsv.gz", "\n"), ("crlf.csv", "\r\n")])
-def test_csv_parsed_in_blocks_reads_what_one_parse_of_the_whole_file_reads(
-    local_bucket: str, monkeypatch, name: str, line_end: str, threads: int
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("numbers.csv", _csv_text(400, quoted_from=400)),
+        ("crlf.csv", _csv_text(400, quoted_from=400, line_end="\r\n")),
+        ("quotes-later.tsv.gz", _csv_text(400, quoted_from=250, sep="\t")),
+        ("quotes-first.csv", _csv_text(400, quoted_from=3)),
+        ("no-last-line-break.csv", _csv_text(400, quoted_from=400).rstrip("\n")),
+    ],
+)
+def test_csv_read_in_blocks_reads_what_one_parse_of_the_whole_file_reads(
+    local_bucket: str, monkeypatch, name: str, text: str, threads: int
 ) -> None:
-    """Blocks end where records do: quoted values with line breaks, doubled quotes and separators across
-    block ends are read whole, CRLF line ends split or not; the first block's types hold for the rest."""
+    """Unquoted text is cut into blocks at line breaks (CRLF split or not) and parsed on `threads`; from the first
+    quote on (the header's aside) pyarrow's streaming reader takes over; the first block's types hold for all."""
     monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", 64)
     monkeypatch.setattr(formats, "CSV_THREADS", threads)
-    notes = ["plain", 'a "quoted"\nvalue, with\r\nbreaks', "", "x\ty", '""', "\n\n\n"]
-    frame = pd.DataFrame({"id": range(400), "note": [notes[i % len(notes)] for i in range(400)], "x": 0.25})
-    frame.loc[::7, "x"] = None
-    sep = "\t" if ".tsv" in name else ","
-    text = frame.to_csv(index=False, sep=sep, quoting=formats.CSV_QUOTING, lineterminator=line_end).encode()
     uri = storage.join(local_bucket, name)
-    storage.write_bytes(uri, gzip.compress(text) if name.endswith(".gz") else text)
+    storage.write_bytes(uri, gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     frames = list(formats.iter_frames(uri, batch_rows=50, float_columns=["x"]))
     assert max(len(f) for f in frames) == 50
-    joined = pd.concat(frames, ignore_index=True)
     whole = pacsv.read_csv(
-        pa.BufferReader(text),
-        parse_options=pacsv.ParseOptions(delimiter=sep),
+        pa.BufferReader(text.encode()),
+        parse_options=pacsv.ParseOptions(delimiter="\t" if ".tsv" in name else ","),
         convert_options=pacsv.ConvertOptions(column_types={"x": pa.float64()}),
     ).to_pandas()
+    pd.testing.assert_frame_equal(pd.concat(frames, ignore_index=True), whole)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["id,x\nA,1", "id,x\n1,1\n2,2\n3,hello", "a,a,b\n1,x,2.5\n" + "3,y,4.5\n" * 40],
+    ids=["one-record", "types-of-the-whole-text", "a-name-twice"],
+)
+def test_small_odd_csv_files_read_as_one_parse_of_them_reads(local_bucket: str, monkeypatch, text: str) -> None:
+    """No final line break: the last record is not parsed alone (with types from a header and nothing else, or
+    from rows without its value); a repeated column name keeps each column's own type."""
+    monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", 32)
+    uri = storage.join(local_bucket, "odd.csv")
+    storage.write_bytes(uri, text.encode())
+    joined = pd.concat(list(formats.iter_frames(uri, batch_rows=100)), ignore_index=True)
+    whole = pacsv.read_csv(pa.BufferReader(text.encode())).to_pandas(split_blocks=True)
     pd.testing.assert_frame_equal(joined, whole)
-    assert joined["note"].fillna("").tolist() == frame["note"].tolist()
+
+
+def test_a_quote_left_open_is_reported_not_read_into_one_value(local_bucket: str, monkeypatch) -> None:
+    monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", 256)
+    uri = storage.join(local_bucket, "open.tsv")
+    storage.write_bytes(uri, ('a\tb\n1\t"oops\n' + "".join(f"{i}\tt{i}\n" for i in range(2, 200))).encode())
+    with pytest.raises(InputError, match="open.tsv: cannot read as tsv"):
+        list(formats.iter_frames(uri, batch_rows=1000))
 
 
 @pytest.mark.parametrize("name", ["h.csv", "h.parquet"])
