@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,17 +12,18 @@ from maas.modules import storage
 from maas.modules.overlap import InOrder, mapped_in_order, prefetched
 
 
+def _taken(count: int, taken: list[int]) -> Iterator[int]:
+    """0 to `count - 1`, each appended to `taken` as it is drawn."""
+    for i in range(count):
+        taken.append(i)
+        yield i
+
+
 @pytest.mark.parametrize("depth", [0, 1, 2])
 def test_prefetched_keeps_order_and_reads_at_most_depth_ahead(depth: int) -> None:
     produced: list[int] = []
-
-    def items():
-        for i in range(20):
-            produced.append(i)
-            yield i
-
     seen = []
-    for item in prefetched(items(), depth):
+    for item in prefetched(_taken(20, produced), depth):
         # the producer may hold one item it could not hand over yet, beyond the `depth` waiting in the queue
         assert len(produced) <= item + 1 + depth + (1 if depth else 0)
         seen.append(item)
@@ -95,11 +97,6 @@ def test_in_order_runs_calls_in_order_and_hands_back_the_first_error(depth: int)
 def test_mapped_in_order_keeps_order_bounds_look_ahead_and_raises_at_the_failing_item(workers: int) -> None:
     taken: list[int] = []
 
-    def items():
-        for i in range(30):
-            taken.append(i)
-            yield i
-
     def call(i: int) -> int:
         if i == 25:
             raise ValueError("item 25")
@@ -107,7 +104,7 @@ def test_mapped_in_order_keeps_order_bounds_look_ahead_and_raises_at_the_failing
 
     seen = []
     with pytest.raises(ValueError, match="item 25"):
-        for result in mapped_in_order(call, items(), workers):
+        for result in mapped_in_order(call, _taken(30, taken), workers):
             assert len(taken) <= len(seen) + 1 + workers  # the one in hand and `workers` ahead of it
             seen.append(result)
     assert seen == [i * i for i in range(25)]
