@@ -36,9 +36,9 @@ _SUFFIXES: dict[str, Kind] = {
 }
 _COMPRESSIONS = {".gz": "gzip"}
 CSV_BLOCK_BYTES = 1 << 20
-# Blocks of CSV text parsed at once (see `_csv_tables`): the cores this process may use, at most 4 (beyond
-# that, reading the text and building the frames on one thread are the limit).
-CSV_THREADS = min(4, len(os.sched_getaffinity(0)))
+# Blocks of CSV text parsed at once (see `_csv_tables`): the machine's cores, at most 4 (beyond that, reading
+# the text and building the frames on one thread are the limit).
+CSV_THREADS = min(4, os.cpu_count() or 1)
 # Parquet row groups up to this size (uncompressed) are read a column chunk at a time; larger ones
 # through a buffer of PARQUET_BUFFER_BYTES per column (see `_parquet_frames`), from a local copy of a remote
 # object of at most PARQUET_SPOOL_BYTES.

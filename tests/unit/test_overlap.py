@@ -108,3 +108,15 @@ def test_mapped_in_order_keeps_order_bounds_look_ahead_and_raises_at_the_failing
             assert len(taken) <= len(seen) + 1 + workers  # the one in hand and `workers` ahead of it
             seen.append(result)
     assert seen == [i * i for i in range(25)]
+
+
+def test_mapped_in_order_runs_its_calls_at_once() -> None:
+    """Two calls that each wait for the other finish only if they run on two threads (a serial map would
+    break the barrier after its generous timeout, not pass)."""
+    both = threading.Barrier(2, timeout=120)
+
+    def call(i: int) -> int:
+        both.wait()
+        return i
+
+    assert list(mapped_in_order(call, iter(range(4)), 2)) == [0, 1, 2, 3]
