@@ -176,10 +176,15 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():
             raise
-    # A value that is not a number, or a column whose type changes mid-file: read on as text.
+    # A value that is not a number, or a column whose type changes mid-file: read on as text, past the records
+    # yielded (counted as records, not lines: both parsers skip blank lines), in batches ending where they would.
     with storage.open_read(uri, compression=fmt.compression) as stream:
         text = dict.fromkeys(float_columns, "string")
-        yield from pd.read_csv(stream, sep=delimiter, chunksize=batch_rows, skiprows=range(1, yielded + 1), dtype=text)
+        with pd.read_csv(stream, sep=delimiter, chunksize=batch_rows, dtype=text) as reader:
+            skipped = 0
+            while skipped < yielded:
+                skipped += len(reader.get_chunk(min(batch_rows, yielded - skipped)))
+            yield from reader
 
 
 def _csv_tables(stream: IO[bytes], parse: pacsv.ParseOptions, float_columns: Collection[str]) -> Iterator[pa.Table]:
@@ -330,12 +335,13 @@ class BatchWriter:
         self.rows = 0
         self._schema, self._header = schema, header
         self._parquet: pq.ParquetWriter | None = None
+        self._columns_only: pd.DataFrame | None = None  # Parquet: a batch with no rows, while none had rows
         self._handle = None if kind == "parquet" else open(path, "w", encoding="utf-8", newline="")
 
     @property
     def schema(self) -> pa.Schema | None:
-        """The Parquet schema fixed so far (None before the first batch, and for text formats)."""
-        return self._parquet.schema if self._parquet is not None else self._schema
+        """The Parquet schema: given, or fixed by the first batch with rows (None before, and for text formats)."""
+        return self._schema
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.kind == "parquet":
@@ -348,13 +354,19 @@ class BatchWriter:
             frame.to_csv(
                 self._handle,
                 index=False,
-                header=self._header and self.rows == 0,
+                header=self._header,
                 sep="\t" if self.kind == "tsv" else ",",
                 quoting=CSV_QUOTING,
             )
+            self._header = False  # written once, even by a batch with no rows
         self.rows += len(frame)
 
     def _write_parquet(self, frame: pd.DataFrame) -> None:
+        if self.schema is None and frame.empty:
+            # No rows to type the columns by (an empty text column is Arrow's null type, which no later batch's
+            # text fits, as when a first batch's every row is rejected): a batch with rows fixes the schema.
+            self._columns_only = frame
+            return
         if self.schema is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)
         else:
@@ -363,10 +375,14 @@ class BatchWriter:
             except (pa.ArrowException, ValueError) as exc:
                 raise InputError(f"{self.source}: column types change within the file: {_first_line(exc)}") from exc
         if self._parquet is None:
-            self._parquet = _parquet_writer(self.path, self._schema or table.schema)
+            self._schema = self._schema or table.schema
+            self._parquet = _parquet_writer(self.path, self._schema)
         self._parquet.write_table(table)
 
     def close(self) -> None:
+        if self._parquet is None and self._columns_only is not None:  # no batch had rows: no row group either
+            columns = pa.Table.from_pandas(self._columns_only, preserve_index=False)
+            self._parquet = _parquet_writer(self.path, columns.schema)
         if self._parquet is not None:
             self._parquet.close()
         if self._handle is not None:
@@ -386,8 +402,9 @@ def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, schema, use_dictionary=keep_dictionary)
 
 
-def append_parquet(sources: Iterable[IO[bytes]], path: Path, schema: pa.Schema) -> None:
-    """Write the row groups of Parquet `sources`, in order, as one Parquet file of `schema`.
+def append_parquet(sources: Iterable[IO[bytes]], path: Path, schema: pa.Schema | None) -> None:
+    """Write the row groups of Parquet `sources`, in order, as one Parquet file of `schema` (None: no source
+    holds a row, and the file takes the first one's).
 
     Each row group is read and written again whole, so the result is the file that `BatchWriter`
     writes when given the same tables one row group at a time (numbered parts and an uninterrupted
@@ -395,8 +412,13 @@ def append_parquet(sources: Iterable[IO[bytes]], path: Path, schema: pa.Schema) 
     absolute offset of every column chunk, and pyarrow has no way to write a footer for chunks
     copied from elsewhere. Memory holds one row group at a time.
     """
-    with _parquet_writer(path, schema) as writer:
+    writer = None
+    try:
         for source in sources:
             parquet = pq.ParquetFile(source)
+            writer = writer or _parquet_writer(path, schema or parquet.schema_arrow)
             for group in range(parquet.metadata.num_row_groups):
                 writer.write_table(parquet.read_row_group(group))
+    finally:
+        if writer is not None:
+            writer.close()

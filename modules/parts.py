@@ -133,9 +133,9 @@ class Outputs:
         """The current part's writer of `stream` (opened on first use)."""
         if stream not in self._writers:
             path = self.scratch / f"{self.done.part + 1:08d}.{stream}.{self.kind}"
-            earlier = sum(files[stream].rows for files in self.done.parts if stream in files)
+            header = not any(stream in files for files in self.done.parts)  # an earlier part wrote it, rows or not
             schema = self._schemas.get(stream)
-            self._writers[stream] = formats.BatchWriter(path, self.kind, self.source, schema, header=earlier == 0)
+            self._writers[stream] = formats.BatchWriter(path, self.kind, self.source, schema, header=header)
         return self._writers[stream]
 
     def roll(self, lease: Lease, tally: Checkpoint) -> Lease:
@@ -195,7 +195,7 @@ class Outputs:
         objects = [storage.ObjectInfo(uri=f.uri, size=f.size, etag="") for f in files]
         target = self.scratch / f"whole.{stream}.{self.kind}"
         if self.kind == "parquet":
-            formats.append_parquet(self._read(files), target, self._schemas[stream])
+            formats.append_parquet(self._read(files), target, self._schemas.get(stream))
         elif storage.can_merge(objects, uri):
             digest = hashlib.sha256()
             for handle in self._read(files):

@@ -170,19 +170,26 @@ class FeatureSpec(BaseModel):
         return codes
 
 
-# Rows interleaved at a time: the block's columns and its rows stay in cache (a column-by-column fill of a C-ordered
-# matrix touches a new cache line per value, and copies at about half the speed).
-INTERLEAVE_BYTES = 1 << 20
+# Rows interleaved at a time: the tile's columns, side by side, and its rows stay in cache.
+INTERLEAVE_BYTES = 4 << 20
 
 
 def _interleaved(columns: list[np.ndarray], rows: int) -> np.ndarray:
-    """The C-ordered float32 matrix (rows x features) the engine reads, from one array per feature."""
+    """The C-ordered float32 matrix (rows x features) the engine reads, from one array per feature.
+
+    Tile by tile, the columns are first copied side by side into a scratch block (one contiguous copy each), and
+    the block is then transposed into place in one copy: numpy transposes a 2-D block in cache-friendly order,
+    where filling a C-ordered matrix a column at a time writes one value per cache line (the two copies took
+    0.11 s per million rows of 64 features where the column-by-column fill took 0.19-0.23)."""
     out = np.empty((rows, len(columns)), dtype=np.float32)
     if not columns:
         return out
     step = max(1, INTERLEAVE_BYTES // (4 * len(columns)))
+    block = np.empty((len(columns), min(step, rows)), dtype=np.float32)
     for start in range(0, rows, step):
-        np.stack([column[start : start + step] for column in columns], axis=1, out=out[start : start + step])
+        tile = block[:, : min(step, rows - start)]
+        np.stack([column[start : start + step] for column in columns], axis=0, out=tile)
+        out[start : start + step] = tile.T
     return out
 
 

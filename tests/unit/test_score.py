@@ -266,6 +266,27 @@ def test_a_crashed_run_is_resumed_from_its_last_part_and_writes_what_an_uninterr
     }
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_a_file_whose_first_part_is_all_rejected_rows_writes_the_rows_that_follow_once(
+    registered, tmp_path, fmt: str
+) -> None:
+    """The first batch, and the whole first part, hold no row to score: one CSV header, the types of the rows
+    that follow, and the same bytes whether the file was written in parts or whole."""
+    bucket, _ = registered
+    frame = synthetic_classification(1_000, seed=7).drop(columns=["label"])
+    frame["x1"] = frame["x1"].astype(object)
+    frame.loc[:449, "x1"] = "oops"
+    written = {}
+    for name, part_rows in (("whole", 1_000_000), ("parted", 400)):
+        root = (tmp_path / name).as_uri()
+        formats.write_frame(frame, storage.join(root, "incoming", "big.csv"))
+        _score_counting(_rooted(bucket, root, output_format=fmt, part_rows=part_rows, max_error_rate=0.5))
+        written[name] = storage.join(root, "predictions", f"big.csv.predictions.{fmt}")
+    assert storage.read_bytes(written["whole"]) == storage.read_bytes(written["parted"])
+    back = formats.read_frame(written["parted"])
+    assert back["id"].tolist() == frame["id"][450:].tolist() and set(back["prediction"]) <= {"a", "b", "c"}
+
+
 def test_a_crashed_run_with_a_shadow_model_resumes_its_agreement_counts(registered, tmp_path) -> None:
     bucket, _ = registered
     compressed = storage.join(bucket, "runs", "run-1", "compress", "manifest.json")
