@@ -242,18 +242,25 @@ class _UnquotedBlocks:
         self.quoted = False
 
     def __iter__(self) -> Iterator[bytes]:
-        self.text = self.stream.read(self.size)
-        records = _header_end(self.text)  # where the first block's records start; None: a quote in the header
-        while self.text:
-            if records is None or self.text.find(b'"', records) >= 0:
-                self.quoted = True
+        # Each read is searched once and copied once more, into its block: this runs on one thread and feeds
+        # all the parsing threads.
+        text = self.stream.read(self.size)
+        records = _header_end(text)  # where the first block's records start; None: a quote in the header
+        tail = b""  # the text before `text` not handed out yet: the start of a record
+        while text:
+            if records is None or text.find(b'"', records) >= 0:
+                self.text, self.quoted = tail + text, True
                 return
             records = 0
             more = self.stream.read(self.size)
-            cut = _last_line_break(self.text) + 1 if more else len(self.text)
-            block, self.text = self.text[:cut], self.text[cut:] + more  # no line break (a long record): read on
-            if block:
-                yield block
+            cut = _last_line_break(text) + 1 if more else len(text)
+            if cut:
+                yield b"".join((tail, memoryview(text)[:cut]))
+                tail = text[cut:]
+            else:  # no line break (a long record): read on
+                tail += text
+            text = more
+        self.text = tail
 
     def rest(self) -> IO[bytes]:
         """The text not handed out in blocks, then the rest of the stream."""
@@ -290,8 +297,10 @@ def _header_end(text: bytes) -> int | None:
 
 
 def _last_line_break(text: bytes) -> int:
-    """The offset of the last \\n or \\r (both end a line for pyarrow), -1 if none."""
-    return max(text.rfind(b"\n"), text.rfind(b"\r"))
+    """The offset of the last \\n or \\r (both end a line for pyarrow), -1 if none; a \\r is looked for only
+    after the last \\n (most text has none: a search of the whole block)."""
+    newline = text.rfind(b"\n")
+    return max(newline, text.rfind(b"\r", newline + 1))
 
 
 def _first_line(exc: BaseException) -> str:
