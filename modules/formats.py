@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from maas.modules import overlap, storage
-from maas.modules.errors import InputError, StorageError, one_line
+from maas.modules.errors import InputError, ObjectChanged, StorageError, one_line
 
 Kind = Literal["csv", "tsv", "parquet", "jsonl"]
 
@@ -183,7 +183,10 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
         with pd.read_csv(stream, sep=delimiter, chunksize=batch_rows, dtype=text) as reader:
             skipped = 0
             while skipped < yielded:
-                skipped += len(reader.get_chunk(min(batch_rows, yielded - skipped)))
+                try:
+                    skipped += len(reader.get_chunk(min(batch_rows, yielded - skipped)))
+                except StopIteration:
+                    raise ObjectChanged(f"{uri} changed while it was read: fewer records on a second read") from None
             yield from reader
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from maas.modules import formats, storage
-from maas.modules.errors import InputError
+from maas.modules.errors import InputError, ObjectChanged
 
 FRAME = pd.DataFrame({"id": ["a", "b", "c"], "x": [1.5, None, 3.0], "n": [1, 2, 3]})
 
@@ -100,6 +100,28 @@ def test_csv_with_a_bad_number_mid_file_falls_back_to_text_without_losing_rows(
     assert joined["id"].tolist() == frame["id"].tolist()
     assert joined["x"].astype(str).tolist()[25000] == "abc"
     assert pd.to_numeric(joined["x"], errors="coerce").isna().sum() == 1
+
+
+def test_a_csv_file_cut_short_before_the_text_fallback_reads_it_again_is_reported_as_changed(
+    local_bucket: str, monkeypatch
+) -> None:
+    monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", 4096)
+    frame = _numbers(3000).astype({"x": "object"})
+    frame.loc[2500, "x"] = "abc"
+    uri = storage.join(local_bucket, "changing.csv")
+    formats.write_frame(frame, uri)
+    opened = formats.storage.open_read
+
+    def open_read(*args, **kwargs):  # the second read (the fallback's) finds the file cut to 100 records
+        formats.storage.write_bytes(uri, formats.frame_to_bytes(frame.iloc[:100], "csv"))
+        return opened(*args, **kwargs)
+
+    frames = formats.iter_frames(uri, batch_rows=500, float_columns=["x"])
+    first = next(frames)
+    monkeypatch.setattr(formats.storage, "open_read", open_read)
+    with pytest.raises(ObjectChanged, match="changing.csv changed while it was read"):
+        list(frames)
+    assert len(first) == 500
 
 
 def _csv_text(rows: int, quoted_from: int, sep: str = ",", line_end: str = "\n") -> str:
