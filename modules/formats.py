@@ -163,7 +163,9 @@ def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collectio
         with storage.open_read(uri, compression=fmt.compression) as stream:
             pending: list[pa.Table] = []
             pending_rows = 0
-            for table in _csv_tables(stream, pacsv.ParseOptions(delimiter=delimiter), float_columns):
+            # A quoted value may hold line breaks (the streaming reader then cuts its blocks outside quotes).
+            parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+            for table in _csv_tables(stream, parse, float_columns):
                 pending.append(table)
                 pending_rows += table.num_rows
                 if pending_rows >= batch_rows or yielded + pending_rows == 0:  # the first: columns, rows or not
@@ -359,9 +361,9 @@ class BatchWriter:
         if self.kind == "parquet":
             self._write_parquet(frame)
         elif self.kind == "jsonl":
-            frame.to_json(self._handle, orient="records", lines=True, double_precision=JSON_DIGITS)
-            if len(frame):
-                self._handle.write("\n")
+            if len(frame):  # pandas 3 ends the lines with a line break (and writes one for no rows), pandas 2 not
+                text = frame.to_json(orient="records", lines=True, double_precision=JSON_DIGITS)
+                self._handle.write(text if text.endswith("\n") else text + "\n")
         else:
             frame.to_csv(
                 self._handle,
@@ -377,7 +379,7 @@ class BatchWriter:
         if self.schema is None and frame.empty:
             # No rows to type the columns by (an empty text column is Arrow's null type, which no later batch's
             # text fits, as when a first batch's every row is rejected): a batch with rows fixes the schema.
-            self._columns_only = frame
+            self._columns_only = self._columns_only if self._columns_only is not None else frame  # the first's
             return
         if self.schema is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)

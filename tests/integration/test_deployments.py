@@ -5,6 +5,7 @@ S3 endpoint; runs are created through the REST API exactly as the UI does.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -59,7 +60,7 @@ class Stack:
             except urllib.error.HTTPError as exc:
                 if exc.code not in PASSING_STATUSES or time.monotonic() > deadline:
                     return exc.code, json.loads(exc.read() or b"null")
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
                 if time.monotonic() > deadline:
                     raise
             time.sleep(2)

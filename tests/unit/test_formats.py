@@ -124,6 +124,15 @@ def test_a_csv_file_cut_short_before_the_text_fallback_reads_it_again_is_reporte
     assert len(first) == 500
 
 
+def test_quoted_values_with_line_breaks_are_read_across_the_readers_blocks(local_bucket: str, monkeypatch) -> None:
+    monkeypatch.setattr(formats, "CSV_BLOCK_BYTES", 4096)
+    frame = pd.DataFrame({"id": range(2000), "note": [f"line {i}\nnext {i}" for i in range(2000)]})
+    uri = storage.join(local_bucket, "notes.csv")
+    formats.write_frame(frame, uri)
+    joined = pd.concat(formats.iter_frames(uri, batch_rows=500), ignore_index=True)
+    assert joined["id"].tolist() == list(range(2000)) and joined["note"].tolist() == frame["note"].tolist()
+
+
 def _csv_text(rows: int, quoted_from: int, sep: str = ",", line_end: str = "\n") -> str:
     """Header quoted as pandas quotes it; numbers; from row `quoted_from` on, a quoted note (separators and
     doubled quotes inside); every seventh x empty."""
@@ -212,6 +221,17 @@ def test_batch_writer_appends_batches(tmp_path, kind: str) -> None:
         writer.write(_numbers(2))
     back = formats.read_frame(path.as_uri())
     assert back["id"].tolist() == ["r0", "r1", "r2", "r0", "r1"] and writer.rows == 5
+    if kind != "parquet":  # one header, no blank line
+        assert path.read_text().count("\n") == 5 + (kind == "csv")
+
+
+def test_a_parquet_output_with_no_rows_takes_the_columns_of_its_first_batch(tmp_path) -> None:
+    """As a file written in parts does (the first part's file gives them when no part holds a row)."""
+    path = tmp_path / "o.parquet"
+    with formats.BatchWriter(path, "parquet", "src") as writer:
+        writer.write(pd.DataFrame({"id": pd.Series([], dtype="int64")}))
+        writer.write(pd.DataFrame({"id": pd.Series([], dtype="float64")}))
+    assert pq.read_schema(path).field("id").type == pa.int64() and pq.ParquetFile(path).metadata.num_row_groups == 0
 
 
 def test_batch_writer_reports_a_column_that_changes_type(tmp_path) -> None:
