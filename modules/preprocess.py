@@ -34,6 +34,11 @@ class NumericFeature(BaseModel):
     mean: float
     scale: float
 
+    @property
+    def read_as_float(self) -> bool:
+        """Whether a text file's column is read as numbers: a true/false column (bool) is read as what it is."""
+        return self.dtype != "bool"
+
 
 class CategoricalFeature(BaseModel):
     name: str

@@ -789,7 +789,7 @@ def _stream(
     """
     spec, params = engine.spec, job.params
     skip = read = state.rows_in  # rows read so far; `state.rows_in` counts the rows written
-    frames = formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric])
+    frames = formats.iter_frames(obj.uri, params.batch_rows, [f.name for f in spec.numeric if f.read_as_float])
     with contextlib.closing(overlap.prefetched(frames, OVERLAP)) as batches, overlap.InOrder(OVERLAP) as writes:
         try:
             for raw in batches:

@@ -114,6 +114,23 @@ def test_unknown_model_is_a_clear_error_when_there_is_something_to_score(registe
         plan(ScoreParams(model="nope", input_uri=(tmp_path / "in").as_uri(), bucket=bucket))
 
 
+def test_a_true_false_feature_is_read_from_csv_as_it_was_trained(tmp_path) -> None:
+    """Text files' numeric columns are read as floats, except a true/false one: "True" is no float."""
+    bucket = (tmp_path / "bucket").as_uri()
+    data = synthetic_classification(200, seed=6)
+    data["flag"] = data.index % 3 == 0
+    compressed = train_and_compress(bucket, "flags", data, train={"max_epochs": 1}, finetune_epochs=1)
+    register(RegisterParams(compress_manifest=compressed, bucket=bucket, name="flags"))
+    card = registry.load_card(storage.join(bucket, "models", "flags", "1", "card.json"))
+    assert next(f for f in card.features.numeric if f.name == "flag").dtype == "bool"
+    incoming = (tmp_path / "incoming").as_uri()
+    formats.write_frame(data.drop(columns=["label"]).iloc[:60], storage.join(incoming, "a.csv"))
+    params = ScoreParams(model="flags@production", bucket=bucket, input_uri=incoming,
+                         output_uri=(tmp_path / "out").as_uri(), quarantine_uri=(tmp_path / "q").as_uri())  # fmt: skip
+    (outcome,) = _run(params).files
+    assert (outcome.status, outcome.rows_out, outcome.rows_rejected) == ("scored", 60, 0), outcome
+
+
 def _drift_params(bucket: str, tmp_path, name: str, frame: pd.DataFrame) -> ScoreParams:
     prefix = (tmp_path / name).as_uri()
     formats.write_frame(frame, storage.join(prefix, f"{name}.parquet"))
