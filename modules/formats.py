@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import os
+import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,15 @@ def iter_frames(uri: str, batch_rows: int, float_columns: Collection[str] = ()) 
                 yield from (frame.iloc[i : i + batch_rows] for i in range(0, len(frame), batch_rows))
     except (StorageError, InputError):
         raise
-    except (ValueError, UnicodeDecodeError, EOFError, OSError, pa.ArrowException, pd.errors.ParserError) as exc:
+    except (
+        ValueError,
+        UnicodeDecodeError,
+        EOFError,
+        OSError,
+        zlib.error,
+        pa.ArrowException,
+        pd.errors.ParserError,
+    ) as exc:
         raise InputError(f"{uri}: cannot read as {fmt.kind}: {_first_line(exc)}") from exc
     if not columns_seen:
         raise InputError(f"{uri}: the file is empty")
@@ -153,7 +162,16 @@ def _largest_row_group(metadata: pq.FileMetaData) -> int:
 def _jsonl_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:
     with storage.open_read(uri, compression=fmt.compression) as stream:
         # dtype=False: JSON says what is a string; "01234" must not become the number 1234
-        yield from pd.read_json(stream, lines=True, chunksize=batch_rows, dtype=False)
+        frames = pd.read_json(stream, lines=True, chunksize=batch_rows, dtype=False)
+        yielded = False
+        try:
+            for frame in frames:
+                if yielded and frame.empty:  # blank lines after the last whole batch: no rows, and no columns
+                    continue
+                yield frame
+                yielded = True
+        except TypeError as exc:  # a line that is JSON but not an object (null, a list)
+            raise InputError(f"{uri}: cannot read as jsonl: a line is not a JSON object ({_first_line(exc)})") from exc
 
 
 def _csv_frames(uri: str, fmt: Format, batch_rows: int, float_columns: Collection[str]) -> Iterator[pd.DataFrame]:

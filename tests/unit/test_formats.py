@@ -32,6 +32,11 @@ def test_gzip_is_really_compressed(local_bucket: str) -> None:
     assert storage.read_bytes(uri)[:2] == b"\x1f\x8b"
 
 
+def _corrupted(data: bytes, offset: int) -> bytes:
+    """`data` with the byte at `offset` flipped."""
+    return data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :]
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
@@ -39,6 +44,8 @@ def test_gzip_is_really_compressed(local_bucket: str) -> None:
         ("broken.parquet", b"PAR1 not really parquet", "cannot read as parquet"),
         ("broken.jsonl", b'{"a": 1}\n{"a": \n', "cannot read as jsonl"),
         ("truncated.csv.gz", b"\x1f\x8b\x08\x00\x00\x00", "cannot read as csv"),
+        ("corrupt.csv.gz", _corrupted(gzip.compress(b"a,b\n" + b"1,2\n" * 5000, mtime=0), 10), "cannot read as csv"),
+        ("null-line.jsonl", b'{"a": 1}\nnull\n', "a line is not a JSON object"),
         ("notes.txt", b"hello", "unknown file type"),
     ],
 )
@@ -203,6 +210,13 @@ def test_header_only_files_yield_one_empty_frame_with_the_columns(local_bucket: 
     formats.write_frame(_numbers(0), uri)
     frames = list(formats.iter_frames(uri, batch_rows=10))
     assert len(frames) == 1 and frames[0].empty and list(frames[0].columns) == ["id", "x"]
+
+
+def test_blank_lines_after_the_last_whole_batch_of_jsonl_end_the_file(local_bucket: str) -> None:
+    uri = storage.join(local_bucket, "t.jsonl")
+    storage.write_bytes(uri, formats.frame_to_bytes(_numbers(200), "jsonl") + b"\n\n")
+    frames = list(formats.iter_frames(uri, batch_rows=100))
+    assert [len(f) for f in frames] == [100, 100] and all(list(f.columns) == ["id", "x"] for f in frames)
 
 
 def test_an_empty_jsonl_file_is_reported_as_empty(local_bucket: str) -> None:
