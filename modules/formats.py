@@ -368,6 +368,7 @@ class BatchWriter:
         self._schema, self._header = schema, header
         self._parquet: pq.ParquetWriter | None = None
         self._columns_only: pd.DataFrame | None = None  # Parquet: a batch with no rows, while none had rows
+        self._columns: list | None = None  # CSV/TSV: the first batch's columns, in the header's order
         self._handle = None if kind == "parquet" else open(path, "w", encoding="utf-8", newline="")
 
     @property
@@ -383,6 +384,10 @@ class BatchWriter:
                 text = frame.to_json(orient="records", lines=True, double_precision=JSON_DIGITS)
                 self._handle.write(text if text.endswith("\n") else text + "\n")
         else:
+            if self._columns is None:
+                self._columns = list(frame.columns)
+            elif list(frame.columns) != self._columns:  # JSONL input: keys in another order, or absent
+                frame = frame.reindex(columns=self._columns)  # under the header's names
             frame.to_csv(
                 self._handle,
                 index=False,

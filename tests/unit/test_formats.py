@@ -239,6 +239,17 @@ def test_batch_writer_appends_batches(tmp_path, kind: str) -> None:
         assert path.read_text().count("\n") == 5 + (kind == "csv")
 
 
+@pytest.mark.parametrize("kind", ["csv", "tsv", "parquet", "jsonl"])
+def test_later_batches_are_written_by_column_name_not_position(tmp_path, kind: str) -> None:
+    """JSONL input may give a later batch its keys in another order (the rejected rows are written as read)."""
+    path = tmp_path / f"o.{kind}"
+    with formats.BatchWriter(path, kind, "src") as writer:
+        writer.write(pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}))
+        writer.write(pd.DataFrame({"b": ["z"], "a": [3]}))
+    back = formats.read_frame(path.as_uri())
+    assert back["a"].tolist() == [1, 2, 3] and back["b"].tolist() == ["x", "y", "z"]
+
+
 def test_a_parquet_output_with_no_rows_takes_the_columns_of_its_first_batch(tmp_path) -> None:
     """As a file written in parts does (the first part's file gives them when no part holds a row)."""
     path = tmp_path / "o.parquet"
