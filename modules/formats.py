@@ -455,7 +455,9 @@ def append_parquet(sources: Iterable[IO[bytes]], path: Path, schema: pa.Schema |
             parquet = pq.ParquetFile(source)
             writer = writer or _parquet_writer(path, schema or parquet.schema_arrow)
             for group in range(parquet.metadata.num_row_groups):
-                writer.write_table(parquet.read_row_group(group))
+                table = parquet.read_row_group(group)
+                # Read back, a categorical column's values are Arrow's string where pandas wrote large_string.
+                writer.write_table(table if table.schema.equals(writer.schema) else table.cast(writer.schema))
     finally:
         if writer is not None:
             writer.close()

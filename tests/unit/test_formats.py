@@ -250,6 +250,21 @@ def test_later_batches_are_written_by_column_name_not_position(tmp_path, kind: s
     assert back["a"].tolist() == [1, 2, 3] and back["b"].tolist() == ["x", "y", "z"]
 
 
+def test_parquet_parts_put_end_to_end_are_the_file_one_writer_writes(tmp_path) -> None:
+    batches = [pd.DataFrame({"c": pd.Categorical(list(text)), "x": [1.0] * len(text)}) for text in ("aba", "cb")]
+    with formats.BatchWriter(tmp_path / "whole.parquet", "parquet", "src") as whole:
+        for batch in batches:
+            whole.write(batch)
+    schema = None
+    for i, batch in enumerate(batches):
+        with formats.BatchWriter(tmp_path / f"{i}.parquet", "parquet", "src", schema) as part:
+            part.write(batch)
+        schema = part.schema
+    with open(tmp_path / "0.parquet", "rb") as first, open(tmp_path / "1.parquet", "rb") as second:
+        formats.append_parquet([first, second], tmp_path / "parted.parquet", schema)
+    assert (tmp_path / "parted.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+
+
 def test_a_parquet_output_with_no_rows_takes_the_columns_of_its_first_batch(tmp_path) -> None:
     """As a file written in parts does (the first part's file gives them when no part holds a row)."""
     path = tmp_path / "o.parquet"
