@@ -726,6 +726,13 @@ def _earlier_output(
       names): refused, so that one file's predictions never overwrite another's.
     - This very unit, recorded by a release before completion records existed: adopted, not rescored.
     """
+    owner = _stem_sibling_owner(job, obj, where)
+    if owner is not None:
+        reason = (
+            f"{obj.uri}: its output name {where.output} already holds the predictions of {owner} "
+            "(output_name names both by their {stem}); choose an output_name with {key}"
+        )
+        return _quarantine(job, obj, claims, lease, where.report, reason)
     try:
         found = storage.read_json(where.manifest)
     except ObjectNotFound:
@@ -739,6 +746,27 @@ def _earlier_output(
     if not job.params.rescore and (found.get("input_etag"), found.get("model_ref")) == (obj.etag, job.model_ref):
         claims.complete(lease, "scored", where.manifest, found.get("output_uri"))
         return FileOutcome(input_uri=obj.uri, status="skipped", output_uri=found.get("output_uri"))
+    return None
+
+
+def _stem_sibling_owner(job: ScoreJob, obj: storage.ObjectInfo, where: _Locations) -> str | None:
+    """The other input whose manifest names this file's output, when `output_name` names outputs by `{stem}`:
+    `a.csv` scored by an earlier run, `a.parquet` new (one run's files are checked against each other when it is
+    planned). Only inputs of the same stem can share the name, and their manifests (named by `{key}`) lie beside
+    this file's: one listing of that name prefix."""
+    if "{key}" in job.params.output_name:
+        return None
+    folder, name = where.manifest.rsplit("/", 1)
+    stem = name.split(".", 1)[0] + "."
+    for candidate in storage.list_named(folder, stem):
+        if not candidate.uri.endswith(".manifest.json") or candidate.uri == where.manifest:
+            continue
+        try:
+            found = storage.read_json(candidate.uri)
+        except ObjectNotFound:  # deleted since it was listed
+            continue
+        if found.get("output_uri") == where.output and found.get("input_uri") != obj.uri:
+            return found.get("input_uri")
     return None
 
 

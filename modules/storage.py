@@ -656,6 +656,32 @@ def list_folder(prefix: str) -> list[ObjectInfo]:
     return sorted(objects, key=lambda o: o.uri)
 
 
+def list_named(folder: str, start: str) -> list[ObjectInfo]:
+    """The objects directly in `folder` whose names begin with `start`, sorted by URI: on S3 one listing of
+    that key prefix, however many other objects the folder holds."""
+    fs, path = filesystem(folder)
+    path = path.rstrip("/")
+
+    def find(_: int) -> dict[str, dict[str, Any]]:
+        fs.invalidate_cache(path)
+        if _is_s3(fs):
+            return fs.find(path, detail=True, prefix=start)
+        try:
+            return {entry["name"]: entry for entry in fs.ls(path, detail=True)}
+        except FileNotFoundError:
+            return {}
+
+    found = _with_retries(folder, find)
+    objects = [
+        _object_info(fs, name, details)
+        for name, details in found.items()
+        if os.path.dirname(name.rstrip("/")) == path
+        and os.path.basename(name).startswith(start)
+        and details.get("type") != "directory"
+    ]
+    return sorted(objects, key=lambda o: o.uri)
+
+
 def _object_info(fs: fsspec.AbstractFileSystem, path: str, details: dict[str, Any]) -> ObjectInfo:
     mtime = details.get("mtime") or details.get("LastModified") or details.get("created")
     if isinstance(mtime, datetime):

@@ -114,6 +114,27 @@ def test_unknown_model_is_a_clear_error_when_there_is_something_to_score(registe
         plan(ScoreParams(model="nope", input_uri=(tmp_path / "in").as_uri(), bucket=bucket))
 
 
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_an_input_whose_stem_output_holds_an_earlier_runs_predictions_is_quarantined(
+    registered, tmp_path, request, where: str
+) -> None:
+    """Within one run such inputs are refused when it is planned; across runs the earlier one is indexed as done."""
+    bucket, _ = registered
+    root = (tmp_path / "r").as_uri() if where == "file" else request.getfixturevalue("s3_bucket")
+    params = _rooted(bucket, root, output_name="{stem}.predictions.{ext}")
+    frame = synthetic_classification(40, seed=8).drop(columns=["label"])
+    formats.write_frame(frame.iloc[:10], storage.join(root, "incoming", "day", "a.csv"))
+    assert _score_all(params) == {"a.csv": "scored"}
+    output = storage.join(root, "predictions", "day", "a.predictions.parquet")
+    before = storage.read_bytes(output)
+    formats.write_frame(frame, storage.join(root, "incoming", "day", "a.parquet"))
+    formats.write_frame(frame, storage.join(root, "incoming", "day", "ab.csv"))  # a stem that only starts alike
+    assert _score_all(params) == {"a.parquet": "quarantined", "ab.csv": "scored"}
+    assert storage.read_bytes(output) == before
+    report = storage.read_json(storage.join(root, "quarantine", "day", "a.parquet.error.json"))
+    assert "already holds the predictions of" in json.dumps(report) and "a.csv" in json.dumps(report)
+
+
 def test_a_true_false_feature_is_read_from_csv_as_it_was_trained(tmp_path) -> None:
     """Text files' numeric columns are read as floats, except a true/false one: "True" is no float."""
     bucket = (tmp_path / "bucket").as_uri()
