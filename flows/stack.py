@@ -224,10 +224,22 @@ def identity(pid: int) -> ProcessIdentity | None:
         return None
 
 
+# How far a process's start time may move between two readings. psutil adds the boot time to the ticks since
+# boot, and Linux reports the boot time in whole seconds, derived from the wall clock: as the clock is slewed, it
+# steps by a second now and then, and so does every process's start time (seen once in CI: `maas down` judged a
+# whole stack, 5 minutes old and its command lines unchanged, not its own, and left it running).
+START_SLACK_SECONDS = 2.5
+
+
 def still_running(pid: int, recorded: ProcessIdentity | None) -> bool:
     """Whether `pid` is still the process recorded: same start time and command line (the id alone is no proof)."""
     now = identity(pid)
-    return bool(recorded and now and now.command == recorded.command and abs(now.started - recorded.started) < 1)
+    return bool(
+        recorded
+        and now
+        and now.command == recorded.command
+        and abs(now.started - recorded.started) < START_SLACK_SECONDS
+    )
 
 
 def _still_ours(info: StackInfo) -> dict[str, int]:

@@ -64,8 +64,12 @@ def test_down_leaves_a_process_that_only_shares_a_recorded_id_alone(
     assert not (tmp_path / "stack.json").exists()
 
 
-def test_down_stops_the_process_it_recorded(bystander: subprocess.Popen, tmp_path: Path) -> None:
-    _leave_state(tmp_path, bystander.pid, stack.identity(bystander.pid))
+@pytest.mark.parametrize("shift", [0.0, 1.0, -1.0], ids=["as-recorded", "boot-time-up-a-second", "down-a-second"])
+def test_down_stops_the_process_it_recorded(bystander: subprocess.Popen, tmp_path: Path, shift: float) -> None:
+    """Also when its start time reads a second off (Linux's whole-second boot time, stepped by the clock)."""
+    real = stack.identity(bystander.pid)
+    assert real is not None
+    _leave_state(tmp_path, bystander.pid, real.model_copy(update={"started": real.started + shift}))
     assert stack._running(tmp_path)
     assert stack.down(tmp_path) == ["server"]
     bystander.wait(timeout=30)  # it ended (down reaped its own child, so there is no exit status to compare)
