@@ -40,7 +40,7 @@ class Stack:
         self.bucket = bucket
         self.info = info
 
-    def call(self, path: str, body: dict | list | None = None) -> tuple[int, object]:
+    def call(self, path: str, body: dict | list | None = None, method: str | None = None) -> tuple[int, object]:
         """One API call, retried as Prefect's own client retries: on a busy machine the server's SQLite database
         can stay locked past its timeout, and the server then answers 503 (nothing written) or drops the
         connection."""
@@ -49,7 +49,7 @@ class Stack:
             f"{self.api}/{path}",
             data=data,
             headers={"Content-Type": "application/json"},
-            method="POST" if data else "GET",
+            method=method or ("POST" if data else "GET"),
         )
         deadline = time.monotonic() + 180
         while True:
@@ -277,10 +277,8 @@ def test_drifted_files_emit_drift_events_and_the_retrain_trigger_starts_the_pipe
     automations = stack.call("automations/filter", {})[1]
     (retrain,) = [a for a in automations if a["name"] == "retrain-on-drift"]
     assert retrain["enabled"] is False
-    enable = json.dumps({"enabled": True}).encode()
-    request = urllib.request.Request(f"{stack.api}/automations/{retrain['id']}", data=enable,
-                                     headers={"Content-Type": "application/json"}, method="PATCH")  # fmt: skip
-    urllib.request.urlopen(request, timeout=30).close()
+    status, _ = stack.call(f"automations/{retrain['id']}", {"enabled": True}, method="PATCH")
+    assert status < 300, status
     sent = datetime.now(timezone.utc)
     for i in range(3):
         frame = synthetic_classification(1200, seed=20 + i).drop(columns=["label"])
