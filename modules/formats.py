@@ -402,7 +402,8 @@ class BatchWriter:
         if self.schema is None and frame.empty:
             # No rows to type the columns by (an empty text column is Arrow's null type, which no later batch's
             # text fits, as when a first batch's every row is rejected): a batch with rows fixes the schema.
-            self._columns_only = self._columns_only if self._columns_only is not None else frame  # the first's
+            if self._columns_only is None:  # the first such batch, as a file written in parts keeps
+                self._columns_only = frame
             return
         if self.schema is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)
